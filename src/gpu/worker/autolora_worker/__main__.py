@@ -1,0 +1,112 @@
+"""Command line: `python -m autolora_worker inspect|serve|bench …`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _quiet_libraries() -> None:
+    # Loading bars and cast warnings from transformers/diffusers would interleave with our JSON output.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def _inspect(args) -> int:
+    from .lora.cli import inspect_command
+
+    return inspect_command(args.file, args.json)
+
+
+def _serve(args) -> int:
+    import torch
+
+    from .engine import Engine
+    from .errors import WorkerError
+    from .models import load_backbone
+
+    token = args.token or os.environ.get("AUTOLORA_WORKER_TOKEN", "")
+    if not token:
+        print("error: no token: pass --token or set AUTOLORA_WORKER_TOKEN (the worker never runs open)",
+              file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
+        return 2
+    try:
+        backbone = load_backbone(args.family, args.model_path, args.device)
+        engine = Engine(backbone, args.gates, cache_bytes=int(args.cache_mb) << 20)
+    except (WorkerError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from .service import serve
+
+    serve(engine, args.host, args.port, token)
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_fusion_bench
+
+    return run_fusion_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m autolora_worker",
+                                     description="AutoLoRA GPU worker: LoRA files, fusion, sampling.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    inspect = commands.add_parser("inspect", help="read a LoRA file and describe it")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(run=_inspect)
+
+    serve = commands.add_parser("serve", help="serve generation over HTTP (bearer token required)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    serve.add_argument("--port", type=int, default=0, help="port; 0 picks a free one and prints it")
+    serve.add_argument("--token", default=None,
+                       help="bearer token; prefer AUTOLORA_WORKER_TOKEN (argv is visible to other users)")
+    serve.add_argument("--family", default="proving-ground", help="model family: flux | proving-ground")
+    serve.add_argument("--model-path", default=None, help="model directory (required for flux)")
+    serve.add_argument("--gates", default=None, help="gate weights (.safetensors); default: untrained gates")
+    serve.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
+    serve.set_defaults(run=_serve)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True)
+    fusion = bench_kinds.add_parser("fusion", help="per-step latency of every fusion strategy vs none")
+    fusion.add_argument("--json", action="store_true")
+    fusion.add_argument("--device", default="cpu")
+    fusion.add_argument("--full-flux", action="store_true",
+                        help="also time the full-size FLUX transformer (random init, bf16, 1024², GPU)")
+    fusion.add_argument("--tokens", type=int, default=4096, help="image tokens for the FLUX-size linears")
+    fusion.add_argument("--rank", type=int, default=16)
+    fusion.add_argument("--repeats", type=int, default=3, help="timed repetitions per row (median reported)")
+    fusion.set_defaults(run=_bench)
+    return parser
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""One loaded model serving generation jobs: LoRAs from the cache, fusion per request, events out.
+
+Transport-free (the HTTP service and the benchmark both drive it), and one job at a time on the model: a
+second job waits its turn, and can be cancelled while it waits.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cache import LoraCache
+from .errors import IncompatibleLoraError, JobCancelledError, WorkerError
+from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
+from .lora.canonical import CanonicalLora
+from .lora.formats import inspect_lora_file, read_lora_file
+from .models import Backbone
+from .protocol import GenerateRequest
+from .sampling import SampleRequest, sample
+
+Emit = Callable[[dict], None]
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Engine:
+    def __init__(self, backbone: Backbone, gates_path: str | Path | None = None, cache_bytes: int = 2 << 30):
+        self.backbone = backbone
+        dims = gate_dims(backbone.transformer)
+        if gates_path is None:
+            self.gates = GateBank(dims, seed=0, version="untrained", family=backbone.spec.name)
+        else:
+            self.gates = GateBank.load(gates_path, dims, backbone.spec.name)
+        self.gates.to(backbone.device, backbone.dtype).requires_grad_(False)
+        self.cache = LoraCache(cache_bytes, self._read_lora)
+        self._model_lock = threading.Lock()
+
+    def _read_lora(self, path: str) -> CanonicalLora:
+        lora = read_lora_file(path)
+        if lora.family is not None and lora.family != self.backbone.spec.name:
+            raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
+                                        f"this worker runs {self.backbone.spec.name}")
+        return lora.to(self.backbone.device, self.backbone.dtype)
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "family": self.backbone.spec.name,
+            "device": str(self.backbone.device),
+            "model_version": self.backbone.version,
+            "gate_version": self.gates.info.version,
+            "cached_loras": self.cache.describe(),
+            "busy": self._model_lock.locked(),
+        }
+
+    def inspect(self, path: str) -> dict:
+        return inspect_lora_file(path)
+
+    def generate(self, request: GenerateRequest, emit: Emit, cancel: threading.Event) -> None:
+        """Run one job, emitting job-start, job-progress…, then job-end or job-error; never raises for a
+        problem of the job itself (a bad LoRA fails this request only)."""
+        started = time.perf_counter()
+        spec = self.backbone.spec
+        steps = request.steps or spec.default_steps
+        emit({"type": "job-start", "job_id": request.job_id, "seeds": request.seeds, "steps": steps})
+        try:
+            loras = [self.cache.get(ref.path) for ref in request.loras]
+            options = FusionOptions(strategy=request.fusion, global_lora=request.global_lora,
+                                    global_rank=request.global_rank, dare_density=request.dare_density,
+                                    seed=request.seeds[0])
+            sample_request = SampleRequest(
+                prompt=request.prompt, seeds=request.seeds, steps=steps,
+                guidance=spec.default_guidance if request.guidance is None else request.guidance,
+                height=request.height or spec.default_size, width=request.width or spec.default_size)
+            self.backbone.check_size(sample_request.height, sample_request.width)
+            while not self._model_lock.acquire(timeout=0.05):
+                if cancel.is_set():
+                    raise JobCancelledError("cancelled while waiting for the model")
+            try:
+                sampling_started = time.perf_counter()
+                with FusionSession(self.backbone.transformer, loras, [ref.scale for ref in request.loras],
+                                   options, self.gates) as session:
+                    images = sample(
+                        self.backbone, sample_request,
+                        on_step_start=session.set_step,
+                        on_step_end=lambda step, total, x0: self._progress(emit, request, step, total, x0,
+                                                                           sample_request),
+                        should_cancel=cancel.is_set)
+                sampling_ms = (time.perf_counter() - sampling_started) * 1000
+            finally:
+                self._model_lock.release()
+        except WorkerError as error:
+            emit({"type": "job-error", "job_id": request.job_id, "code": error.code, "message": str(error)})
+            return
+        except (ValueError, OSError) as error:
+            emit({"type": "job-error", "job_id": request.job_id, "code": "invalid-request", "message": str(error)})
+            return
+        except Exception as error:  # a job must end with an event, whatever broke
+            emit({"type": "job-error", "job_id": request.job_id, "code": "internal-error",
+                  "message": f"{type(error).__name__}: {error}"})
+            return
+        emit({
+            "type": "job-end",
+            "job_id": request.job_id,
+            "images": [{"seed": seed, "png_base64": png_base64(image), "width": image.shape[1],
+                        "height": image.shape[0]} for seed, image in zip(request.seeds, images)],
+            "fusion": request.fusion,
+            "loras": [{"sha256": lora.sha256, "name": ref.name or lora.name, "format": lora.format,
+                       "scale": ref.scale} for lora, ref in zip(loras, request.loras)],
+            "model_version": self.backbone.version,
+            "gate_version": self.gates.info.version if request.fusion == "gated" else None,
+            "timings": {"total_ms": (time.perf_counter() - started) * 1000, "sampling_ms": sampling_ms},
+        })
+
+    def _progress(self, emit: Emit, request: GenerateRequest, step: int, total: int, x0: torch.Tensor,
+                  sample_request: SampleRequest) -> None:
+        event = {"type": "job-progress", "job_id": request.job_id, "step": step, "total": total}
+        if request.preview_every and (step % request.preview_every == 0 or step == total):
+            preview = self.backbone.preview(x0[:1], sample_request.height, sample_request.width)
+            if preview is not None:
+                image = Image.fromarray(preview[0])
+                image.thumbnail((request.preview_size, request.preview_size))
+                event["preview"] = {"png_base64": png_base64(np.asarray(image)), "width": image.width,
+                                    "height": image.height}
+        emit(event)

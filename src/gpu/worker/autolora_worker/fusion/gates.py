@@ -1,0 +1,150 @@
+"""The paper's fine-grained gates (eq. 6-8), their versioned weight files, and the Global LoRA (eq. 9)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .layer import fused_layers
+
+GATE_FILE_FORMAT = "autolora-gates"
+GATE_FILE_FORMAT_VERSION = "1"
+GATE_PARAMS = ("w_x", "w_l", "w_c", "b", "w_o", "ln_x.weight", "ln_x.bias", "ln_l.weight", "ln_l.bias")
+
+
+class Gate(nn.Module):
+    """One gate per LoRA-carrying linear, shared by every LoRA at that layer (so it generalises to new LoRAs).
+
+    G = σ(x̂⊙w_x + L̂⊙w_l + x̂⊙L̂⊙w_c + b),  x' = x + Σᵢ w_o⊙gᵢ⊙lᵢ   with x̂ = LN(x), L̂ = LN(L).
+    Untrained gates start as the authors' training code (DiffSynth-Studio LoraMerger) does: the three gate vectors
+    and the bias drawn from N(0, 1), w_o = 1, LayerNorms affine at identity.
+    """
+
+    def __init__(self, dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.w_x = nn.Parameter(torch.randn(dim, generator=generator))
+        self.w_l = nn.Parameter(torch.randn(dim, generator=generator))
+        self.w_c = nn.Parameter(torch.randn(dim, generator=generator))
+        self.b = nn.Parameter(torch.randn(dim, generator=generator))
+        self.w_o = nn.Parameter(torch.ones(dim))
+        self.ln_x = nn.LayerNorm(dim)
+        self.ln_l = nn.LayerNorm(dim)
+
+    def forward(self, base_out: torch.Tensor, lora_outs: torch.Tensor) -> torch.Tensor:
+        # base_out (..., D); lora_outs (k, ..., D) -> fused (..., D)
+        x_hat = self.ln_x(base_out)
+        l_hat = self.ln_l(lora_outs)
+        gates = torch.sigmoid(x_hat * self.w_x + l_hat * self.w_l + x_hat * l_hat * self.w_c + self.b)
+        return base_out + (self.w_o * gates * lora_outs).sum(dim=0)
+
+
+@dataclass(frozen=True)
+class GateInfo:
+    version: str
+    family: str
+    global_rank: int
+
+
+class GateBank(nn.Module):
+    """All gates of one model, keyed by the module name of the linear they sit on."""
+
+    def __init__(self, dims: dict[str, int], seed: int = 0, version: str = "untrained", family: str = "",
+                 global_rank: int = 4):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self._keys = {name: name.replace(".", "__") for name in dims}  # ModuleDict keys may not contain dots
+        self.gates = nn.ModuleDict({self._keys[name]: Gate(dim, generator) for name, dim in sorted(dims.items())})
+        self.info = GateInfo(version=version, family=family, global_rank=global_rank)
+
+    def __contains__(self, module_name: str) -> bool:
+        return module_name in self._keys
+
+    def gate(self, module_name: str) -> Gate:
+        return self.gates[self._keys[module_name]]
+
+    def module_names(self) -> list[str]:
+        return sorted(self._keys)
+
+    def save(self, path: str | Path, version: str) -> None:
+        tensors = {
+            f"{name}.{param}": tensor.detach().float().contiguous().cpu()
+            for name in self._keys
+            for param, tensor in self.gate(name).state_dict().items()
+        }
+        metadata = {
+            "format": GATE_FILE_FORMAT, "format_version": GATE_FILE_FORMAT_VERSION, "version": version,
+            "family": self.info.family, "global_rank": str(self.info.global_rank),
+        }
+        save_file(tensors, str(path), metadata=metadata)
+        self.info = GateInfo(version=version, family=self.info.family, global_rank=self.info.global_rank)
+
+    @classmethod
+    def load(cls, path: str | Path, dims: dict[str, int], family: str) -> "GateBank":
+        """Load a gate file for a model whose wrapped linears have output widths `dims`.
+
+        The file must be ours, for this family, and cover exactly these layers with these widths; anything else
+        is an error naming what differs (a gate file for another model would silently produce noise).
+        """
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as error:  # safetensors raises several types; one clear line is what matters
+            raise ValueError(f"cannot read gate file {path}: {error}") from None
+        if metadata.get("format") != GATE_FILE_FORMAT:
+            raise ValueError(f"{path} is not an AutoLoRA gate file (metadata format={metadata.get('format')!r})")
+        if metadata.get("format_version") != GATE_FILE_FORMAT_VERSION:
+            raise ValueError(f"{path}: gate file format version {metadata.get('format_version')!r} is not supported "
+                             f"(this worker reads version {GATE_FILE_FORMAT_VERSION})")
+        if metadata.get("family") and metadata["family"] != family:
+            raise ValueError(f"{path} holds gates for family {metadata['family']!r}, the loaded model is {family!r}")
+        in_file = {key.rsplit(".", 2)[0] if key.endswith((".weight", ".bias")) else key.rsplit(".", 1)[0]
+                   for key in tensors}
+        missing, extra = sorted(set(dims) - in_file), sorted(in_file - set(dims))
+        if missing or extra:
+            raise ValueError(f"{path} does not match the model: {len(missing)} layers without gates "
+                             f"(e.g. {missing[:3]}), {len(extra)} unknown layers (e.g. {extra[:3]})")
+        bank = cls(dims, version=metadata.get("version", path.stem), family=family,
+                   global_rank=int(metadata.get("global_rank", 4)))
+        for name in dims:
+            state = {param: tensors[f"{name}.{param}"] for param in GATE_PARAMS}
+            for param, tensor in state.items():
+                if tensor.shape != (dims[name],):
+                    raise ValueError(f"{path}: gate {name}.{param} has shape {tuple(tensor.shape)}, "
+                                     f"the layer is {dims[name]} wide")
+            bank.gate(name).load_state_dict(state)
+        return bank
+
+
+def gate_dims(model: nn.Module) -> dict[str, int]:
+    """The width of every wrapped linear of a model: the shape of the gate bank it needs."""
+    return {name: layer.out_features for name, layer in fused_layers(model).items()}
+
+
+def global_lora(downs: list[torch.Tensor], ups: list[torch.Tensor], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9: the best rank-`rank` approximation of Σᵢ upᵢ @ downᵢ, as (down (r, in), up (out, r)).
+
+    The paper uses torch's randomized SVD on the dense sum. We compute the same truncated SVD exactly from the
+    factors: with Σ BᵢAᵢ = B·A (B = [B₁…Bₖ], A = [A₁;…;Aₖ]) and thin QRs B = Q_b R_b, Aᵀ = Q_a R_a, the sum is
+    Q_b (R_b R_aᵀ) Q_aᵀ, so only an R×R SVD is needed (R = Σ ranks). It never forms the out×in matrix, costs
+    O((out+in)·R²) instead of O(out·in·R), and is deterministic, so the same seed gives the same image.
+    """
+    if not downs:
+        raise ValueError("global LoRA needs at least one LoRA")
+    dtype = downs[0].dtype
+    stacked_up = torch.cat([u.float() for u in ups], dim=1)  # (out, R)
+    stacked_down = torch.cat([d.float() for d in downs], dim=0)  # (R, in)
+    q_up, r_up = torch.linalg.qr(stacked_up)  # (out, m), (m, R)
+    q_down, r_down = torch.linalg.qr(stacked_down.T)  # (in, n), (n, R)
+    u, s, vh = torch.linalg.svd(r_up @ r_down.T)  # core (m, n)
+    keep = min(rank, s.shape[0])
+    up = (q_up @ u[:, :keep]) * s[:keep]  # (out, r)
+    down = vh[:keep] @ q_down.T  # (r, in)
+    return down.to(dtype), up.to(dtype)
+

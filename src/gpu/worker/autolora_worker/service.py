@@ -1,0 +1,178 @@
+"""The worker's HTTP service on loopback: bearer-token auth, NDJSON streaming of job events, cancellation.
+
+Images travel inside `job-end` as base64 PNG rather than as paths in a shared folder: a remote GPU host shares
+no disk with the host, and four 1024² PNGs (~6 MB of base64) are cheap next to the sampling that made them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .engine import Engine
+from .errors import InvalidLoraFileError, InvalidRequestError
+from .protocol import CancelRequest, GenerateRequest, InspectRequest, parse
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class JobRegistry:
+    """Cancellation flags of the jobs in flight, by job id."""
+
+    def __init__(self):
+        self._jobs: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, job_id: str) -> threading.Event:
+        with self._lock:
+            if job_id in self._jobs:
+                raise InvalidRequestError(f"field 'job_id': job {job_id!r} is already running")
+            self._jobs[job_id] = threading.Event()
+            return self._jobs[job_id]
+
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            event = self._jobs.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def end(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+
+class WorkerServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], engine: Engine, token: str):
+        if not token:
+            raise ValueError("the worker needs a token (--token or AUTOLORA_WORKER_TOKEN): it never runs open")
+        super().__init__(address, WorkerHandler)
+        self.engine = engine
+        self.token = token
+        self.jobs = JobRegistry()
+
+
+class WorkerHandler(BaseHTTPRequestHandler):
+    server: WorkerServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # the default logs every request to stderr, token-free but noisy
+        pass
+
+    # ---- plumbing -----------------------------------------------------------------------------------------
+    def _send_json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        self._send_json(status, {"error": {"code": code, "message": message}})
+
+    def _authorised(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(supplied.encode(), self.server.token.encode()):
+            return True
+        self._error(HTTPStatus.UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
+        return False
+
+    def _body(self) -> object:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise InvalidRequestError(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw or b"null")
+        except json.JSONDecodeError as error:
+            raise InvalidRequestError(f"request body is not valid JSON: {error.msg} at position {error.pos}") from None
+
+    # ---- routes -------------------------------------------------------------------------------------------
+    def do_GET(self):
+        if not self._authorised():
+            return
+        if self.path == "/health":
+            self._send_json(HTTPStatus.OK, self.server.engine.health())
+        else:
+            self._error(HTTPStatus.NOT_FOUND, "not-found", f"no route GET {self.path}")
+
+    def do_POST(self):
+        if not self._authorised():
+            return
+        routes = {"/generate": self._generate, "/inspect": self._inspect, "/cancel": self._cancel}
+        route = routes.get(self.path)
+        if route is None:
+            self._error(HTTPStatus.NOT_FOUND, "not-found", f"no route POST {self.path}")
+            return
+        try:
+            route()
+        except InvalidRequestError as error:
+            self._error(HTTPStatus.BAD_REQUEST, error.code, str(error))
+
+    def _inspect(self):
+        request = parse(InspectRequest, self._body())
+        try:
+            self._send_json(HTTPStatus.OK, self.server.engine.inspect(request.path))
+        except InvalidLoraFileError as error:
+            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, error.code, str(error))
+        except OSError as error:
+            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, InvalidLoraFileError.code,
+                        f"cannot read {request.path}: {error.strerror or error}")
+
+    def _cancel(self):
+        request = parse(CancelRequest, self._body())
+        if self.server.jobs.cancel(request.job_id):
+            self._send_json(HTTPStatus.OK, {"job_id": request.job_id, "cancelling": True})
+        else:
+            self._error(HTTPStatus.NOT_FOUND, "no-such-job", f"no job {request.job_id!r} is running")
+
+    def _generate(self):
+        request = parse(GenerateRequest, self._body())
+        cancel = self.server.jobs.start(request.job_id)
+        try:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+
+            def emit(event: dict) -> None:
+                if cancel.is_set() and event["type"] == "job-progress":
+                    return
+                line = json.dumps(event).encode() + b"\n"
+                try:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()
+                except OSError:
+                    cancel.set()  # the client went away: stop sampling at the next step boundary
+
+            self.server.engine.generate(request, emit, cancel)
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+        finally:
+            self.server.jobs.end(request.job_id)
+
+
+def serve(engine: Engine, host: str, port: int, token: str) -> None:
+    server = WorkerServer((host, port), engine, token)
+    bound_host, bound_port = server.server_address[:2]
+    # One machine-readable line so a supervisor that asked for port 0 learns the real port.
+    print(json.dumps({"event": "listening", "host": bound_host, "port": bound_port}), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        print(json.dumps({"event": "stopped"}), file=sys.stderr, flush=True)
