@@ -108,7 +108,7 @@ class FluxBackbone(Backbone):
         from diffusers import FluxPipeline
 
         try:
-            self.pipeline = FluxPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+            self.pipeline = FluxPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         except Exception as error:
             raise ModelLoadError(f"cannot load a FLUX pipeline from {path}: {error}") from error
         self.pipeline.to(device)

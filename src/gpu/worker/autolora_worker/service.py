@@ -21,26 +21,27 @@ MAX_BODY_BYTES = 1 << 20
 
 
 class JobRegistry:
-    """Cancellation flags of the jobs in flight, by job id."""
+    """The jobs in flight, by id: their cancellation flag and the last step they reported."""
 
     def __init__(self):
-        self._jobs: dict[str, threading.Event] = {}
+        self._jobs: dict[str, tuple[threading.Event, list[int]]] = {}
         self._lock = threading.Lock()
 
-    def start(self, job_id: str) -> threading.Event:
+    def start(self, job_id: str) -> tuple[threading.Event, list[int]]:
         with self._lock:
             if job_id in self._jobs:
                 raise InvalidRequestError(f"field 'job_id': job {job_id!r} is already running")
-            self._jobs[job_id] = threading.Event()
+            self._jobs[job_id] = (threading.Event(), [0])
             return self._jobs[job_id]
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str) -> int | None:
+        """Flag the job; returns the step it had reported when flagged, or None for an unknown job."""
         with self._lock:
-            event = self._jobs.get(job_id)
-        if event is None:
-            return False
-        event.set()
-        return True
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            job[0].set()
+            return job[1][0]
 
     def end(self, job_id: str) -> None:
         with self._lock:
@@ -130,14 +131,16 @@ class WorkerHandler(BaseHTTPRequestHandler):
 
     def _cancel(self):
         request = parse(CancelRequest, self._body())
-        if self.server.jobs.cancel(request.job_id):
-            self._send_json(HTTPStatus.OK, {"job_id": request.job_id, "cancelling": True})
+        at_step = self.server.jobs.cancel(request.job_id)
+        if at_step is not None:
+            # The job stops before its next step: `at_step` lets the caller check it went no further.
+            self._send_json(HTTPStatus.OK, {"job_id": request.job_id, "cancelling": True, "at_step": at_step})
         else:
             self._error(HTTPStatus.NOT_FOUND, "no-such-job", f"no job {request.job_id!r} is running")
 
     def _generate(self):
         request = parse(GenerateRequest, self._body())
-        cancel = self.server.jobs.start(request.job_id)
+        cancel, reported_step = self.server.jobs.start(request.job_id)
         try:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/x-ndjson")
@@ -146,8 +149,8 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self.end_headers()
 
             def emit(event: dict) -> None:
-                if cancel.is_set() and event["type"] == "job-progress":
-                    return
+                if event["type"] == "job-progress":
+                    reported_step[0] = event["step"]
                 line = json.dumps(event).encode() + b"\n"
                 try:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))

@@ -1,0 +1,158 @@
+"""The worker's HTTP service, run for real as `python -m autolora_worker serve` in a subprocess."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from autolora_worker.lora.formats import write_lora_file
+from autolora_worker.models import random_proving_ground
+
+from conftest import modules_matching, random_lora
+
+TOKEN = "test-token-" + "x" * 20
+WORKER_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def worker():
+    env = {**os.environ, "AUTOLORA_WORKER_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu"],
+                               cwd=WORKER_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line:
+        process.kill()
+        pytest.fail(f"worker did not start: {process.stderr.read()}")
+    port = json.loads(line)["port"]
+    yield f"http://127.0.0.1:{port}", process
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def call(url: str, path: str, body: dict | None = None, token: str | None = TOKEN):
+    request = urllib.request.Request(url + path, method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+        return response.status, response
+    except urllib.error.HTTPError as error:
+        return error.code, error
+
+
+def events(response):
+    for line in response:
+        yield json.loads(line)
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory):
+    model = random_proving_ground().transformer  # same seeded config as the worker's stand-in model
+    modules = [m for m in modules_matching(model, "attn.to_", "ff.net") if m.startswith("transformer_blocks.")]
+    lora = random_lora(model, modules, rank=4, seed=1, magnitude=0.2)
+    path = tmp_path_factory.mktemp("loras") / "stripes.safetensors"
+    write_lora_file(lora.layers, path, "kohya")
+    return path
+
+
+def test_every_route_needs_the_bearer_token(worker):
+    url, _ = worker
+    for token in (None, "wrong", TOKEN + "x"):
+        status, response = call(url, "/health", token=token)
+        assert status == 401
+        assert json.load(response)["error"]["code"] == "unauthorized"
+        assert call(url, "/generate", {"prompt": "x"}, token=token)[0] == 401
+    status, response = call(url, "/health")
+    health = json.load(response)
+    assert status == 200
+    assert health["family"] == "proving-ground" and health["device"] == "cpu"
+    assert health["gate_version"] == "untrained" and health["model_version"]
+
+
+def test_generation_streams_progress_then_the_images(worker, lora_file):
+    url, _ = worker
+    status, response = call(url, "/generate", {"job_id": "job-1", "prompt": "a red hexagon", "seeds": [1, 2],
+                                               "steps": 3, "loras": [{"path": str(lora_file), "scale": 0.8}],
+                                               "fusion": "gated", "preview_every": 1})
+    assert status == 200 and response.headers["Content-Type"] == "application/x-ndjson"
+    stream = list(events(response))
+    assert [e["type"] for e in stream] == ["job-start", "job-progress", "job-progress", "job-progress", "job-end"]
+    assert [e["step"] for e in stream[1:4]] == [1, 2, 3] and all(e["total"] == 3 for e in stream[1:4])
+    assert all("preview" in e for e in stream[1:4])
+    end = stream[-1]
+    assert [image["seed"] for image in end["images"]] == [1, 2]
+    pixels = Image.open(io.BytesIO(base64.b64decode(end["images"][0]["png_base64"])))
+    assert pixels.size == (64, 64)
+    assert end["loras"][0]["format"] == "kohya" and len(end["loras"][0]["sha256"]) == 64
+    cached = json.load(call(url, "/health")[1])["cached_loras"]
+    assert cached[0]["sha256"] == end["loras"][0]["sha256"]
+
+
+def test_cancel_stops_the_job_within_one_step(worker):
+    url, _ = worker
+    _, response = call(url, "/generate", {"job_id": "long", "prompt": "a star", "seeds": [1, 2, 3, 4],
+                                          "steps": 200})
+    stream = events(response)
+    assert next(stream)["type"] == "job-start"
+    assert next(stream)["type"] == "job-progress"
+    status, cancel_response = call(url, "/cancel", {"job_id": "long"})
+    assert status == 200
+    at_step = json.load(cancel_response)["at_step"]
+    rest = list(stream)
+    assert rest[-1]["type"] == "job-error" and rest[-1]["code"] == "job-cancelled"
+    last_step = max([e["step"] for e in rest if e["type"] == "job-progress"], default=at_step)
+    assert last_step <= at_step + 1 < 200
+    assert call(url, "/cancel", {"job_id": "long"})[0] == 404  # it is gone
+
+
+def test_a_bad_lora_fails_that_request_only(worker, tmp_path, lora_file):
+    url, process = worker
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    pickle_file = tmp_path / "old.safetensors"
+    pickle_file.write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
+    for path in (broken, pickle_file, tmp_path / "missing.safetensors"):
+        _, response = call(url, "/generate", {"prompt": "a ring", "steps": 1, "loras": [{"path": str(path)}]})
+        stream = list(events(response))
+        assert stream[-1]["type"] == "job-error", path
+        assert path.name in stream[-1]["message"] and "\n" not in stream[-1]["message"]
+    assert process.poll() is None
+    _, response = call(url, "/generate", {"prompt": "a ring", "steps": 1, "loras": [{"path": str(lora_file)}]})
+    assert list(events(response))[-1]["type"] == "job-end"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"prompt": "x", "seeds": ["one"]}, "seeds.0"),
+    ({"prompt": "x", "steps": 0}, "steps"),
+    ({"prompt": "x", "fusion": "average"}, "fusion"),
+    ({"prompt": "x", "sampler": "ddim"}, "sampler"),
+    ({"seeds": [1]}, "prompt"),
+    ({"prompt": "x", "loras": [{"path": "a", "scale": 100}]}, "loras.0.scale"),
+])
+def test_bad_requests_get_400_naming_the_field(worker, body, field):
+    url, _ = worker
+    status, response = call(url, "/generate", body)
+    assert status == 400
+    assert f"'{field}'" in json.load(response)["error"]["message"]
+
+
+def test_inspect_route(worker, lora_file, tmp_path):
+    url, _ = worker
+    status, response = call(url, "/inspect", {"path": str(lora_file)})
+    report = json.load(response)
+    assert status == 200 and report["format"] == "kohya" and report["family"] == "proving-ground"
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"PK\x03\x04 torch zip")
+    status, response = call(url, "/inspect", {"path": str(junk)})
+    assert status == 422 and json.load(response)["error"]["code"] == "invalid-lora-file"
