@@ -57,6 +57,12 @@ def _bench(args) -> int:
     return run_fusion_bench(args)
 
 
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autolora_worker",
                                      description="AutoLoRA GPU worker: LoRA files, fusion, sampling.")
@@ -78,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cuda" if _cuda() else "cpu")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
     serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser("demo", help="generate a 2x2 grid with and without a LoRA on the embedded default")
+    demo.add_argument("--prompt", default="a red hexagon with diagonal stripes")
+    demo.add_argument("--out", default="build/demo", help="folder for the PNG grids")
+    demo.add_argument("--model-path", default=None, help="proving-ground model directory (default: seeded random)")
+    demo.add_argument("--gates", default=None)
+    demo.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    demo.set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)

@@ -1,4 +1,4 @@
-"""The fusion benchmark's contract: every model, strategy and k, ratios against `none` from the same run."""
+"""The benchmark and demo commands: every model, strategy and k row of `bench fusion`, and the demo grids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
+from autolora_worker.__main__ import main
 from autolora_worker.bench import full_flux_rows
 from autolora_worker.fusion import STRATEGIES
 
@@ -40,3 +42,10 @@ def test_full_flux_path_runs_on_a_shrunken_config():
     rows = full_flux_rows(torch.device("cpu"), rank=4, repeats=1, config=tiny, size=64, text_tokens=8)
     assert len(rows) == len(STRATEGIES) * 3 and {r["model"] for r in rows} == {"flux-full"}
     assert torch.get_default_dtype() == torch.float32  # the bf16 build must not leak into the process
+
+
+def test_demo_writes_both_grids(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    none, gated = (Image.open(tmp_path / f"grid-{fusion}.png") for fusion in ("none", "gated"))
+    assert none.size == gated.size == (512, 512)
+    assert list(none.getdata()) != list(gated.getdata()), "the LoRA should change the images"
