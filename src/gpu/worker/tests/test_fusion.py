@@ -171,7 +171,7 @@ def test_klora_with_two_loras_follows_the_published_rule():
         s1, s2 = (torch.topk(d.abs().flatten(), r1 * r2).values.sum() for d in deltas[name])
         expected_first = (s1 / gamma) / (s2 * s) > 1
         x = torch.randn(4, 16)
-        out = plan.apply(x, torch.zeros(4, 16))
+        out = plan.forward(lambda t: torch.zeros(4, 16), x)
         chosen = 0 if torch.allclose(out, x @ deltas[name][0].T, atol=1e-4) else 1
         assert chosen == (0 if expected_first else 1), name
         assert torch.allclose(out, x @ deltas[name][chosen].T, atol=1e-4)
@@ -222,3 +222,11 @@ def test_untrained_gates_are_reproducible(backbone):
     name = a.module_names()[3]
     assert torch.equal(a.gate(name).w_x, b.gate(name).w_x)
     assert torch.equal(a.gate(name).w_o, torch.ones_like(a.gate(name).w_o))
+
+
+def test_dare_keeping_every_entry_is_direct_addition(backbone):
+    model = backbone.transformer
+    loras = [random_lora(model, modules_matching(model, "attn.to_"), rank=4, seed=60 + i) for i in range(2)]
+    with pytest.warns(UserWarning, match="no pruning"):
+        kept_all = run(backbone, loras, "dare", dare_density=1.0)
+    torch.testing.assert_close(kept_all, run(backbone, loras, "direct"), atol=1e-5, rtol=1e-5)

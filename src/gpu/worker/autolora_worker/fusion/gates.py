@@ -39,8 +39,12 @@ class Gate(nn.Module):
         # base_out (..., D); lora_outs (k, ..., D) -> fused (..., D)
         x_hat = self.ln_x(base_out)
         l_hat = self.ln_l(lora_outs)
-        gates = torch.sigmoid(x_hat * self.w_x + l_hat * self.w_l + x_hat * l_hat * self.w_c + self.b)
-        return base_out + (self.w_o * gates * lora_outs).sum(dim=0)
+        # Eq. 7 regrouped as (x̂⊙w_x + b) + L̂⊙(w_l + x̂⊙w_c): the two per-token terms are computed once, not once
+        # per LoRA, which saves three passes over the (k, tokens, D) tensors that dominate the gate's cost.
+        shared = x_hat * self.w_x + self.b
+        mixing = x_hat * self.w_c + self.w_l
+        gates = torch.sigmoid(torch.addcmul(shared, l_hat, mixing))  # (k, ..., D)
+        return base_out + self.w_o * (gates * lora_outs).sum(dim=0)
 
 
 @dataclass(frozen=True)

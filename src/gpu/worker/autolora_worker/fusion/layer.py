@@ -35,9 +35,9 @@ class StepState:
 
 
 class LayerPlan:
-    """What a strategy does at one layer for one request."""
+    """What a strategy does at one layer for one request, in place of the base layer's forward."""
 
-    def apply(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:  # (..., in), (..., out) -> (..., out)
+    def forward(self, base: nn.Linear, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         raise NotImplementedError
 
 
@@ -63,10 +63,9 @@ class FusedLinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base_out = self.base(x)
         if self.plan is None:
-            return base_out
-        return self.plan.apply(x, base_out)
+            return self.base(x)
+        return self.plan.forward(self.base, x)
 
 
 def wrap_linears(model: nn.Module) -> dict[str, FusedLinear]:

@@ -60,8 +60,8 @@ class DirectPlan(LayerPlan):
     def __init__(self, branches: list[Branch]):
         self.branches = branches
 
-    def apply(self, x, base_out):
-        return base_out + _low_rank(x, self.branches)
+    def forward(self, base, x):
+        return base(x) + _low_rank(x, self.branches)
 
 
 class Direct(FusionStrategy):
@@ -73,19 +73,22 @@ class Direct(FusionStrategy):
         return {name: DirectPlan(layer_branches) for name, layer_branches in branches.items()}
 
 
-class DensePlan(LayerPlan):
-    def __init__(self, delta: torch.Tensor):
-        self.delta = delta  # (out, in)
+class MergedPlan(LayerPlan):
+    """A layer whose update was merged into a private copy of its weight: one matmul, as fast as the base."""
 
-    def apply(self, x, base_out):
-        return base_out + F.linear(x, self.delta)
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight  # (out, in) = W₀ + ΔW, the base weight itself untouched
+
+    def forward(self, base, x):
+        return F.linear(x, self.weight, base.bias)
 
 
 class Dare(FusionStrategy):
     """Drop-and-rescale on each ΔWᵢ = sᵢBᵢAᵢ, then sum, with peft's `dare_linear`.
 
     The authors' baseline redraws the mask on every forward; we draw it once per request and layer from the
-    request seed (cached as one dense ΔW per layer), so a seed reproduces its image and steps cost one matmul.
+    request seed and merge it into a per-request copy of the layer's weight, so a seed reproduces its image and a
+    step costs what the base model's does (the price is one weight copy per adapted layer while the job runs).
     """
 
     name = "dare"
@@ -102,7 +105,8 @@ class Dare(FusionStrategy):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(options.seed * 1_000_003 + layers[name].index)
                 merged = dare_linear(deltas, ones, options.dare_density)
-            plans[name] = DensePlan(merged.to(layer_branches[0].up.dtype))
+            base_weight = layers[name].base.weight
+            plans[name] = MergedPlan((base_weight.float() + merged).to(base_weight.dtype))
         return plans
 
 
@@ -124,11 +128,14 @@ class KLoraPlan(LayerPlan):
         alpha, beta = self.options.klora_alpha, self.options.klora_beta
         return (alpha * progress + beta) % alpha
 
-    def apply(self, x, base_out):
+    def chosen(self) -> Branch:
         weights = torch.full_like(self.scores, self.step_scale())
         weights[self.reference] = 1.0
-        chosen = self.branches[int(torch.argmax(self.scores * weights))]
-        return base_out + F.linear(F.linear(x, chosen.down), chosen.up)
+        return self.branches[int(torch.argmax(self.scores * weights))]
+
+    def forward(self, base, x):
+        chosen = self.chosen()
+        return base(x) + F.linear(F.linear(x, chosen.down), chosen.up)
 
 
 class KLora(FusionStrategy):
@@ -187,10 +194,10 @@ class GatedPlan(LayerPlan):
         self.down = torch.cat([b.down for b in branches], dim=0)  # (R, in)
         self.splits = [b.rank for b in branches]
 
-    def apply(self, x, base_out):
+    def forward(self, base, x):
         hidden = F.linear(x, self.down).split(self.splits, dim=-1)  # k × (..., rᵢ)
         lora_outs = torch.stack([F.linear(h, b.up) for h, b in zip(hidden, self.branches)])  # (k, ..., out)
-        return self.gate(base_out, lora_outs)
+        return self.gate(base(x), lora_outs)
 
 
 class Gated(FusionStrategy):
