@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidRequestError
 
-MAX_SEED = 2**63 - 1
+# The host is JavaScript: integers above 2**53 - 1 lose precision there, and a seed must round-trip exactly.
+MAX_SEED = 2**53 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 

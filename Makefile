@@ -1,0 +1,67 @@
+# AutoLoRA bot: one entry point for a fresh clone. `make test` installs everything it needs (npm packages and a
+# Python venv) and runs the host (vitest) and worker (pytest) suites; see README.md.
+
+# Override on the command line (`make setup VENV=/tmp/v`, `make test PYTEST_PATHS=/tmp/t`); := rather than ?= so
+# a stray environment variable cannot redirect CI.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+WORKER := src/gpu/worker
+PYTEST_PATHS := $(WORKER)/tests
+RESULTS := build/test-results
+# torch is pinned here, not in the worker's pyproject: a bare `torch` from PyPI is the multi-GB CUDA build.
+# Our machines and CI carry the CPU build of 2.13.0 on disk (pip's find-links), which satisfies this pin and
+# wins over PyPI's. GPU users install their CUDA build of torch 2.13.0 into $(VENV) first; pip then keeps it.
+TORCH := torch==2.13.0
+
+# onnxruntime-node's install script downloads GPU binaries from outside the npm registry, which our machines
+# and CI cannot reach; the CPU binaries it ships in the npm package are all the host uses.
+export ONNXRUNTIME_NODE_INSTALL := skip
+
+NODE_STAMP := node_modules/.autolora-setup
+VENV_STAMP := $(VENV)/.autolora-setup
+
+.DELETE_ON_ERROR:
+.PHONY: setup test demo bench clean distclean
+
+setup: $(NODE_STAMP) $(VENV_STAMP)
+
+# `npm ci` wipes node_modules, stamp included, so the stamp is written after it.
+$(NODE_STAMP): package.json $(wildcard package-lock.json)
+	if [ -f package-lock.json ]; then npm ci; else npm install; fi
+	touch $@
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+# Re-runs when the worker's dependencies change; torch goes first so nothing else can pull a CUDA build.
+$(VENV_STAMP): $(WORKER)/pyproject.toml | $(PYTHON)
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '$(WORKER)[test]'
+	touch $@
+
+# Both suites always run; the summary script prints the closing "N passed, N failed" line and decides the exit
+# status, so pytest's exit 5 (no tests collected) or one suite's failure never hides the other's results.
+test: setup
+	@mkdir -p $(RESULTS) && rm -f $(RESULTS)/pytest.xml $(RESULTS)/vitest.json
+	@$(PYTHON) -m pytest $(PYTEST_PATHS) -q --junitxml=$(RESULTS)/pytest.xml; pytest_exit=$$?; \
+	npx vitest run --reporter=default --reporter=json --outputFile=$(RESULTS)/vitest.json; vitest_exit=$$?; \
+	node scripts/test-summary.mjs --pytest-xml $(RESULTS)/pytest.xml --pytest-exit $$pytest_exit \
+		--vitest-json $(RESULTS)/vitest.json --vitest-exit $$vitest_exit
+
+# The worker's main job on the embedded default model: a LoRA written in a community file format, read back and
+# fused with gates into a 2x2 grid of seeds next to the base model's grid (build/demo/grid-*.png).
+demo: setup
+	$(PYTHON) -m autolora_worker demo --out build/demo
+
+bench: setup
+	$(PYTHON) -m autolora_worker bench fusion --json
+
+# Build outputs and setup stamps; the next `make setup` re-checks the installs (quick when nothing changed).
+clean:
+	rm -rf build .pytest_cache $(WORKER)/.pytest_cache $(WORKER)/*.egg-info $(NODE_STAMP) $(VENV_STAMP)
+	find src test scripts -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also the installed packages: node_modules and the venv (including a CUDA torch installed by hand).
+distclean: clean
+	rm -rf node_modules $(VENV)

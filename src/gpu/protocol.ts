@@ -1,0 +1,182 @@
+// The contract between the host and the Python worker (src/gpu/worker/): the NDJSON events streamed by
+// `POST /generate` and the body of `GET /health`. Change it only together with the worker's side.
+import { z } from "zod";
+
+// Unknown extra fields are accepted and dropped (zod's default), so a worker may add fields before the host
+// reads them; missing or mistyped fields are errors.
+
+const imageSchema = z.object({
+  png_base64: z.string(),
+  width: z.int(),
+  height: z.int(),
+});
+
+export const jobStartEventSchema = z.object({
+  type: z.literal("job-start"),
+  job_id: z.string(),
+  seeds: z.array(z.int()),
+  steps: z.int(),
+});
+
+export const jobProgressEventSchema = z.object({
+  type: z.literal("job-progress"),
+  job_id: z.string(),
+  step: z.int().min(1),
+  total: z.int().min(1),
+  /** A low-resolution decode of the current latents; the worker sends it only on some steps. */
+  preview: imageSchema.optional(),
+});
+
+export const loraUsedSchema = z.object({
+  sha256: z.string(),
+  name: z.string(),
+  format: z.string(),
+  scale: z.number(),
+});
+
+export const jobEndEventSchema = z.object({
+  type: z.literal("job-end"),
+  job_id: z.string(),
+  images: z.array(imageSchema.extend({ seed: z.int() })),
+  fusion: z.string(),
+  loras: z.array(loraUsedSchema),
+  model_version: z.string(),
+  /** null when the fusion strategy has no trained gates (none, direct, dare, klora). */
+  gate_version: z.string().nullable(),
+  timings: z.object({
+    total_ms: z.number(),
+    sampling_ms: z.number(),
+  }),
+});
+
+export const jobErrorEventSchema = z.object({
+  type: z.literal("job-error"),
+  job_id: z.string(),
+  code: z.string(),
+  message: z.string(),
+});
+
+export const workerEventSchema = z.discriminatedUnion("type", [
+  jobStartEventSchema,
+  jobProgressEventSchema,
+  jobEndEventSchema,
+  jobErrorEventSchema,
+]);
+
+export type JobStartEvent = z.infer<typeof jobStartEventSchema>;
+export type JobProgressEvent = z.infer<typeof jobProgressEventSchema>;
+export type JobEndEvent = z.infer<typeof jobEndEventSchema>;
+export type JobErrorEvent = z.infer<typeof jobErrorEventSchema>;
+export type WorkerEvent = z.infer<typeof workerEventSchema>;
+
+export const workerHealthSchema = z.object({
+  status: z.literal("ok"),
+  family: z.string(),
+  device: z.string(),
+  model_version: z.string(),
+  gate_version: z.string().nullable(),
+  cached_loras: z.array(
+    z.object({
+      sha256: z.string(),
+      name: z.string(),
+      bytes: z.int(),
+    }),
+  ),
+  busy: z.boolean(),
+});
+
+export type WorkerHealth = z.infer<typeof workerHealthSchema>;
+
+/** Why a worker line was rejected: it was not JSON, or it was JSON that is not a known event. */
+export type WorkerProtocolErrorReason = "invalid-json" | "invalid-event";
+
+/** The worker sent something that breaks this contract; a worker/host version mismatch or a worker bug. */
+export class WorkerProtocolError extends Error {
+  readonly code = "worker-protocol" as const;
+  override readonly name = "WorkerProtocolError";
+
+  constructor(
+    readonly reason: WorkerProtocolErrorReason,
+    /** 1-based line number in the NDJSON stream. */
+    readonly lineNumber: number,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`worker event line ${lineNumber}: ${detail}`, options);
+  }
+}
+
+const maxQuotedChars = 120;
+
+function quote(line: string): string {
+  return line.length > maxQuotedChars ? `${JSON.stringify(line.slice(0, maxQuotedChars))}...` : JSON.stringify(line);
+}
+
+/** Parses and validates one NDJSON line; `lineNumber` (1-based) only labels errors. */
+export function parseWorkerEvent(line: string, lineNumber: number): WorkerEvent {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : String(error);
+    throw new WorkerProtocolError("invalid-json", lineNumber, `not JSON (${detail}): ${quote(line)}`, {
+      cause: error,
+    });
+  }
+  const result = workerEventSchema.safeParse(value);
+  if (!result.success) {
+    const issues = result.error.issues
+      .map((issue) => `${issue.path.length > 0 ? issue.path.join(".") : "(root)"}: ${issue.message}`)
+      .join("; ");
+    throw new WorkerProtocolError("invalid-event", lineNumber, `not a valid worker event: ${issues}`, {
+      cause: result.error,
+    });
+  }
+  return result.data;
+}
+
+// Blank lines (including a trailing newline's empty remainder) carry no event; "\r\n" endings are tolerated.
+function* eventsFromLines(lines: Iterable<string>, firstLineNumber: number): Generator<WorkerEvent> {
+  let lineNumber = firstLineNumber;
+  for (const rawLine of lines) {
+    const line = rawLine.endsWith("\r") ? rawLine.slice(0, -1) : rawLine;
+    if (line.trim() !== "") yield parseWorkerEvent(line, lineNumber);
+    lineNumber += 1;
+  }
+}
+
+/** Parses a whole NDJSON body; throws WorkerProtocolError at the first bad line. */
+export function parseWorkerEvents(text: string): WorkerEvent[] {
+  return [...eventsFromLines(text.split("\n"), 1)];
+}
+
+/**
+ * Yields each event of an NDJSON byte stream as soon as its line is complete. Lines may be split across chunks
+ * (and UTF-8 characters across chunk boundaries); a final line without a newline is still read. Stopping early
+ * (break/return) cancels the stream, which is how the host abandons a job's response.
+ */
+export async function* readWorkerEvents(stream: ReadableStream<Uint8Array>): AsyncGenerator<WorkerEvent> {
+  const reader = stream.getReader();
+  const decoder = new TextDecoder();
+  let pending = "";
+  let nextLineNumber = 1;
+  let finished = false;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      pending += decoder.decode(value, { stream: true });
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
+      yield* eventsFromLines(lines, nextLineNumber);
+      nextLineNumber += lines.length;
+    }
+    pending += decoder.decode();
+    yield* eventsFromLines([pending], nextLineNumber);
+    finished = true;
+  } finally {
+    // Cancelling an already failed stream rejects with the failure we are propagating; keep that one.
+    if (!finished) await reader.cancel().catch(() => undefined);
+    reader.releaseLock();
+  }
+}
