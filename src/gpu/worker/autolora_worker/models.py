@@ -86,8 +86,8 @@ class ProvingGroundBackbone(Backbone):
         self.spec = spec or get_family("proving-ground")
         self.transformer = transformer.to(device, dtype).eval().requires_grad_(False)
         self.device, self.dtype, self.version = device, dtype, version
-        self.codec = PixelPatchCodec(self.spec.extra["patch"])
-        self.pixels_per_token = self.codec.patch
+        self.codec = PixelPatchCodec(self.spec.extra["patch"], self.spec.extra.get("downsample", 1))
+        self.pixels_per_token = self.codec.pixels_per_token
         self.text_encoder = MiniLMTextEncoder(self.spec.extra["text_max_tokens"], device, dtype)
         wrap_linears(self.transformer)
 

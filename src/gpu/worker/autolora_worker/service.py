@@ -43,9 +43,11 @@ class JobRegistry:
             job[0].set()
             return job[1][0]
 
-    def end(self, job_id: str) -> None:
+    def end(self, job_id: str, cancel: threading.Event) -> None:
+        """Forget the job whose cancel flag is `cancel` (not a later job that reused its id)."""
         with self._lock:
-            self._jobs.pop(job_id, None)
+            if job_id in self._jobs and self._jobs[job_id][0] is cancel:
+                del self._jobs[job_id]
 
 
 class WorkerServer(ThreadingHTTPServer):
@@ -151,6 +153,9 @@ class WorkerHandler(BaseHTTPRequestHandler):
             def emit(event: dict) -> None:
                 if event["type"] == "job-progress":
                     reported_step[0] = event["step"]
+                elif event["type"] in ("job-end", "job-error"):
+                    # Over before the client can read that it is: a /cancel sent after the last event finds no job.
+                    self.server.jobs.end(request.job_id, cancel)
                 line = json.dumps(event).encode() + b"\n"
                 try:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
@@ -164,7 +169,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         finally:
-            self.server.jobs.end(request.job_id)
+            self.server.jobs.end(request.job_id, cancel)
 
 
 def serve(engine: Engine, host: str, port: int, token: str) -> None:
