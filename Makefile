@@ -22,7 +22,7 @@ NODE_STAMP := node_modules/.autolora-setup
 VENV_STAMP := $(VENV)/.autolora-setup
 
 .DELETE_ON_ERROR:
-.PHONY: setup test demo bench clean distclean
+.PHONY: setup test demo bench world bench-world text-encoder clean distclean
 
 setup: $(NODE_STAMP) $(VENV_STAMP)
 
@@ -56,6 +56,20 @@ demo: setup
 
 bench: setup
 	$(PYTHON) -m autolora_worker bench fusion --json
+
+# The proving ground from scratch: evaluator, base model, LoRA pool, previews, encoder, gates -> bundle/ (about
+# 60 minutes on 2 CPU cores; `--device cuda` is faster). Interrupted? `$(PYTHON) -m autolora_worker world build
+# --resume` continues from build/world/.
+world: setup
+	$(PYTHON) -m autolora_worker world build --preset full
+
+# The paper's tables on the committed bundle: reports/world/bench-world.{json,md} and fig4-heatmap.png.
+bench-world: setup
+	$(PYTHON) -m autolora_worker bench world --out reports/world
+
+# The frozen text encoder as ONNX plus its tokenizer, for the host's retrieval (not committed: about 90 MB).
+text-encoder: setup
+	$(PYTHON) -m autolora_worker export-text-encoder --out build/text-encoder
 
 # Build outputs and setup stamps; the next `make setup` re-checks the installs (quick when nothing changed).
 clean:

@@ -1,4 +1,4 @@
-"""Command line: `python -m autolora_worker inspect|serve|bench …`."""
+"""Command line: `python -m autolora_worker inspect|embed|serve|bench …`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ def _inspect(args) -> int:
     from .lora.cli import inspect_command
 
     return inspect_command(args.file, args.json)
+
+
+def _embed(args) -> int:
+    from .world.encoder import embed_command
+
+    return embed_command(args.file, args.json, args.encoder)
+
+
+def _export_text_encoder(args) -> int:
+    from .world.onnx_export import export_text_encoder_command
+
+    return export_text_encoder_command(args.out)
 
 
 def _serve(args) -> int:
@@ -73,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(run=_inspect)
 
+    embed = commands.add_parser("embed", help="embed a LoRA file with the LoRA encoder (for retrieval)")
+    embed.add_argument("file")
+    embed.add_argument("--json", action="store_true", help="print one JSON object")
+    embed.add_argument("--encoder", default=None, help="encoder folder (default: the embedded bundle's encoder/)")
+    embed.set_defaults(run=_embed)
+
+    export = commands.add_parser("export-text-encoder", help="write the text encoder as ONNX + tokenizer for the host")
+    export.add_argument("--out", default="build/text-encoder", help="output folder")
+    export.set_defaults(run=_export_text_encoder)
+
     serve = commands.add_parser("serve", help="serve generation over HTTP (bearer token required)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     serve.add_argument("--port", type=int, default=0, help="port; 0 picks a free one and prints it")
@@ -88,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="generate a 2x2 grid with and without a LoRA on the embedded default")
     demo.add_argument("--prompt", default="a red hexagon with diagonal stripes")
     demo.add_argument("--out", default="build/demo", help="folder for the PNG grids")
-    demo.add_argument("--model-path", default=None, help="proving-ground model directory (default: seeded random)")
+    demo.add_argument("--bundle", default=None, help="proving-ground bundle (default: the embedded bundle/ folder)")
+    demo.add_argument("--top", type=int, default=2, help="how many retrieved LoRAs to fuse")
+    demo.add_argument("--model-path", default=None,
+                      help="a proving-ground model directory instead of the bundle (LoRA: a random one)")
     demo.add_argument("--gates", default=None)
     demo.add_argument("--device", default="cuda" if _cuda() else "cpu")
     demo.set_defaults(run=_demo)
@@ -104,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--rank", type=int, default=16)
     fusion.add_argument("--repeats", type=int, default=3, help="timed repetitions per row (median reported)")
     fusion.set_defaults(run=_bench)
+
+    from .world.cli import add_world_commands
+
+    add_world_commands(commands, bench_kinds)
     return parser
 
 

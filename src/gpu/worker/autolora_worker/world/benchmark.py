@@ -1,0 +1,328 @@
+"""`python -m autolora_worker bench world`: the paper's tables, repeated on the proving-ground bundle.
+
+Everything is measured on held-out LoRAs (never seen by the encoder or the gates) with prompt templates no
+training caption uses, and fixed seeds, so two runs on the same bundle print the same numbers.
+
+- retrieval: recall@1, recall@3 and MRR of the weight encoder, of a caption baseline (the LoRA's preview captions
+  embedded by the same text encoder: what Stylus / LoraRetriever-style systems do) and of random ranking;
+- table2: "a {shape} in {style} style" with the matching object + style LoRA under each fusion strategy;
+- table34: random 2- and 3-LoRA fusions (an object, a style, and for k = 3 a third LoRA the prompt does not name)
+  → accuracy on the named attributes and Lᵢ Sim (evaluator-feature cosine to each single-LoRA image, same seed);
+- table5: gated with and without the Global LoRA, on the table2 pairs;
+- table1: end to end — retrieve the top-1/2/3 LoRAs for a shape + style + colour prompt and fuse them with gates,
+  against the base model alone; scored by the fraction of the prompt's attributes the evaluator finds;
+- fig4: cosine heatmap of LoRA embeddings grouped by concept, and mean(intra-concept) − mean(inter-concept).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..fusion import GateBank, gate_dims
+from ..lora.formats import read_lora_file
+from ..models import load_backbone
+from .bundle import BundlePaths, default_bundle_dir
+from .generate import generate
+from .render import COLOURS, SHAPES, STYLES, prompt_for
+
+METHODS = ("none", "direct", "dare", "klora", "gated")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    queries_per_concept: int
+    table2_pairs: int
+    table34_sets: int
+    table1_prompts: int
+    seeds: tuple[int, ...]
+    steps: int
+
+
+FULL = BenchSettings(queries_per_concept=4, table2_pairs=36, table34_sets=20, table1_prompts=40, seeds=(11, 22, 33, 44),
+                     steps=20)
+FAST = BenchSettings(queries_per_concept=2, table2_pairs=3, table34_sets=2, table1_prompts=3, seeds=(11, 22), steps=6)
+
+
+class World:
+    """The loaded bundle: model, gates, evaluator, encoder, text encoder and the pool with its records."""
+
+    def __init__(self, root: Path, device: str = "cpu"):
+        from .encoder import load_encoder
+        from .evaluator import load_evaluator
+
+        self.paths = BundlePaths(root)
+        if not self.paths.manifest.exists():
+            raise FileNotFoundError(f"{root} is not a proving-ground bundle (no manifest.json); "
+                                    "build one with `make world`")
+        self.manifest = json.loads(self.paths.manifest.read_text())
+        self.backbone = load_backbone("proving-ground", self.paths.model, device)
+        self.gates = GateBank.load(self.paths.gates, gate_dims(self.backbone.transformer), "proving-ground")
+        self.gates.requires_grad_(False)
+        self.evaluator = load_evaluator(self.paths.evaluator)
+        self.encoder = load_encoder(self.paths.encoder).eval()
+        self.records = json.loads(self.paths.pool_index.read_text())["loras"]
+        self.loras = {r["id"]: read_lora_file(root / r["file"]) for r in self.records}
+
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        return self.backbone.text_encoder(texts).pooled.float()
+
+    def lora_embeddings(self, ids: list[str]) -> torch.Tensor:
+        from .encoder import embed_loras
+
+        with torch.no_grad():
+            return embed_loras(self.encoder, [self.loras[i] for i in ids]).float()
+
+
+def concept_of(record: dict) -> str | None:
+    truth = record["truth"]
+    return truth.get("shape") or truth.get("style")
+
+
+def rank_metrics(scores: np.ndarray, relevant: np.ndarray) -> tuple[float, float, float]:
+    """scores (Q, N), relevant (Q, N) bool → recall@1, recall@3, MRR (first relevant hit)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hits = np.take_along_axis(relevant, order, axis=1)
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1), scores.shape[1])
+    recall1 = float(np.mean(first < 1))
+    recall3 = float(np.mean(first < 3))
+    mrr = float(np.mean(np.where(first < scores.shape[1], 1.0 / (first + 1), 0.0)))
+    return recall1, recall3, mrr
+
+
+def bench_retrieval(world: World, settings: BenchSettings, rng: np.random.Generator) -> dict:
+    candidates = [r for r in world.records if r["split"] == "heldout"]
+    ids = [r["id"] for r in candidates]
+    truths = [concept_of(r) for r in candidates]
+    concepts = sorted({c for c in truths if c is not None})
+    queries, query_concepts = [], []
+    for concept in concepts:
+        for _ in range(settings.queries_per_concept):
+            kwargs = {"shape": concept} if concept in SHAPES else {"style": concept}
+            queries.append(prompt_for(**kwargs, rng=rng, held_out_template=True))
+            query_concepts.append(concept)
+    relevant = np.array([[truth == concept for truth in truths] for concept in query_concepts])
+    query_vectors = world.text_embeddings(queries)
+    encoder_scores = (query_vectors @ world.lora_embeddings(ids).T).numpy()
+    caption_vectors = torch.stack([
+        F.normalize(world.text_embeddings([p["caption"] for p in r["previews"]]).mean(0), dim=0) for r in candidates])
+    caption_scores = (query_vectors @ caption_vectors.T).numpy()
+    random_runs = np.array([rank_metrics(rng.random(relevant.shape), relevant) for _ in range(50)]).mean(axis=0)
+    result = {}
+    for name, metrics in (("encoder", rank_metrics(encoder_scores, relevant)),
+                          ("captions", rank_metrics(caption_scores, relevant)), ("random", tuple(random_runs))):
+        result[name] = dict(zip(("recall_at_1", "recall_at_3", "mrr"), (round(float(m), 4) for m in metrics)))
+    result["queries"], result["candidates"] = len(queries), len(candidates)
+    return result
+
+
+def _held_out(world: World, kind: str) -> list[dict]:
+    return [r for r in world.records if r["split"] == "heldout" and r["kind"] == kind]
+
+
+def _pairs(world: World, count: int, rng: np.random.Generator) -> list[tuple[dict, dict]]:
+    objects, styles = _held_out(world, "object"), _held_out(world, "style")
+    every = [(o, s) for o in objects for s in styles]
+    if not every:
+        return []
+    picks = rng.choice(len(every), size=min(count, len(every)), replace=False)
+    return [every[int(i)] for i in picks]
+
+
+def bench_table2(world: World, settings: BenchSettings, rng: np.random.Generator, progress) -> tuple[dict, dict]:
+    pairs = _pairs(world, settings.table2_pairs, rng)
+    scores = {m: {"shape": [], "style": [], "both": []} for m in (*METHODS, "gated-no-global")}
+    for number, (obj, sty) in enumerate(pairs):
+        shape, style = obj["truth"]["shape"], sty["truth"]["style"]
+        prompt = prompt_for(shape=shape, style=style, rng=rng, held_out_template=True)
+        loras = [world.loras[obj["id"]], world.loras[sty["id"]]]
+        for method in scores:
+            strategy = "gated" if method.startswith("gated") else method
+            images = generate(world.backbone, prompt, list(settings.seeds), [] if method == "none" else loras,
+                              strategy=strategy, gates=world.gates, global_lora=method != "gated-no-global",
+                              steps=settings.steps)
+            predicted = world.evaluator.predict(images)
+            for got_shape, got_style in zip(predicted["shape"], predicted["style"]):
+                scores[method]["shape"].append(got_shape == shape)
+                scores[method]["style"].append(got_style == style)
+                scores[method]["both"].append(got_shape == shape and got_style == style)
+        progress(f"[bench] table2 pair {number + 1}/{len(pairs)}: {prompt!r}")
+    table2 = {m: {"shape_acc": _mean(s["shape"]), "style_acc": _mean(s["style"]), "both_correct": _mean(s["both"])}
+              for m, s in scores.items() if m in METHODS}
+    table5 = {"with_global": {"both_correct": table2["gated"]["both_correct"]},
+              "without_global": {"both_correct": _mean(scores["gated-no-global"]["both"])}, "pairs": len(pairs)}
+    return table2, table5
+
+
+def bench_table34(world: World, settings: BenchSettings, rng: np.random.Generator, progress) -> dict:
+    regular = [r for r in world.records if r["split"] == "heldout" and r["kind"] in ("object", "style")]
+    result = {}
+    for k in (2, 3):
+        scores = {m: {"attr": [], "sim": []} for m in METHODS}
+        pairs = _pairs(world, settings.table34_sets, rng)
+        for number, (obj, sty) in enumerate(pairs):
+            chosen = [obj, sty]
+            if k == 3:
+                # a third concept when the pool has one (a reduced pool may not: then another LoRA of the two)
+                extra = ([r for r in regular if concept_of(r) not in (concept_of(obj), concept_of(sty))]
+                         or [r for r in regular if r["id"] not in (obj["id"], sty["id"])])
+                if not extra:
+                    continue
+                chosen.append(extra[int(rng.integers(len(extra)))])
+            shape, style = obj["truth"]["shape"], sty["truth"]["style"]
+            prompt = prompt_for(shape=shape, style=style, rng=rng, held_out_template=True)
+            loras = [world.loras[r["id"]] for r in chosen]
+            seeds = list(settings.seeds)
+            singles = [world.evaluator.features(generate(world.backbone, prompt, seeds, [lora], strategy="direct",
+                                                         steps=settings.steps)) for lora in loras]
+            for method in METHODS:
+                images = generate(world.backbone, prompt, seeds, [] if method == "none" else loras, strategy=method,
+                                  gates=world.gates, steps=settings.steps)
+                predicted = world.evaluator.predict(images)
+                features = world.evaluator.features(images)
+                for index, (got_shape, got_style) in enumerate(zip(predicted["shape"], predicted["style"])):
+                    scores[method]["attr"].append(((got_shape == shape) + (got_style == style)) / 2)
+                    scores[method]["sim"].append(float(np.mean([float(features[index] @ single[index])
+                                                                for single in singles])))
+            progress(f"[bench] table34 k={k} set {number + 1}/{len(pairs)}")
+        result[f"k{k}"] = {m: {"attribute_acc": _mean(s["attr"]), "li_sim": _mean(s["sim"])}
+                           for m, s in scores.items()}
+    return result
+
+
+def bench_table1(world: World, settings: BenchSettings, rng: np.random.Generator, progress) -> dict:
+    candidates = [r for r in world.records if r["split"] == "heldout"]
+    ids = [r["id"] for r in candidates]
+    lora_vectors = world.lora_embeddings(ids)
+    scores = {name: [] for name in ("base", "top1", "top2", "top3")}
+    for number in range(settings.table1_prompts):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        prompt = prompt_for(shape=shape, style=style, colour=colour, rng=rng, held_out_template=True)
+        order = torch.argsort(world.text_embeddings([prompt])[0] @ lora_vectors.T, descending=True).tolist()
+        for name, k in (("base", 0), ("top1", 1), ("top2", 2), ("top3", 3)):
+            loras = [world.loras[ids[i]] for i in order[:k]]
+            images = generate(world.backbone, prompt, list(settings.seeds), loras,
+                              strategy="gated" if loras else "none", gates=world.gates, steps=settings.steps)
+            predicted = world.evaluator.predict(images)
+            for got in zip(predicted["shape"], predicted["style"], predicted["colour"]):
+                scores[name].append(((got[0] == shape) + (got[1] == style) + (got[2] == colour)) / 3)
+        progress(f"[bench] table1 prompt {number + 1}/{settings.table1_prompts}: {prompt!r}")
+    return {name: {"attribute_acc": _mean(values)} for name, values in scores.items()}
+
+
+def bench_fig4(world: World, out_dir: Path | None) -> dict:
+    regular = sorted((r for r in world.records if r["kind"] in ("object", "style")), key=lambda r: concept_of(r))
+    ids = [r["id"] for r in regular]
+    concepts = [concept_of(r) for r in regular]
+    vectors = world.lora_embeddings(ids)
+    cosine = (vectors @ vectors.T).numpy()
+    same = np.array([[a == b for b in concepts] for a in concepts])
+    off_diagonal = ~np.eye(len(ids), dtype=bool)
+    heldout = np.array([r["split"] == "heldout" for r in regular])
+
+    def gap(mask_rows: np.ndarray) -> float:
+        pair = mask_rows[:, None] & mask_rows[None, :] & off_diagonal
+        return float(cosine[pair & same].mean() - cosine[pair & ~same].mean())
+
+    result = {"gap": round(gap(np.ones(len(ids), dtype=bool)), 4), "gap_heldout": round(gap(heldout), 4),
+              "loras": len(ids)}
+    if out_dir is not None:
+        result["heatmap"] = str(_heatmap(cosine, concepts, out_dir / "fig4-heatmap.png"))
+    return result
+
+
+def _heatmap(cosine: np.ndarray, concepts: list[str], path: Path) -> Path:
+    """A PNG of the cosine matrix (blue −1 … white 0 … red 1), 4 px per LoRA, with black lines between concepts."""
+    from PIL import Image
+
+    scale = 4
+    value = np.clip(cosine, -1, 1)
+    red = np.where(value > 0, 1.0, 1.0 + value)
+    blue = np.where(value < 0, 1.0, 1.0 - value)
+    green = 1.0 - np.abs(value)
+    pixels = (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    for index in range(1, len(concepts)):
+        if concepts[index] != concepts[index - 1]:
+            pixels[index * scale, :] = 0
+            pixels[:, index * scale] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _mean(values) -> float:
+    return round(float(np.mean(values)), 4) if len(values) else float("nan")
+
+
+def run_world_bench(bundle: str | Path | None = None, fast: bool = False, out_dir: str | Path | None = None,
+                    device: str = "cpu", progress=print) -> dict:
+    settings = FAST if fast else FULL
+    root = Path(bundle) if bundle else default_bundle_dir()
+    out = Path(out_dir) if out_dir else None
+    started = time.monotonic()
+    world = World(root, device)
+    rng = np.random.default_rng(2026)  # fixed: the same bundle gives the same numbers
+    from .evaluator import evaluate_accuracy
+
+    evaluator = evaluate_accuracy(world.evaluator, n=200 if fast else 1000, seed=99)
+    retrieval = bench_retrieval(world, settings, rng)
+    progress(f"[bench] retrieval: {retrieval}")
+    table2, table5 = bench_table2(world, settings, rng, progress)
+    table34 = bench_table34(world, settings, rng, progress)
+    table1 = bench_table1(world, settings, rng, progress)
+    fig4 = bench_fig4(world, out)
+    summary = {
+        "retrieval": {name: retrieval[name] for name in ("encoder", "captions", "random")},
+        "table2": table2,
+        "table34": table34,
+        "table5": {name: table5[name] for name in ("with_global", "without_global")},
+        "table1": table1,
+        "fig4": {"gap": fig4["gap"], "gap_heldout": fig4["gap_heldout"]},
+        "evaluator": evaluator,
+    }
+    report = {
+        "bundle": str(root), "versions": world.manifest.get("versions"), "fast": fast, "device": device,
+        "settings": settings.__dict__ | {"seeds": list(settings.seeds)},
+        "pool": {"loras": len(world.records), "heldout": sum(r["split"] == "heldout" for r in world.records)},
+        "retrieval_detail": {k: retrieval[k] for k in ("queries", "candidates")}, "table5_pairs": table5["pairs"],
+        "fig4_detail": fig4, "seconds": round(time.monotonic() - started, 1), "summary": summary,
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench-world.json").write_text(json.dumps(report, indent=1))
+        (out / "bench-world.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = [f"# bench world ({'fast' if report['fast'] else 'full'}) on {report['bundle']}", "",
+             f"versions {report['versions']}; pool {report['pool']}; {report['seconds']} s on {report['device']}", "",
+             "## Retrieval (held-out LoRAs, unseen prompt templates)", "", "| method | R@1 | R@3 | MRR |", "|---|---|---|---|"]
+    for name, m in s["retrieval"].items():
+        lines.append(f"| {name} | {m['recall_at_1']:.3f} | {m['recall_at_3']:.3f} | {m['mrr']:.3f} |")
+    lines += ["", "## Table 2: object + style LoRA", "", "| method | shape acc | style acc | both |", "|---|---|---|---|"]
+    for name, m in s["table2"].items():
+        lines.append(f"| {name} | {m['shape_acc']:.3f} | {m['style_acc']:.3f} | {m['both_correct']:.3f} |")
+    lines += ["", "## Tables 3-4: random fusions", "", "| method | k=2 attr | k=2 Lᵢ Sim | k=3 attr | k=3 Lᵢ Sim |",
+              "|---|---|---|---|---|"]
+    for name in METHODS:
+        a, b = s["table34"]["k2"][name], s["table34"]["k3"][name]
+        lines.append(f"| {name} | {a['attribute_acc']:.3f} | {a['li_sim']:.3f} | {b['attribute_acc']:.3f} | {b['li_sim']:.3f} |")
+    lines += ["", "## Table 5: Global LoRA", "",
+              f"with {s['table5']['with_global']['both_correct']:.3f}, without {s['table5']['without_global']['both_correct']:.3f}"
+              " (both-correct)", "", "## Table 1: end to end (attribute accuracy)", "", "| base | top-1 | top-2 | top-3 |",
+              "|---|---|---|---|",
+              "| " + " | ".join(f"{s['table1'][k]['attribute_acc']:.3f}" for k in ("base", "top1", "top2", "top3")) + " |",
+              "", f"## Figure 4: intra − inter concept cosine gap {s['fig4']['gap']:.3f} (held-out only {s['fig4']['gap_heldout']:.3f})",
+              "", f"## Evaluator on clean renders: {s['evaluator']}", ""]
+    return "\n".join(lines)

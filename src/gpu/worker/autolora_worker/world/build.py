@@ -1,0 +1,405 @@
+"""`python -m autolora_worker world build`: the proving-ground bundle from nothing, stage by stage.
+
+evaluator → base model → LoRA pool → previews → LoRA encoder → gates → manifest. Every stage writes into a work
+folder and leaves a marker when done, and the trainers checkpoint as they go, so an interrupted build resumes
+where it stopped (`--resume`). The finished bundle replaces the target folder only at the very end: a failed build
+never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..fusion import GateBank, gate_dims
+from ..lora.canonical import CanonicalLora, LoraLayer
+from ..lora.formats import read_lora_file, write_lora_file
+from ..models import load_backbone, random_proving_ground, save_proving_ground
+from .bundle import BundlePaths
+from .generate import generate
+from .pool import LoraPlan, PoolPlan, plan_pool, subset_modules
+from .render import BASE_SHAPES, COLOURS, SHAPES, STYLES, captions, random_scene, render_batch, to_tensor
+
+Progress = Callable[[str], None]
+CAPTION_LENGTHS = ("text", "text_short", "text_medium")
+BUNDLE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    evaluator_steps: int = 1500
+    evaluator_batch: int = 64
+    base_steps: int = 3000
+    base_batch: int = 32
+    base_lr: float = 1e-3
+    lora_steps: int = 150
+    lora_batch: int = 16
+    lora_lr: float = 3e-3
+    encoder_steps: int = 1500
+    encoder_batch: int = 16
+    gate_steps: int = 300
+    gate_batch: int = 8
+    gate_lr: float = 1e-2
+    # (hinge, caption dropout) variants of eq. 10 to train; the one that scores best on training LoRAs is kept.
+    gate_variants: tuple = ((False, 0.0), (True, 0.3))
+    gate_validation_pairs: int = 6
+    concepts: tuple | None = None  # None: every concept the base lacks
+    variants_per_concept: int = 8
+    odd_ones: int = 16
+    previews_per_lora: int = 2
+    sample_steps: int = 20
+
+
+PRESETS = {
+    "full": WorldConfig(),
+    # CI's reduced build: every stage, a few concepts, a few LoRAs, a few steps.
+    "ci": WorldConfig(evaluator_steps=40, evaluator_batch=32, base_steps=30, base_batch=8, lora_steps=8,
+                      lora_batch=4, encoder_steps=20, encoder_batch=2, gate_steps=6, gate_batch=2,
+                      gate_validation_pairs=1, concepts=("hexagon", "striped"), variants_per_concept=3, odd_ones=2,
+                      previews_per_lora=1, sample_steps=4),
+}
+
+
+def scene_sampler(shapes: tuple[str, ...], styles: tuple[str, ...]):
+    """A trainer's data: fresh renders of random scenes of these shapes and styles (all colours), captioned."""
+    def draw(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+        scenes = [random_scene(rng, shapes=shapes, styles=styles) for _ in range(batch)]
+        texts = [captions(scene, rng)[CAPTION_LENGTHS[int(rng.integers(3))]] for scene in scenes]
+        return to_tensor(render_batch(scenes)), texts
+    return draw
+
+
+def concept_scenes(concept: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The shapes and styles of a LoRA's training images: an object LoRA sees its shape, flat; a style LoRA sees
+    the base shapes in its style."""
+    if "shape" in concept:
+        return (concept["shape"],), ("flat",)
+    return BASE_SHAPES, (concept["style"],)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class WorldBuild:
+    def __init__(self, config: WorldConfig, out: Path, work: Path, device: str = "cpu", progress: Progress = print):
+        self.config, self.out, self.work = config, Path(out), Path(work)
+        self.device = device
+        self.progress = progress
+        self.stage_dir = self.work / "bundle"
+        self.paths = BundlePaths(self.stage_dir)
+        self.timings: dict[str, float] = {}
+        self.facts: dict[str, object] = {}
+        self.plan: PoolPlan = plan_pool(config.seed, config.concepts, config.variants_per_concept, config.odd_ones)
+
+    # --- stage bookkeeping -------------------------------------------------------------------------------------
+
+    def _done(self, stage: str) -> Path:
+        return self.work / f"{stage}.done.json"
+
+    def run_stage(self, stage: str, body: Callable[[], dict | None]) -> None:
+        marker = self._done(stage)
+        if marker.exists():
+            record = json.loads(marker.read_text())
+            self.timings[stage] = record["seconds"]
+            self.facts.update(record.get("facts", {}))
+            self.progress(f"[world] {stage}: already built ({record['seconds']:.0f} s), skipping")
+            return
+        self.progress(f"[world] {stage}: building")
+        started = time.monotonic()
+        facts = body() or {}
+        seconds = time.monotonic() - started
+        self.timings[stage] = seconds
+        self.facts.update(facts)
+        marker.write_text(json.dumps({"seconds": seconds, "facts": facts}))
+        self.progress(f"[world] {stage}: done in {seconds:.0f} s")
+
+    def build(self) -> Path:
+        self.work.mkdir(parents=True, exist_ok=True)
+        if not self.stage_dir.exists():
+            # The staged bundle was published (or never made): stage markers without their outputs mean nothing.
+            for marker in self.work.glob("*.done.json"):
+                marker.unlink()
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.config.seed)
+        self.run_stage("evaluator", self.build_evaluator)
+        self.run_stage("base", self.build_base)
+        self.run_stage("pool", self.build_pool)
+        self.run_stage("previews", self.build_previews)
+        self.run_stage("encoder", self.build_encoder)
+        self.run_stage("gates", self.build_gates)
+        self.write_manifest()
+        return self.publish()
+
+    # --- stages ------------------------------------------------------------------------------------------------
+
+    def build_evaluator(self) -> dict:
+        from .evaluator import evaluate_accuracy, save_evaluator, train_evaluator
+
+        c = self.config
+        evaluator = train_evaluator(seed=c.seed, steps=c.evaluator_steps, batch=c.evaluator_batch,
+                                    progress=self.progress, device=self.device)
+        accuracy = evaluate_accuracy(evaluator, seed=c.seed + 1)
+        save_evaluator(evaluator, self.paths.evaluator, accuracy=accuracy)
+        self.progress(f"[world] evaluator accuracy on clean held-out renders: {accuracy}")
+        return {"evaluator": accuracy}
+
+    def build_base(self) -> dict:
+        from .training import train_base
+
+        c = self.config
+        backbone = random_proving_ground(self.device, seed=c.seed)
+        history = train_base(backbone, scene_sampler(BASE_SHAPES, ("flat",)), steps=c.base_steps, batch=c.base_batch,
+                             lr=c.base_lr, seed=c.seed, checkpoint_dir=self.work / "base-checkpoint", resume=True,
+                             progress=self.progress)
+        version = f"pg-{c.seed}-{c.base_steps}"
+        save_proving_ground(backbone, self.paths.model, version)
+        # Half precision on disk halves the bundle; the model is loaded back as fp32 on the CPU.
+        self._halve_safetensors(self.paths.model / "transformer")
+        return {"base_final_loss": _final_loss(history)}
+
+    def _halve_safetensors(self, folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        for path in folder.glob("*.safetensors"):
+            tensors = {key: value.half() if value.is_floating_point() else value
+                       for key, value in load_file(str(path)).items()}
+            save_file(tensors, str(path), metadata={"format": "pt"})
+
+    def load_base(self):
+        return load_backbone("proving-ground", self.paths.model, self.device)
+
+    def build_pool(self) -> dict:
+        from .training import train_lora
+
+        c = self.config
+        backbone = self.load_base()
+        modules = list(gate_dims(backbone.transformer))
+        self.paths.pool.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        for index, lora in enumerate(self.plan.loras):
+            target = self.paths.pool / f"{lora.id}.safetensors"
+            if target.exists():
+                continue
+            shapes, styles = concept_scenes(lora.trained_on)
+            layers = train_lora(backbone, scene_sampler(shapes, styles), modules=subset_modules(modules, lora.subset),
+                                rank=lora.rank, alpha=float(lora.rank), steps=max(1, round(c.lora_steps * lora.steps_factor)),
+                                batch=c.lora_batch, lr=c.lora_lr, seed=lora.seed, progress=lambda line: None)
+            half = {name: LoraLayer(layer.down.half(), layer.up.half(), layer.scale) for name, layer in layers.items()}
+            partial = target.with_suffix(".partial")
+            write_lora_file(half, partial, lora.format, metadata={"autolora_world_id": lora.id})
+            partial.rename(target)
+            elapsed = time.monotonic() - started
+            done = index + 1
+            self.progress(f"[world] pool: {done}/{len(self.plan.loras)} {lora.id} (rank {lora.rank}, {lora.subset}, "
+                          f"{lora.format}); {elapsed / done:.1f} s/LoRA, ETA {elapsed / done * (len(self.plan.loras) - done):.0f} s")
+        return {"pool_size": len(self.plan.loras), "heldout": len(self.plan.split("heldout"))}
+
+    def build_previews(self) -> dict:
+        c = self.config
+        backbone = self.load_base()
+        self.paths.previews.mkdir(parents=True, exist_ok=True)
+        records = []
+        for index, lora in enumerate(self.plan.loras):
+            file = self.paths.pool / f"{lora.id}.safetensors"
+            canonical = read_lora_file(file)
+            rng = np.random.default_rng([c.seed, index, 7])
+            shapes, styles = concept_scenes({lora.attribute: lora.concept})  # what the uploader claims it does
+            previews = []
+            for number in range(c.previews_per_lora):
+                scene = random_scene(rng, shapes=shapes, styles=styles)
+                caption = captions(scene, rng)["text"]
+                seed = int(rng.integers(1 << 31))
+                image = generate(backbone, caption, [seed], [canonical], strategy="direct", steps=c.sample_steps)[0]
+                name = f"{lora.id}-{number + 1}.png"
+                Image.fromarray(image).save(self.paths.previews / name)
+                previews.append({"file": f"previews/{name}", "caption": caption, "seed": seed})
+            records.append({**lora.record(), "file": f"pool/{file.name}", "sha256": file_sha256(file),
+                            "modules": len(canonical.layers), "previews": previews})
+            if (index + 1) % 20 == 0 or index + 1 == len(self.plan.loras):
+                self.progress(f"[world] previews: {index + 1}/{len(self.plan.loras)}")
+        self.paths.pool_index.write_text(json.dumps({"loras": records}, indent=1))
+        return {}
+
+    def pool_records(self) -> list[dict]:
+        return json.loads(self.paths.pool_index.read_text())["loras"]
+
+    def build_encoder(self) -> dict:
+        from .encoder import LoraEncoder, layer_table, save_encoder, train_encoder
+
+        c = self.config
+        backbone = self.load_base()
+        rng = np.random.default_rng([c.seed, 11])
+        examples, groups = [], []
+        for record in self.pool_records():
+            if record["split"] != "train":
+                continue  # held-out LoRAs never reach the encoder
+            lora = read_lora_file(self.stage_dir / record["file"])
+            lora.name = record["id"]
+            shapes, styles = concept_scenes({"shape" if record["concept"] in SHAPES else "style": record["concept"]})
+            texts = [preview["caption"] for preview in record["previews"]]
+            for _ in range(6):  # more ways the uploader may have described it
+                scene = random_scene(rng, shapes=shapes, styles=styles)
+                texts.extend(captions(scene, rng).values())
+            examples.append((lora, texts))
+            groups.append(record["concept"])
+        encoder = LoraEncoder(layer_table(backbone.transformer), seed=c.seed).to(self.device)
+        history = train_encoder(encoder, examples, steps=c.encoder_steps, batch=c.encoder_batch, seed=c.seed,
+                                checkpoint=self.work / "encoder-checkpoint", resume=True, groups=groups,
+                                text_encoder=backbone.text_encoder, progress=self.progress)
+        version = f"enc-{c.seed}-{c.encoder_steps}"
+        save_encoder(encoder, self.paths.encoder, version, {"train_loras": len(examples)})
+        return {"encoder_final_loss": _final_loss(history), "encoder_train_ids": [lora.name for lora, _ in examples]}
+
+    def build_gates(self) -> dict:
+        from .evaluator import load_evaluator
+        from .training import train_gates
+
+        c = self.config
+        backbone = self.load_base()
+        evaluator = load_evaluator(self.paths.evaluator)
+        records = [r for r in self.pool_records() if r["split"] == "train" and r["kind"] in ("object", "style")]
+        loras = {r["id"]: read_lora_file(self.stage_dir / r["file"]) for r in records}
+        draw_pair = gate_pair_sampler(records, loras)
+        dims = gate_dims(backbone.transformer)
+        scores = {}
+        best = None
+        for hinge, dropout in c.gate_variants:
+            name = f"hinge={hinge},dropout={dropout}"
+            gates = GateBank(dims, seed=c.seed, family="proving-ground")
+            train_gates(backbone, gates, draw_pair, steps=c.gate_steps, batch=c.gate_batch, lr=c.gate_lr, seed=c.seed,
+                        hinge=hinge, caption_dropout=dropout, global_lora=True,
+                        checkpoint_dir=self.work / f"gates-{hinge}-{dropout}", resume=True, progress=self.progress)
+            gates.requires_grad_(False)
+            score = validate_gates(backbone, gates, evaluator, records, loras, c)
+            scores[name] = score
+            self.progress(f"[world] gates {name}: both-correct on training pairs {score:.3f}")
+            if best is None or score > best[0]:
+                best = (score, name, gates)
+        self.paths.gates.parent.mkdir(parents=True, exist_ok=True)
+        best[2].save(self.paths.gates, version=f"gates-{c.seed}-{c.gate_steps}-{best[1]}")
+        return {"gate_variants": scores, "gate_variant_kept": best[1], "gate_train_ids": sorted(loras)}
+
+    # --- finishing ---------------------------------------------------------------------------------------------
+
+    def write_manifest(self) -> None:
+        files = {}
+        for path in sorted(self.stage_dir.rglob("*")):
+            if path.is_file() and path.name != "manifest.json":
+                files[path.relative_to(self.stage_dir).as_posix()] = file_sha256(path)
+        model_json = json.loads((self.paths.model / "model.json").read_text())
+        manifest = {
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "family": "proving-ground",
+            "versions": {
+                "model": model_json["version"],
+                "encoder": json.loads((self.paths.encoder / "encoder.json").read_text()).get("version"),
+                "gates": _gate_version(self.paths.gates),
+            },
+            "config": asdict(self.config),
+            "timings_s": self.timings,
+            "facts": self.facts,
+            "torch": torch.__version__,
+            "files": files,
+        }
+        self.paths.manifest.write_text(json.dumps(manifest, indent=1))
+
+    def publish(self) -> Path:
+        """Swap the finished bundle in for the old one: rename, not copy, so it is never half there."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        old = self.out.with_name(self.out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if self.out.exists():
+            self.out.rename(old)
+        shutil.move(str(self.stage_dir), str(self.out))
+        if old.exists():
+            shutil.rmtree(old)
+        self.progress(f"[world] bundle written to {self.out} ({_folder_mb(self.out):.1f} MB)")
+        return self.out
+
+
+def gate_pair_sampler(records: list[dict], loras: dict[str, CanonicalLora]):
+    """Eq. 10's data: a target LoRA and an interfering LoRA of another concept, the target's training images
+    with their captions, and captions of the interferer's concept (for the hinge term)."""
+    def draw(rng: np.random.Generator, batch: int):
+        target = records[int(rng.integers(len(records)))]
+        others = [r for r in records if r["concept"] != target["concept"]]
+        interference = others[int(rng.integers(len(others)))] if others else target
+        images, texts = scene_sampler(*concept_scenes(target["truth"]))(rng, batch)
+        _, other_texts = scene_sampler(*concept_scenes(interference["truth"]))(rng, batch)
+        return loras[target["id"]], loras[interference["id"]], images, texts, other_texts
+    return draw
+
+
+def validate_gates(backbone, gates, evaluator, records: list[dict], loras: dict[str, CanonicalLora],
+                   config: WorldConfig) -> float:
+    """Both-correct rate of "a {shape} in {style} style" with a *training* object + style LoRA pair: how a gate
+    variant is chosen without ever looking at held-out LoRAs."""
+    from .render import prompt_for
+
+    objects = [r for r in records if r["kind"] == "object"]
+    styles = [r for r in records if r["kind"] == "style"]
+    if not objects or not styles:
+        return 0.0
+    rng = np.random.default_rng([config.seed, 23])
+    hits, total = 0, 0
+    for _ in range(config.gate_validation_pairs):
+        shape_lora = objects[int(rng.integers(len(objects)))]
+        style_lora = styles[int(rng.integers(len(styles)))]
+        shape, style = shape_lora["truth"]["shape"], style_lora["truth"]["style"]
+        prompt = prompt_for(shape=shape, style=style, rng=rng)
+        seeds = [int(s) for s in rng.integers(1 << 31, size=4)]
+        images = generate(backbone, prompt, seeds, [loras[shape_lora["id"]], loras[style_lora["id"]]],
+                          strategy="gated", gates=gates, steps=config.sample_steps)
+        predicted = evaluator.predict(images)
+        for got_shape, got_style in zip(predicted["shape"], predicted["style"]):
+            hits += int(got_shape == shape and got_style == style)
+            total += 1
+    return hits / max(1, total)
+
+
+def _final_loss(history) -> float | None:
+    if isinstance(history, dict):
+        losses = history.get("loss") or history.get("losses")
+        if losses:
+            return float(np.mean(losses[-20:]))
+    return None
+
+
+def _gate_version(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get("version")
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def build_world(preset: str = "full", out: str | Path | None = None, work: str | Path = "build/world",
+                device: str = "cpu", resume: bool = False, progress: Progress = print, **overrides) -> Path:
+    from .bundle import default_bundle_dir
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown world preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = replace(PRESETS[preset], **overrides)
+    work = Path(work)
+    if work.exists() and not resume:
+        shutil.rmtree(work)  # from scratch unless asked to resume
+    return WorldBuild(config, Path(out) if out else default_bundle_dir(), work, device, progress).build()

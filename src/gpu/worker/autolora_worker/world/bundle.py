@@ -1,0 +1,70 @@
+"""Where the embedded default lives: the committed proving-ground bundle and the layout inside it.
+
+bundle/
+  manifest.json          versions, sha256 of every file, build settings and timings
+  model/                 the trained proving-ground base model (load_backbone('proving-ground', bundle/model))
+  pool/pool.json         one record per LoRA: file, format, concept, kind, rank, layers, split, previews
+  pool/*.safetensors     the LoRA pool, in a mix of community file formats
+  previews/*.png         1-5 renders per LoRA, captions in pool.json
+  encoder/               the LoRA weight encoder (eq. 1-3)
+  gates/gates.safetensors
+  evaluator/             shape / style / colour classifiers standing in for CLIP-style scores
+
+The ONNX export of the text encoder is not committed (about 90 MB); it is rebuilt from the pip-installed MiniLM
+weights into build/text-encoder/ on demand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BUNDLE_ENV = "AUTOLORA_BUNDLE"
+
+
+def repo_root() -> Path:
+    # world/ -> autolora_worker/ -> worker/ -> gpu/ -> src/ -> repository root
+    return Path(__file__).resolve().parents[5]
+
+
+def default_bundle_dir() -> Path:
+    """The bundle the worker serves when nothing else is configured: $AUTOLORA_BUNDLE, else <repo>/bundle."""
+    configured = os.environ.get(BUNDLE_ENV)
+    return Path(configured) if configured else repo_root() / "bundle"
+
+
+class BundlePaths:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def pool(self) -> Path:
+        return self.root / "pool"
+
+    @property
+    def pool_index(self) -> Path:
+        return self.root / "pool" / "pool.json"
+
+    @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
+    @property
+    def encoder(self) -> Path:
+        return self.root / "encoder"
+
+    @property
+    def gates(self) -> Path:
+        return self.root / "gates" / "gates.safetensors"
+
+    @property
+    def evaluator(self) -> Path:
+        return self.root / "evaluator"

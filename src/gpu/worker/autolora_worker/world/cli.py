@@ -1,0 +1,56 @@
+"""Command-line entry points of the proving ground: `world build` and `bench world`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def build_command(args) -> int:
+    from .build import build_world
+
+    try:
+        out = build_world(args.preset, out=args.out, work=args.work, device=args.device, resume=args.resume)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"bundle": str(out)}))
+    return 0
+
+
+def bench_command(args) -> int:
+    from .benchmark import run_world_bench
+
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    try:
+        report = run_world_bench(args.bundle, fast=args.fast, out_dir=args.out, device=args.device, progress=progress)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report))
+    else:
+        from .benchmark import markdown
+
+        print(markdown(report))
+    return 0
+
+
+def add_world_commands(commands, bench_kinds) -> None:
+    world = commands.add_parser("world", help="the proving ground: build its bundle")
+    world_kinds = world.add_subparsers(dest="world", required=True)
+    build = world_kinds.add_parser("build", help="build the proving-ground bundle from scratch (make world)")
+    build.add_argument("--preset", default="full", help="full (the committed bundle) or ci (a reduced build)")
+    build.add_argument("--out", default=None, help="bundle folder (default: the embedded bundle/ folder)")
+    build.add_argument("--work", default="build/world", help="work folder with checkpoints and stage markers")
+    build.add_argument("--resume", action="store_true", help="continue an interrupted build from its work folder")
+    build.add_argument("--device", default="cpu")
+    build.set_defaults(run=build_command)
+
+    bench = bench_kinds.add_parser("world", help="the paper's tables on the proving-ground bundle")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    bench.add_argument("--fast", action="store_true", help="a reduced version of the same measurements")
+    bench.add_argument("--bundle", default=None, help="bundle folder (default: the embedded bundle/ folder)")
+    bench.add_argument("--out", default="reports/world", help="folder for bench-world.json/.md and the heatmap")
+    bench.add_argument("--device", default="cpu")
+    bench.set_defaults(run=bench_command)

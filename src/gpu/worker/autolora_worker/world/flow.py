@@ -1,0 +1,133 @@
+"""The flow-matching objective every proving-ground trainer shares: cached text conditioning, σ draws, the loss.
+
+Conventions are the sampler's (`sampling.py`): x_σ = (1 − σ)·x₁ + σ·ε with x₁ the image tokens and ε the noise,
+the model predicts the velocity v = ε − x₁, and the transformer gets σ itself as its timestep.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models import ProvingGroundBackbone
+from ..text import Conditioning
+
+
+class CaptionCache:
+    """Each distinct caption encoded once by the backbone's frozen MiniLM, kept on the device.
+
+    Encoding per step would cost more than the step itself on a CPU (MiniLM is ~22M parameters, the proving
+    ground ~2.5M). Captions are encoded one at a time, never batched with others, so a caption's conditioning
+    is a function of the caption alone: a resumed run, whose cache starts empty, sees bit-identical tensors.
+    Least recently used entries are dropped beyond `capacity` (one entry is 32×384 + 384 floats, ~50 kB).
+    """
+
+    _shared: "weakref.WeakKeyDictionary[ProvingGroundBackbone, CaptionCache]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, backbone: ProvingGroundBackbone, capacity: int = 8192):
+        if capacity < 1:
+            raise ValueError(f"caption cache capacity must be at least 1, got {capacity}")
+        # The encoder, not the backbone: the shared registry below holds caches weakly by backbone, and a cache
+        # that referred back to its backbone would keep it alive forever.
+        self.encoder = backbone.text_encoder
+        self.capacity = capacity
+        self.entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.text_ids: torch.Tensor | None = None
+
+    @classmethod
+    def for_backbone(cls, backbone: ProvingGroundBackbone) -> "CaptionCache":
+        """The cache every trainer on this backbone shares, so 160 LoRA runs do not re-encode the same captions."""
+        if backbone not in cls._shared:
+            cls._shared[backbone] = cls(backbone)
+        return cls._shared[backbone]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __call__(self, captions: list[str]) -> Conditioning:
+        rows = [self._entry(caption) for caption in captions]
+        prompt_embeds = torch.stack([embeds for embeds, _ in rows])  # (B, T, 384)
+        pooled = torch.stack([pooled for _, pooled in rows])  # (B, 384)
+        return Conditioning(prompt_embeds, pooled, self.text_ids)
+
+    def _entry(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self.entries.get(caption)
+        if entry is not None:
+            self.entries.move_to_end(caption)
+            return entry
+        condition = self.encoder([caption])
+        entry = (condition.prompt_embeds[0], condition.pooled[0])
+        self.text_ids = condition.text_ids
+        self.entries[caption] = entry
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        return entry
+
+
+def training_sigmas(generator: torch.Generator, batch: int, image_tokens: int,
+                    backbone: ProvingGroundBackbone) -> torch.Tensor:
+    """σ per sample, (B,): uniform u shifted exactly as `flux_sigmas` shifts its Euler grid at this token count.
+
+    The sampler's grid is uniform in u and then shifted (σ = e^μ·u / (e^μ·u + 1 − u)); drawing u uniformly and
+    shifting it the same way trains every σ in proportion to how often sampling visits it. At the proving
+    ground's 64 tokens μ = base_shift = 0.5 (shift 1.65), FLUX's own rule; the authors' merger training does the
+    same with FLUX's shift of 3 at 1024 px. SD3's logit-normal would instead starve the ends of the schedule,
+    where the first sampling steps (σ near 1) decide the shape.
+    """
+    spec = backbone.spec
+    slope = (spec.max_shift - spec.base_shift) / (spec.max_seq_len - spec.base_seq_len)
+    shift = math.exp(spec.base_shift + slope * (image_tokens - spec.base_seq_len))
+    u = torch.rand(batch, generator=generator)
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+@dataclass
+class NoisedBatch:
+    latents: torch.Tensor  # (B, N, C) x_σ
+    sigmas: torch.Tensor  # (B,)
+    target: torch.Tensor  # (B, N, C) the velocity ε − x₁
+    height: int
+    width: int
+
+
+def noised_batch(backbone: ProvingGroundBackbone, images: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
+    """Images (B, 3, H, W) in [-1, 1] → their tokens noised to a random σ each. Noise and σ are drawn on the CPU
+    from `generator`, so a step's randomness is the same on every device."""
+    clean = backbone.codec.encode(images.to(backbone.device, backbone.dtype))  # (B, N, C)
+    batch, tokens, channels = clean.shape
+    sigmas = training_sigmas(generator, batch, tokens, backbone)
+    noise = torch.randn(batch, tokens, channels, generator=generator)
+    noise = noise.to(backbone.device, backbone.dtype)
+    sigmas = sigmas.to(backbone.device, backbone.dtype)
+    latents = (1.0 - sigmas[:, None, None]) * clean + sigmas[:, None, None] * noise
+    return NoisedBatch(latents=latents, sigmas=sigmas, target=noise - clean, height=images.shape[2],
+                       width=images.shape[3])
+
+
+def predict_velocity(backbone: ProvingGroundBackbone, batch: NoisedBatch, condition: Conditioning) -> torch.Tensor:
+    """The transformer's velocity for x_σ under `condition`, with the family's default guidance (1.0 here, as in
+    the authors' merger training)."""
+    size = batch.latents.shape[0]
+    guidance = None
+    if backbone.transformer.config.guidance_embeds:
+        guidance = torch.full((size,), backbone.spec.default_guidance, device=backbone.device, dtype=backbone.dtype)
+    return backbone.transformer(
+        hidden_states=batch.latents,
+        encoder_hidden_states=condition.prompt_embeds,
+        pooled_projections=condition.pooled,
+        timestep=batch.sigmas,
+        img_ids=backbone.image_ids(batch.height, batch.width),
+        txt_ids=condition.text_ids,
+        guidance=guidance,
+        return_dict=False,
+    )[0]  # (B, N, C)
+
+
+def flow_loss(backbone: ProvingGroundBackbone, batch: NoisedBatch, condition: Conditioning) -> torch.Tensor:
+    """Eq. 10's ‖V(x_σ, c, σ) − (ε − x₁)‖², averaged over samples, tokens and channels."""
+    return F.mse_loss(predict_velocity(backbone, batch, condition).float(), batch.target.float())
