@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,8 +26,8 @@ from ..lora.formats import read_lora_file, write_lora_file
 from ..models import load_backbone, random_proving_ground, save_proving_ground
 from .bundle import BundlePaths
 from .generate import generate
-from .pool import LoraPlan, PoolPlan, plan_pool, subset_modules
-from .render import BASE_SHAPES, COLOURS, SHAPES, STYLES, captions, random_scene, render_batch, to_tensor
+from .pool import PoolPlan, plan_pool, subset_modules
+from .render import BASE_SHAPES, SHAPES, captions, random_scene, render_batch, to_tensor
 
 Progress = Callable[[str], None]
 # Training captions: the short and medium forms. The long form names size, position and background too, so
