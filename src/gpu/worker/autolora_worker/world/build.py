@@ -378,12 +378,10 @@ def validate_gates(backbone, gates, evaluator, records: list[dict], loras: dict[
     return hits / max(1, total)
 
 
-def _final_loss(history) -> float | None:
-    if isinstance(history, dict):
-        losses = history.get("loss") or history.get("losses")
-        if losses:
-            return float(np.mean(losses[-20:]))
-    return None
+def _final_loss(history: dict[str, list[float]]) -> float | None:
+    """The mean of the last 20 steps' losses: what a run ended at, without one step's noise."""
+    losses = history.get("loss")
+    return float(np.mean(losses[-20:])) if losses else None
 
 
 def _gate_version(path: Path) -> str | None:

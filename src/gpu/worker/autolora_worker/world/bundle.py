@@ -34,37 +34,15 @@ def default_bundle_dir() -> Path:
 
 
 class BundlePaths:
+    """The bundle's layout (see the module docstring), as paths under one root."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def pool(self) -> Path:
-        return self.root / "pool"
-
-    @property
-    def pool_index(self) -> Path:
-        return self.root / "pool" / "pool.json"
-
-    @property
-    def previews(self) -> Path:
-        return self.root / "previews"
-
-    @property
-    def encoder(self) -> Path:
-        return self.root / "encoder"
-
-    @property
-    def gates(self) -> Path:
-        return self.root / "gates" / "gates.safetensors"
-
-    @property
-    def evaluator(self) -> Path:
-        return self.root / "evaluator"
+        self.manifest = self.root / "manifest.json"
+        self.model = self.root / "model"
+        self.pool = self.root / "pool"
+        self.pool_index = self.pool / "pool.json"
+        self.previews = self.root / "previews"
+        self.encoder = self.root / "encoder"
+        self.gates = self.root / "gates" / "gates.safetensors"
+        self.evaluator = self.root / "evaluator"
