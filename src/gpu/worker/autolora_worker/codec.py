@@ -3,7 +3,7 @@
 With `downsample` > 1 the codec also plays the VAE's other role, compression: images are area-averaged by that
 factor before patching and decoded with a bilinear upsample. The proving ground uses 64x64 images at half
 resolution in 4x4 patches: 64 tokens of 48 values. (Full-resolution 8x8 patches would be 192 values per token,
-more than the model's 128-wide stream can carry: the model could not even represent the noise it must remove,
+more than the model's stream (then 128 wide) could carry: the model could not even represent the noise it must remove,
 and its samples stayed grainy.)
 """
 

@@ -83,7 +83,8 @@ class Engine:
             sample_request = SampleRequest(
                 prompt=request.prompt, seeds=request.seeds, steps=steps,
                 guidance=spec.default_guidance if request.guidance is None else request.guidance,
-                height=request.height or spec.default_size, width=request.width or spec.default_size)
+                height=request.height or spec.default_size, width=request.width or spec.default_size,
+                true_cfg=spec.true_cfg)
             self.backbone.check_size(sample_request.height, sample_request.width)
             while not self._model_lock.acquire(timeout=0.05):
                 if cancel.is_set():

@@ -32,6 +32,7 @@ class SampleRequest:
     guidance: float
     height: int
     width: int
+    true_cfg: float = 1.0  # > 1: classifier-free guidance against the empty prompt (two passes per step)
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step done, total, predicted clean latents)
@@ -47,12 +48,17 @@ def sample(backbone: Backbone, request: SampleRequest, *, on_step_start: Callabl
     """
     if request.steps < 1:
         raise ValueError(f"steps must be at least 1, got {request.steps}")
+    if request.true_cfg < 1.0:
+        raise ValueError(f"true_cfg must be at least 1, got {request.true_cfg}")
     batch = len(request.seeds)
     latents = backbone.noise(request.seeds, request.height, request.width)  # (B, N, C)
     image_ids = backbone.image_ids(request.height, request.width)  # (N, 3)
-    condition = backbone.encode_prompts([request.prompt]).repeat(batch)
+    guided = request.true_cfg != 1.0
+    # With guidance the conditioned and the unconditioned halves go through the transformer together, as 2B rows.
+    condition = backbone.encode_prompts([request.prompt, ""] if guided else [request.prompt]).repeat_each(batch)
+    passes = 2 if guided else 1
     sigmas = flux_sigmas(request.steps, latents.shape[1], backbone.spec).to(backbone.device)
-    guidance = torch.full((batch,), request.guidance, device=backbone.device, dtype=backbone.dtype)
+    guidance = torch.full((passes * batch,), request.guidance, device=backbone.device, dtype=backbone.dtype)
     transformer = backbone.transformer
     if not transformer.config.guidance_embeds:
         guidance = None  # schnell-style models have no guidance embedding
@@ -63,15 +69,18 @@ def sample(backbone: Backbone, request: SampleRequest, *, on_step_start: Callabl
             on_step_start(step, request.steps)
         sigma, sigma_next = sigmas[step], sigmas[step + 1]
         velocity = transformer(
-            hidden_states=latents,
+            hidden_states=latents.repeat(passes, 1, 1),
             encoder_hidden_states=condition.prompt_embeds,
             pooled_projections=condition.pooled,
-            timestep=sigma.expand(batch).to(backbone.dtype),
+            timestep=sigma.expand(passes * batch).to(backbone.dtype),
             img_ids=image_ids,
             txt_ids=condition.text_ids,
             guidance=guidance,
             return_dict=False,
-        )[0]  # (B, N, C): the flow from data to noise
+        )[0]  # (passes·B, N, C): the flow from data to noise
+        if guided:
+            conditioned, unconditioned = velocity.chunk(2)
+            velocity = unconditioned + request.true_cfg * (conditioned - unconditioned)
         if on_step_end is not None:
             on_step_end(step + 1, request.steps, latents - sigma * velocity)
         latents = latents + (sigma_next - sigma) * velocity

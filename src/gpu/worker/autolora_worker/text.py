@@ -31,6 +31,11 @@ class Conditioning:
         """One prompt for a batch of seeds."""
         return Conditioning(self.prompt_embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1), self.text_ids)
 
+    def repeat_each(self, batch: int) -> "Conditioning":
+        """Each of P prompts for a batch of seeds: P·B rows, prompt-major."""
+        return Conditioning(self.prompt_embeds.repeat_interleave(batch, dim=0),
+                            self.pooled.repeat_interleave(batch, dim=0), self.text_ids)
+
 
 class MiniLMTextEncoder:
     def __init__(self, max_tokens: int, device: torch.device, dtype: torch.dtype, path: Path | None = None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -200,6 +201,22 @@ def test_same_seed_gives_identical_pixels(backbone, gates):
     assert (first == second).all()
     assert not (first[0] == first[1]).all(), "different seeds should give different images"
     assert (generate([8])[0] == first[1]).all(), "a seed's image does not depend on its place in the batch"
+
+
+def test_true_cfg_guides_against_the_empty_prompt(backbone):
+    """v = v_u + s·(v_c − v_u): with the empty prompt itself both halves agree and guidance changes nothing;
+    with a real prompt it does, and a seed's image still does not depend on the batch."""
+    def generate(prompt, true_cfg, seeds=(7, 8)):
+        request = SampleRequest(prompt, seeds=list(seeds), steps=3, guidance=1.0, height=64, width=64,
+                                true_cfg=true_cfg)
+        return sample(backbone, request)
+
+    assert np.abs(generate("", 4.0).astype(int) - generate("", 1.0).astype(int)).max() <= 1
+    guided = generate("a red hexagon with stripes", 4.0)
+    assert (guided != generate("a red hexagon with stripes", 1.0)).any()
+    assert (generate("a red hexagon with stripes", 4.0, seeds=(8,))[0] == guided[1]).all()
+    with pytest.raises(ValueError, match="true_cfg"):
+        generate("a red hexagon", 0.5)
 
 
 def test_gate_files_round_trip_and_refuse_another_model(backbone, tmp_path):

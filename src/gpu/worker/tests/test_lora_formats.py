@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 
 from autolora_worker.errors import InvalidLoraFileError
+from autolora_worker.families import get_family
 from autolora_worker.lora.canonical import LoraLayer
 from autolora_worker.lora.cli import inspect_command
 from autolora_worker.lora.formats import read_lora_bytes, read_lora_file, write_lora_file
@@ -24,6 +25,9 @@ DOUBLE_MODULES = (
 SINGLE_MODULES = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out", "norm.linear")
 XLABS_DOUBLE = DOUBLE_MODULES[:8]
 XLABS_SINGLE = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_out")
+PROVING_GROUND = get_family("proving-ground")
+WIDTH = PROVING_GROUND.inner_dim
+NUM_DOUBLE, NUM_SINGLE = PROVING_GROUND.transformer["num_layers"], PROVING_GROUND.transformer["num_single_layers"]
 
 
 def make_layers(
@@ -44,7 +48,7 @@ def make_layers(
 
 
 def block_modules(
-    doubles: tuple[str, ...], singles: tuple[str, ...], num_double: int = 2, num_single: int = 4
+    doubles: tuple[str, ...], singles: tuple[str, ...], num_double: int = NUM_DOUBLE, num_single: int = NUM_SINGLE
 ) -> list[str]:
     return [f"transformer_blocks.{i}.{m}" for i in range(num_double) for m in doubles] + [
         f"single_transformer_blocks.{i}.{m}" for i in range(num_single) for m in singles
@@ -165,7 +169,7 @@ def test_kohya_embedders_and_final_layer_keep_their_alpha(tmp_path):
     assert {module: layer.scale for module, layer in lora.layers.items()} == expected
     # BFL's final modulation is (shift, scale); diffusers' norm_out is (scale, shift).
     up = tensors["lora_unet_final_layer_adaLN_modulation_1.lora_up.weight"]
-    assert torch.equal(lora.layers["norm_out.linear"].up, torch.cat([up[128:], up[:128]]))
+    assert torch.equal(lora.layers["norm_out.linear"].up, torch.cat([up[WIDTH:], up[:WIDTH]]))
 
 
 def test_header_length_starting_with_0x80_is_not_taken_for_a_pickle():
@@ -187,10 +191,10 @@ def test_unknown_keys_are_reported_not_dropped(tmp_path):
         "garbage.key": torch.zeros(3),
         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 768),
         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(768, 4),
-        "lora_unet_double_blocks_0_img_attn_qkv.dora_scale": torch.ones(1, 128),
+        "lora_unet_double_blocks_0_img_attn_qkv.dora_scale": torch.ones(1, WIDTH),
         # Block 5 is a real FLUX.1 block, but the proving ground has only 2.
-        "lora_unet_double_blocks_5_img_attn_proj.lora_down.weight": torch.zeros(4, 128),
-        "lora_unet_double_blocks_5_img_attn_proj.lora_up.weight": torch.zeros(128, 4),
+        "lora_unet_double_blocks_5_img_attn_proj.lora_down.weight": torch.zeros(4, WIDTH),
+        "lora_unet_double_blocks_5_img_attn_proj.lora_up.weight": torch.zeros(WIDTH, 4),
     }
     lora = read_lora_file(saved(tmp_path / "extra.safetensors", {**tensors, **extra}))
     assert lora.unknown_keys == sorted(extra)
@@ -210,18 +214,18 @@ def test_file_without_transformer_layers_is_refused(tmp_path):
 
 def test_wrong_shape_layer_is_refused(tmp_path):
     path = saved(tmp_path / "bad.safetensors", {
-        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 128),
-        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(256, 4),
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, WIDTH),
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(2 * WIDTH, 4),
     })
-    message = r"transformer_blocks\.0\.attn\.to_q maps 128 → 256 .* 128 → 128"
+    message = rf"transformer_blocks\.0\.attn\.to_q maps {WIDTH} → {2 * WIDTH} .* {WIDTH} → {WIDTH}"
     with pytest.raises(InvalidLoraFileError, match=message):
         read_lora_file(path)
 
 
 def good_file_bytes() -> bytes:
     return safetensors.torch.save({
-        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(2, 128),
-        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(128, 2),
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(2, WIDTH),
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(WIDTH, 2),
     })
 
 
@@ -256,7 +260,8 @@ def test_inspect_command(tmp_path, capsys):
     write_lora_file(make_layers(block_modules(DOUBLE_MODULES, SINGLE_MODULES)), tmp_path / "good.safetensors", "kohya")
     assert inspect_command(str(tmp_path / "good.safetensors"), as_json=True) == 0
     info = json.loads(capsys.readouterr().out)
+    modules = NUM_DOUBLE * len(DOUBLE_MODULES) + NUM_SINGLE * len(SINGLE_MODULES)
     assert set(info) == {"format", "family", "modules", "ranks", "unknown_keys", "sha256"}
-    assert (info["format"], info["family"], info["modules"], info["ranks"]) == ("kohya", "proving-ground", 52, [4])
+    assert (info["format"], info["family"], info["modules"], info["ranks"]) == ("kohya", "proving-ground", modules, [4])
     assert inspect_command(str(tmp_path / "good.safetensors"), as_json=False) == 0
-    assert "kohya LoRA for proving-ground, 52 modules" in capsys.readouterr().out
+    assert f"kohya LoRA for proving-ground, {modules} modules" in capsys.readouterr().out

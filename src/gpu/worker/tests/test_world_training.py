@@ -11,7 +11,6 @@ import torch
 
 from autolora_worker.fusion import FusionOptions, FusionSession, GateBank, fused_layers, gate_dims
 from autolora_worker.models import random_proving_ground
-from autolora_worker.sampling import flux_sigmas
 from autolora_worker.world.flow import CaptionCache, flow_loss, noised_batch, training_sigmas
 from autolora_worker.world.loop import CHECKPOINT_NAME
 from autolora_worker.world.training import train_base, train_gates, train_lora
@@ -76,12 +75,12 @@ def assert_same(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
         assert torch.equal(before[name], after[name]), name
 
 
-def test_training_sigmas_follow_the_sampler_schedule(backbone):
-    """Training σ has the density of the sampler's grid: uniform u through the same shift (median at u = ½)."""
+def test_training_sigmas_are_logit_normal(backbone):
+    """σ = sigmoid(N(0, 1)): inside (0, 1), median ½, about 60% of draws in the middle band (0.3, 0.7)."""
     sigmas = training_sigmas(torch.Generator().manual_seed(0), 20000, 64, backbone)
-    grid = flux_sigmas(2, 64, backbone.spec)  # [1, σ(u = ½), 0]
-    assert 0.0 <= float(sigmas.min()) and float(sigmas.max()) <= 1.0
-    assert float(sigmas.median()) == pytest.approx(float(grid[1]), abs=0.01)
+    assert 0.0 < float(sigmas.min()) and float(sigmas.max()) < 1.0
+    assert float(sigmas.median()) == pytest.approx(0.5, abs=0.01)
+    assert float(((sigmas > 0.3) & (sigmas < 0.7)).float().mean()) == pytest.approx(0.603, abs=0.015)
 
 
 def test_caption_cache_encodes_once_and_matches_the_encoder(backbone):
@@ -100,11 +99,14 @@ def test_caption_cache_encodes_once_and_matches_the_encoder(backbone):
 
 
 def test_base_training_lowers_the_loss_and_resumes_bit_exactly(tmp_path):
-    options = dict(steps=12, batch=4, lr=2e-3, seed=3, warmup=2, progress=None, checkpoint_every=5)
+    options = dict(steps=12, batch=4, lr=2e-3, seed=3, warmup=2, progress=None, checkpoint_every=5,
+                   caption_dropout=0.25)
     backbone = random_proving_ground(seed=1)
     initial = snapshot(backbone.transformer)
-    history = train_base(backbone, toy_sampler(), **options)
+    cache = CaptionCache(backbone)
+    history = train_base(backbone, toy_sampler(), captions=cache, **options)
     assert falls(history["loss"], window=3)
+    assert "" in cache.entries, "caption dropout trains the empty prompt that guidance samples against"
     uninterrupted = snapshot(backbone.transformer)
     assert not all(p.requires_grad for p in backbone.transformer.parameters())
     assert any(not torch.equal(initial[name], uninterrupted[name]) for name in initial)
@@ -117,6 +119,12 @@ def test_base_training_lowers_the_loss_and_resumes_bit_exactly(tmp_path):
     resumed = train_base(fresh, toy_sampler(), checkpoint_dir=tmp_path, resume=True, **options)
     assert_same(uninterrupted, snapshot(fresh.transformer))
     assert resumed == history
+
+
+def test_base_caption_dropout_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="caption_dropout"):
+        train_base(random_proving_ground(seed=1), toy_sampler(), steps=1, batch=2, lr=1e-3, seed=0, progress=None,
+                   caption_dropout=1.0)
 
 
 def test_base_checkpoint_of_another_run_is_refused(tmp_path):

@@ -41,11 +41,12 @@ class WorldConfig:
     seed: int = 0
     evaluator_steps: int = 1500
     evaluator_batch: int = 64
-    # Measured on 2 CPU cores: base 0.31 s/step at batch 32 (~13 min); LoRAs ~9 s each over the pool's layer mix
-    # at 100 x 8 (~23 min for 160), which also trains further than 150 x 16 at 3e-3 did in 2.5x the time.
+    # Measured on 2 CPU cores with the 192-wide model: base 0.41 s/step at batch 32 (~17 min). LoRAs at 100 x 8
+    # train further than 150 x 16 at 3e-3 did in 2.5x the time (measured on the 128-wide model, ~9 s each).
     base_steps: int = 2500
     base_batch: int = 32
     base_lr: float = 2e-3
+    base_caption_dropout: float = 0.1  # teaches the empty-prompt velocity that the family's true_cfg guides against
     lora_steps: int = 100
     lora_batch: int = 8
     lora_lr: float = 5e-3
@@ -169,7 +170,7 @@ class WorldBuild:
         backbone = random_proving_ground(self.device, seed=c.seed)
         history = train_base(backbone, scene_sampler(BASE_SHAPES, ("flat",)), steps=c.base_steps, batch=c.base_batch,
                              lr=c.base_lr, seed=c.seed, checkpoint_dir=self.work / "base-checkpoint", resume=True,
-                             progress=self.progress)
+                             progress=self.progress, caption_dropout=c.base_caption_dropout)
         version = f"pg-{c.seed}-{c.base_steps}"
         save_proving_ground(backbone, self.paths.model, version)
         # Half precision on disk halves the bundle; the model is loaded back as fp32 on the CPU.

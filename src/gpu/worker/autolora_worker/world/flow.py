@@ -6,7 +6,6 @@ the model predicts the velocity v = ε − x₁, and the transformer gets σ its
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -75,19 +74,15 @@ class CaptionCache:
 
 def training_sigmas(generator: torch.Generator, batch: int, image_tokens: int,
                     backbone: ProvingGroundBackbone) -> torch.Tensor:
-    """σ per sample, (B,): uniform u shifted exactly as `flux_sigmas` shifts its Euler grid at this token count.
+    """σ per sample, (B,): logit-normal, σ = sigmoid(n) with n ~ N(0, 1) (SD3's choice), dense in the middle.
 
-    The sampler's grid is uniform in u and then shifted (σ = e^μ·u / (e^μ·u + 1 − u)); drawing u uniformly and
-    shifting it the same way trains every σ in proportion to how often sampling visits it. At the proving
-    ground's 64 tokens μ = base_shift = 0.5 (shift 1.65), FLUX's own rule; the authors' merger training does the
-    same with FLUX's shift of 3 at 1024 px. SD3's logit-normal would instead starve the ends of the schedule,
-    where the first sampling steps (σ near 1) decide the shape.
+    The middle of the schedule is where the proving ground's model is weakest: there the shape is already visible
+    in x_σ, yet a model trained with σ drawn the way the sampler visits it (uniform u through FLUX's shift, mass
+    towards σ = 1) still returned ragged blobs. Measured on the base subset after 600 steps at batch 32, RMSE of
+    x̂₁ = x_σ − σ·v against the clean image, this rule vs the sampler's: 0.088 vs 0.098 at σ = 0.4, 0.137 vs
+    0.149 at 0.6, 0.210 vs 0.210 at 0.8. `image_tokens` and `backbone` are kept for rules that depend on them.
     """
-    spec = backbone.spec
-    slope = (spec.max_shift - spec.base_shift) / (spec.max_seq_len - spec.base_seq_len)
-    shift = math.exp(spec.base_shift + slope * (image_tokens - spec.base_seq_len))
-    u = torch.rand(batch, generator=generator)
-    return shift * u / (1.0 + (shift - 1.0) * u)
+    return torch.sigmoid(torch.randn(batch, generator=generator))
 
 
 @dataclass

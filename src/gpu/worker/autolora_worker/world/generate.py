@@ -16,7 +16,8 @@ def generate(backbone: Backbone, prompt: str, seeds: list[int], loras: list[Cano
     """(len(seeds), H, W, 3) uint8 images of `prompt`, one per seed, with `loras` fused by `strategy`."""
     spec = backbone.spec
     request = SampleRequest(prompt=prompt, seeds=list(seeds), steps=steps or spec.default_steps,
-                            guidance=spec.default_guidance, height=spec.default_size, width=spec.default_size)
+                            guidance=spec.default_guidance, height=spec.default_size, width=spec.default_size,
+                            true_cfg=spec.true_cfg)
     options = FusionOptions(strategy=strategy, global_lora=global_lora, seed=int(seeds[0]))
     weights = list(weights) if weights is not None else [1.0] * len(loras)
     with FusionSession(backbone.transformer, list(loras), weights, options, gates) as session:

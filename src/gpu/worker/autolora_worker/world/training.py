@@ -33,9 +33,12 @@ History = dict[str, list[float]]
 def train_base(backbone: ProvingGroundBackbone, draw: Draw, *, steps: int, batch: int, lr: float, seed: int,
                checkpoint_dir: str | Path | None = None, resume: bool = False, progress: Progress | None = print,
                warmup: int | None = None, weight_decay: float = 0.01, clip: float = 1.0,
-               checkpoint_every: int = 200, log_every: int = 50, captions: CaptionCache | None = None) -> History:
+               checkpoint_every: int = 200, log_every: int = 50, captions: CaptionCache | None = None,
+               caption_dropout: float = 0.0) -> History:
     """Train every transformer weight of the proving-ground model (the wrapped linears' own weights included).
 
+    Each caption is replaced by the empty prompt with probability `caption_dropout`, which teaches the model the
+    unconditioned velocity that classifier-free guidance (`FamilySpec.true_cfg`) samples against.
     The text encoder stays frozen. The model comes back frozen again, trained in place; returns the history.
     `warmup` defaults to 5% of the steps: the randomly initialised model's first gradients are its largest.
     """
@@ -43,12 +46,12 @@ def train_base(backbone: ProvingGroundBackbone, draw: Draw, *, steps: int, batch
     layers = fused_layers(backbone.transformer)
     _check_no_plans(layers, "base")
     params = dict(backbone.transformer.named_parameters())
-    step_loss = _flow_matching(backbone, draw, batch, captions, "base")
+    step_loss = _flow_matching(backbone, draw, batch, captions, "base", caption_dropout)
     settings = LoopSettings(
         name="base", steps=steps, lr=lr, seed=seed, warmup=steps // 20 if warmup is None else warmup,
         weight_decay=weight_decay, clip=clip, checkpoint_dir=_path(checkpoint_dir),
         checkpoint_every=checkpoint_every, resume=resume, progress=progress, log_every=log_every,
-        fingerprint={"batch": batch})
+        fingerprint={"batch": batch, "caption_dropout": caption_dropout})
     backbone.transformer.requires_grad_(True)
     try:
         return run_loop(params, step_loss, settings)
@@ -172,8 +175,11 @@ def train_gates(backbone: ProvingGroundBackbone, gates: GateBank, draw_pair: Dra
 
 
 def _flow_matching(backbone: ProvingGroundBackbone, draw: Draw, batch: int, captions: CaptionCache | None,
-                   name: str) -> StepLoss:
-    """The base and LoRA trainers' step: a fresh batch from the sampler, flow matching under its captions."""
+                   name: str, caption_dropout: float = 0.0) -> StepLoss:
+    """The base and LoRA trainers' step: a fresh batch from the sampler, flow matching under its captions, each
+    dropped to the empty prompt with probability `caption_dropout`."""
+    if not 0.0 <= caption_dropout < 1.0:
+        raise ValueError(f"{name}: caption_dropout must be in [0, 1), got {caption_dropout}")
     captions = captions if captions is not None else CaptionCache.for_backbone(backbone)
 
     def step_loss(step: int, random: StepRandom) -> dict[str, torch.Tensor]:
@@ -181,7 +187,11 @@ def _flow_matching(backbone: ProvingGroundBackbone, draw: Draw, batch: int, capt
         if images.ndim != 4 or images.shape[0] != batch or len(texts) != batch:
             raise ValueError(f"{name}: the sampler returned images {tuple(images.shape)} and {len(texts)} captions "
                              f"for a batch of {batch}; expected ({batch}, 3, H, W) and {batch} captions")
-        return {"loss": flow_loss(backbone, noised_batch(backbone, images, random.torch), captions(texts))}
+        noised = noised_batch(backbone, images, random.torch)
+        if caption_dropout > 0:
+            dropped = torch.rand(batch, generator=random.torch) < caption_dropout
+            texts = ["" if drop else text for drop, text in zip(dropped.tolist(), texts)]
+        return {"loss": flow_loss(backbone, noised, captions(texts))}
 
     return step_loss
 
