@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def _quiet_libraries() -> None:
@@ -36,6 +37,22 @@ def _export_text_encoder(args) -> int:
     return export_text_encoder_command(args.out)
 
 
+def serve_paths(family: str, model_path: str | None, gates: str | None,
+                bundle_dir: Path | None = None) -> tuple[str | None, str | None, str | None]:
+    """The model and gates `serve` loads: what was asked for, else, for the proving ground, the embedded bundle's
+    model and trained gates when a bundle is there. The third value is a note for stderr when defaults were used."""
+    if family != "proving-ground" or model_path is not None:
+        return model_path, gates, None
+    from .world.bundle import BundlePaths, default_bundle_dir
+
+    paths = BundlePaths(bundle_dir or default_bundle_dir())
+    if not paths.manifest.exists():
+        return None, gates, (f"no proving-ground bundle at {paths.root}: serving a seeded random model "
+                             "(build the bundle with `make world`, or pass --model-path)")
+    gates = gates if gates is not None else (str(paths.gates) if paths.gates.exists() else None)
+    return str(paths.model), gates, f"serving the proving-ground bundle at {paths.root}"
+
+
 def _serve(args) -> int:
     import torch
 
@@ -51,9 +68,12 @@ def _serve(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
+    model_path, gates, note = serve_paths(args.family, args.model_path, args.gates)
+    if note:
+        print(note, file=sys.stderr)
     try:
-        backbone = load_backbone(args.family, args.model_path, args.device)
-        engine = Engine(backbone, args.gates, cache_bytes=int(args.cache_mb) << 20)
+        backbone = load_backbone(args.family, model_path, args.device)
+        engine = Engine(backbone, gates, cache_bytes=int(args.cache_mb) << 20)
     except (WorkerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -101,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default=None,
                        help="bearer token; prefer AUTOLORA_WORKER_TOKEN (argv is visible to other users)")
     serve.add_argument("--family", default="proving-ground", help="model family: flux | proving-ground")
-    serve.add_argument("--model-path", default=None, help="model directory (required for flux)")
-    serve.add_argument("--gates", default=None, help="gate weights (.safetensors); default: untrained gates")
+    serve.add_argument("--model-path", default=None,
+                       help="model directory (required for flux; proving-ground default: the bundle's model)")
+    serve.add_argument("--gates", default=None,
+                       help="gate weights (.safetensors); default: the bundle's for the proving ground, else untrained")
     serve.add_argument("--device", default="cuda" if _cuda() else "cpu")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
     serve.set_defaults(run=_serve)

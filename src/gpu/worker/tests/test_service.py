@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from autolora_worker.__main__ import serve_paths
 from autolora_worker.lora.formats import write_lora_file
 from autolora_worker.models import random_proving_ground
 
@@ -25,8 +26,10 @@ WORKER_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def worker():
-    env = {**os.environ, "AUTOLORA_WORKER_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def worker(tmp_path_factory):
+    # No bundle: the worker serves the seeded random model the LoRA fixture below is shaped for.
+    env = {**os.environ, "AUTOLORA_WORKER_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "AUTOLORA_BUNDLE": str(tmp_path_factory.mktemp("no-bundle") / "missing")}
     process = subprocess.Popen([sys.executable, "-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu"],
                                cwd=WORKER_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
@@ -64,6 +67,20 @@ def lora_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("loras") / "stripes.safetensors"
     write_lora_file(lora.layers, path, "kohya")
     return path
+
+
+def test_serve_defaults_to_the_bundle_model_and_gates(tmp_path):
+    bundle = tmp_path / "bundle"
+    assert serve_paths("proving-ground", None, None, bundle)[:2] == (None, None)  # no bundle: the random model
+    (bundle / "gates").mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    (bundle / "gates" / "gates.safetensors").write_bytes(b"")
+    model, gates, note = serve_paths("proving-ground", None, None, bundle)
+    assert (model, gates) == (str(bundle / "model"), str(bundle / "gates" / "gates.safetensors"))
+    assert str(bundle) in note
+    assert serve_paths("proving-ground", None, "mine.safetensors", bundle)[1] == "mine.safetensors"
+    assert serve_paths("proving-ground", "/models/pg", None, bundle) == ("/models/pg", None, None)
+    assert serve_paths("flux", "/models/flux", None, bundle) == ("/models/flux", None, None)
 
 
 def test_every_route_needs_the_bearer_token(worker):
