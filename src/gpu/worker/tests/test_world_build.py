@@ -32,6 +32,8 @@ def test_pool_plan_has_the_issue_s_shape():
     assert len({lora.id for lora in plan.loras}) == len(plan.loras)
     assert len(plan.split("heldout")) >= 0.2 * len(plan.loras)
     assert {lora.format for lora in plan.loras} == set(FORMATS)
+    # Fused layouts store separate q/k/v factors block-diagonally: only rank-2 LoRAs use them (the bundle's size cap).
+    assert {lora.rank for lora in plan.loras if lora.format in ("comfyui", "bfl", "xlabs")} == {2}
     assert {lora.subset for lora in plan.loras} == {"all", "attention", "double"}
     assert min(lora.rank for lora in plan.loras) == 2 and max(lora.rank for lora in plan.loras) == 32
     assert {lora.kind for lora in plan.loras} == {"object", "style", "weak", "off-concept"}
