@@ -74,7 +74,7 @@ def proving_ground_rows(device: torch.device, repeats: int, rank: int) -> list[d
     gates = GateBank(gate_dims(model)).to(device, dtype)
     batch, size = 4, get_family("proving-ground").default_size
     latents = backbone.noise(list(range(batch)), size, size)
-    condition = backbone.encode_prompts(["a red hexagon with diagonal stripes"]).repeat(batch)
+    condition = backbone.encode_prompts(["a red hexagon with diagonal stripes"]).repeat_each(batch)
     inputs = dict(hidden_states=latents, encoder_hidden_states=condition.prompt_embeds,
                   pooled_projections=condition.pooled, timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
                   img_ids=backbone.image_ids(size, size), txt_ids=condition.text_ids,

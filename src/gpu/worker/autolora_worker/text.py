@@ -27,10 +27,6 @@ class Conditioning:
     pooled: torch.Tensor  # (B, pooled_projection_dim)
     text_ids: torch.Tensor  # (T, 3): FLUX's text positions, all zero
 
-    def repeat(self, batch: int) -> "Conditioning":
-        """One prompt for a batch of seeds."""
-        return Conditioning(self.prompt_embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1), self.text_ids)
-
     def repeat_each(self, batch: int) -> "Conditioning":
         """Each of P prompts for a batch of seeds: P·B rows, prompt-major."""
         return Conditioning(self.prompt_embeds.repeat_interleave(batch, dim=0),

@@ -75,9 +75,9 @@ def assert_same(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
         assert torch.equal(before[name], after[name]), name
 
 
-def test_training_sigmas_are_logit_normal(backbone):
+def test_training_sigmas_are_logit_normal():
     """σ = sigmoid(N(0, 1)): inside (0, 1), median ½, about 60% of draws in the middle band (0.3, 0.7)."""
-    sigmas = training_sigmas(torch.Generator().manual_seed(0), 20000, 64, backbone)
+    sigmas = training_sigmas(torch.Generator().manual_seed(0), 20000)
     assert 0.0 < float(sigmas.min()) and float(sigmas.max()) < 1.0
     assert float(sigmas.median()) == pytest.approx(0.5, abs=0.01)
     assert float(((sigmas > 0.3) & (sigmas < 0.7)).float().mean()) == pytest.approx(0.603, abs=0.015)

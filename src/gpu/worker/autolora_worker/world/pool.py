@@ -24,8 +24,8 @@ OBJECT_CONCEPTS = tuple(shape for shape in SHAPES if shape not in BASE_SHAPES)
 STYLE_CONCEPTS = tuple(style for style in STYLES if style != "flat")
 
 # Per concept: (rank, layer subset) of each variant. Ranks 2-32 as community LoRAs have them; three layer subsets.
-# The high ranks adapt attention only and "all" comes at ranks 4 and 2, which keeps the 160-LoRA pool at ~22 MB in
-# fp16 on the 192-wide model (the bundle's 40 MB cap); with (16, all) and (4, all) it was ~30 MB.
+# The high ranks adapt attention only and "all" comes at ranks 4 and 2: LoRAs of every linear are the largest, and
+# the bundle has a 40 MB cap (see also PER_MODULE_FORMATS_FOR_SUBSET below).
 VARIANTS = (
     (4, "all"), (8, "attention"), (2, "double"), (4, "attention"),
     (16, "attention"), (8, "double"), (2, "all"), (2, "attention"),
