@@ -258,9 +258,9 @@ class WorldBuild:
             lora.name = record["id"]
             shapes, styles = concept_scenes({"shape" if record["concept"] in SHAPES else "style": record["concept"]})
             texts = [preview["caption"] for preview in record["previews"]]
-            for _ in range(6):  # more ways the uploader may have described it
+            for _ in range(6):  # more ways the uploader may have described it, each naming the concept
                 scene = random_scene(rng, shapes=shapes, styles=styles)
-                texts.extend(captions(scene, rng).values())
+                texts.extend(captions(scene, rng, leave_out=False).values())
             examples.append((lora, texts))
             groups.append(record["concept"])
         encoder = LoraEncoder(layer_table(backbone.transformer), seed=c.seed).to(self.device)

@@ -479,13 +479,19 @@ CAPTION_TEMPLATES: dict[str, tuple[Template, ...]] = {
 }
 
 
-def captions(scene: Scene, rng: np.random.Generator) -> dict[str, str]:
+def captions(scene: Scene, rng: np.random.Generator, leave_out: bool = True) -> dict[str, str]:
     """{"text", "text_short", "text_medium"}: one long, short and medium caption, each with its own paraphrases.
-    The flat style is left unsaid a third of the time, as people rarely call a plain shape "flat"."""
+    The flat style is left unsaid a third of the time, as people rarely call a plain shape "flat". The colour is
+    left unsaid a quarter of the time and the shape called just "object" an eighth of the time: prompts such as
+    "a hexagon" or "an object in striped style" must draw something, and a model that only ever saw every
+    attribute named draws an empty background for them. `leave_out=False` always names colour and shape (the
+    flat style is still left unsaid sometimes): for texts that must name what a LoRA does."""
     result = {}
     for length, templates in CAPTION_TEMPLATES.items():
         style = None if scene.style == "flat" and rng.random() < 1 / 3 else scene.style
-        words = _words(scene.shape, style, scene.colour, rng)
+        colour = None if rng.random() < 1 / 4 and leave_out else scene.colour
+        shape = None if rng.random() < 1 / 8 and leave_out else scene.shape
+        words = _words(shape, style, colour, rng)
         result[length] = _tidy(templates[int(rng.integers(len(templates)))](words, scene))
     return result
 
