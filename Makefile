@@ -20,15 +20,21 @@ export ONNXRUNTIME_NODE_INSTALL := skip
 
 NODE_STAMP := node_modules/.autolora-setup
 VENV_STAMP := $(VENV)/.autolora-setup
+HOST_STAMP := dist/.autolora-build
 
 .DELETE_ON_ERROR:
 .PHONY: setup test demo bench world bench-world text-encoder clean distclean
 
-setup: $(NODE_STAMP) $(VENV_STAMP)
+setup: $(NODE_STAMP) $(VENV_STAMP) $(HOST_STAMP)
 
 # `npm ci` wipes node_modules, stamp included, so the stamp is written after it.
 $(NODE_STAMP): package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci; else npm install; fi
+	touch $@
+
+# The compiled host that bin/autolora.js runs; rebuilt when any host source changes.
+$(HOST_STAMP): $(NODE_STAMP) tsconfig.json tsconfig.build.json $(shell find src -name '*.ts' -not -path '*/worker/*')
+	npm run build
 	touch $@
 
 $(PYTHON):
@@ -73,7 +79,7 @@ text-encoder: setup
 
 # Build outputs and setup stamps; the next `make setup` re-checks the installs (quick when nothing changed).
 clean:
-	rm -rf build .pytest_cache $(WORKER)/.pytest_cache $(WORKER)/*.egg-info $(NODE_STAMP) $(VENV_STAMP)
+	rm -rf build dist .pytest_cache $(WORKER)/.pytest_cache $(WORKER)/*.egg-info $(NODE_STAMP) $(VENV_STAMP)
 	find src test scripts -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Also the installed packages: node_modules and the venv (including a CUDA torch installed by hand).

@@ -1,0 +1,100 @@
+// The header validator is the pool's front door: each kind of malformed file gets its own code and message, and
+// nothing past the header is read.
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, validateSafetensorsBytes,
+} from "../src/pool/safetensors.js";
+import { rawSafetensors, safetensorsFile } from "./helpers/safetensors.js";
+
+function rejection(bytes: Buffer, limits = DEFAULT_LIMITS): InvalidLoraFileError {
+  try {
+    validateSafetensorsBytes(bytes, limits);
+  } catch (error) {
+    expect(error).toBeInstanceOf(InvalidLoraFileError);
+    return error as InvalidLoraFileError;
+  }
+  throw new Error("the file was accepted");
+}
+
+const entry = (dtype: string, shape: number[], begin: number, end: number) => ({ dtype, shape, data_offsets: [begin, end] });
+
+describe("safetensors header validation", () => {
+  it("accepts a well-formed file and reports its tensors and metadata", () => {
+    const file = safetensorsFile(
+      [{ name: "b", shape: [2, 3] }, { name: "a", dtype: "F32", shape: [] }],
+      { format: "pt" },
+    );
+    const header = validateSafetensorsBytes(file);
+    expect(header.metadata).toEqual({ format: "pt" });
+    expect(header.tensors.map((t) => [t.name, t.dtype, t.shape, t.begin, t.end])).toEqual([
+      ["b", "F16", [2, 3], 0, 12],
+      ["a", "F32", [], 12, 16],
+    ]);
+    expect(header.dataStart + 16).toBe(file.length);
+  });
+
+  it("accepts a header padded with trailing spaces, as the safetensors writer aligns it", () => {
+    const padded = rawSafetensors(`${JSON.stringify({ w: entry("U8", [4], 0, 4) })}    `, 4);
+    expect(validateSafetensorsBytes(padded).tensors).toHaveLength(1);
+  });
+
+  const cases: Array<[string, Buffer, string, RegExp, Partial<typeof DEFAULT_LIMITS>?]> = [
+    ["an empty file", Buffer.alloc(0), "empty", /empty/],
+    ["a 5-byte file", Buffer.from([1, 0, 0, 0, 0]), "too-short", /5 bytes, too short/],
+    ["a torch zip archive", Buffer.concat([Buffer.from("PK\x03\x04"), Buffer.alloc(60)]), "pickle", /pickle.*can run code/],
+    ["a bare pickle", Buffer.from([0x80, 0x02, 0x7d, 0x71, 0x00, 0x2e, 0, 0, 0, 0]), "pickle", /only \.safetensors/],
+    ["a file over the size cap", safetensorsFile([{ name: "w", shape: [64] }]), "too-large", /over the 100 bytes limit/,
+      { maxFileBytes: 100 }],
+    ["a header longer than the file", Buffer.concat([Buffer.from([255, 0, 0, 0, 0, 0, 0, 0]), Buffer.from("{}")]),
+      "header-length", /header length says 255 bytes, 2 follow/],
+    ["a header over the header cap", rawSafetensors({ w: entry("U8", [1], 0, 1) }, 1), "header-too-large", /over the 10 bytes limit/,
+      { maxHeaderBytes: 10 }],
+    ["a header that is not JSON", rawSafetensors("{not json", 0), "header-not-json", /not valid UTF-8 JSON/],
+    ["a header that is not UTF-8", rawSafetensors(Buffer.from([0x7b, 0xff, 0x7d]).toString("latin1"), 0), "header-not-json", /UTF-8/],
+    ["a header that is a JSON array", rawSafetensors([1, 2], 0), "header-not-object", /not a JSON object/],
+    ["non-string metadata", rawSafetensors({ __metadata__: { rank: 4 } }, 0), "metadata-invalid", /strings to strings/],
+    ["too many tensors", safetensorsFile([{ name: "a", shape: [1] }, { name: "b", shape: [1] }]), "too-many-tensors",
+      /2 tensors, over the limit of 1/, { maxTensors: 1 }],
+    ["an entry without data_offsets", rawSafetensors({ w: { dtype: "F16", shape: [1] } }, 2), "entry-invalid", /"w" needs/],
+    ["reversed data_offsets", rawSafetensors({ w: entry("U8", [0], 4, 0) }, 4), "entry-invalid", /begin ≤ end/],
+    ["an unknown dtype", rawSafetensors({ w: entry("F12", [1], 0, 2) }, 2), "dtype-unknown", /unknown dtype "F12"/],
+    ["a negative dimension", rawSafetensors({ w: entry("F16", [-1, 2], 0, 4) }, 4), "shape-invalid", /non-negative integers/],
+    ["a shape that does not fill its range", rawSafetensors({ w: entry("F32", [2, 2], 0, 12) }, 12), "size-mismatch",
+      /\[2,2\] × F32 is 16 bytes but its range holds 12/],
+    ["a range past the end of the file", rawSafetensors({ w: entry("U8", [8], 0, 8) }, 4), "out-of-bounds",
+      /truncated or corrupt.*0-8 of a 4-byte data section/],
+    ["overlapping tensors", rawSafetensors({ a: entry("U8", [4], 0, 4), b: entry("U8", [4], 2, 6) }, 6), "overlap",
+      /"b" overlaps/],
+    ["a hole between tensors", rawSafetensors({ a: entry("U8", [2], 0, 2), b: entry("U8", [2], 4, 6) }, 6), "gap",
+      /bytes 2-4 .* belong to no tensor/],
+    ["bytes after the last tensor", rawSafetensors({ a: entry("U8", [2], 0, 2) }, 5), "gap", /3 bytes after the last tensor/],
+  ];
+
+  it.each(cases)("refuses %s with its own code and message", (_label, bytes, code, message, limits) => {
+    const error = rejection(bytes, { ...DEFAULT_LIMITS, ...limits });
+    expect(error.code).toBe(code);
+    expect(error.message).toMatch(message);
+    expect(error.message).not.toContain("\n");
+  });
+
+  it("a real header length that begins with 0x80 is not mistaken for a pickle", () => {
+    const name = "x".repeat(1408 - JSON.stringify({ "": entry("U8", [1], 0, 1) }).length);
+    const file = rawSafetensors({ [name]: entry("U8", [1], 0, 1) }, 1);
+    expect(file[0]).toBe(0x80);
+    expect(validateSafetensorsBytes(file).tensors[0]!.name).toBe(name);
+  });
+
+  it("reads a file on disk through its header only, and refuses the same classes there", async () => {
+    const folder = await mkdtemp(join(tmpdir(), "autolora-st-"));
+    const good = join(folder, "good.safetensors");
+    await writeFile(good, safetensorsFile([{ name: "w", dtype: "F32", shape: [1000, 1000] }]));
+    const header = await readSafetensorsHeader(good);
+    expect(header.tensors[0]).toMatchObject({ name: "w", begin: 0, end: 4_000_000 });
+    const truncated = join(folder, "truncated.safetensors");
+    await writeFile(truncated, safetensorsFile([{ name: "w", shape: [64] }]).subarray(0, 100));
+    await expect(readSafetensorsHeader(truncated)).rejects.toMatchObject({ code: "out-of-bounds" });
+  });
+});
