@@ -1,0 +1,48 @@
+// The host's settings: one zod schema, from which the Config type comes. config/default.yaml documents each key
+// and holds its default; the schema says what a valid value is.
+import { z } from "zod";
+
+const FUSIONS = ["none", "direct", "dare", "klora", "gated"] as const;
+
+const localWorker = z.strictObject({
+  device: z.string().regex(/^(cpu|cuda(:\d+)?|mps)$/, "expected cpu, cuda, cuda:N or mps"),
+  model: z.string().min(1),
+});
+
+export const configSchema = z.strictObject({
+  data_dir: z.string().min(1),
+  lancedb_uri: z.string(),
+  bundle_dir: z.string().min(1),
+  workers: z.strictObject({
+    local: z.array(localWorker),
+    remote: z.array(z.url({ protocol: /^https?$/ })),
+    startup_timeout_s: z.number().positive(),
+    job_timeout_s: z.number().positive(),
+  }),
+  retrieval: z.strictObject({
+    k: z.int().min(0).max(8),
+    min_similarity: z.number().min(-1).max(1),
+    nsfw: z.enum(["block", "allow"]),
+  }),
+  generation: z.strictObject({
+    seeds_per_prompt: z.int().min(1).max(16),
+    fusion: z.enum(FUSIONS),
+    steps: z.int().min(0).max(200),
+  }),
+  queue: z.strictObject({
+    per_user: z.int().min(1),
+    global: z.int().min(1),
+  }),
+  web: z.strictObject({
+    enabled: z.boolean(),
+    host: z.string().min(1),
+    port: z.int().min(1).max(65535),
+  }),
+  admins: z.array(z.string().regex(/^[a-z]+:.+$/, 'expected "<adapter>:<user id>", e.g. "web:alice"')),
+  plugins: z.array(z.string().min(1)),
+}).refine((config) => config.queue.per_user <= config.queue.global, {
+  message: "queue.per_user cannot exceed queue.global",
+  path: ["queue", "per_user"],
+});
+
+export type Config = z.infer<typeof configSchema>;

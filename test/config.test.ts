@@ -1,0 +1,79 @@
+// Configuration: the documented defaults load as they are, overrides come from a file and the environment, every
+// mistake is reported by key and source, and secrets never reach the config or its printed forms.
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { inspect } from "node:util";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "../src/config/load.js";
+
+function problems(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as ConfigError).problems;
+  }
+  throw new Error("the configuration was accepted");
+}
+
+async function overrideFile(text: string): Promise<string> {
+  const file = join(await mkdtemp(join(tmpdir(), "autolora-config-")), "override.yaml");
+  await writeFile(file, text);
+  return file;
+}
+
+describe("configuration", () => {
+  it("loads the documented defaults", () => {
+    const { config } = loadConfig({});
+    expect(config.web).toEqual({ enabled: true, host: "127.0.0.1", port: 8787 });
+    expect(config.retrieval.k).toBe(3);
+    expect(config.workers.local).toEqual([{ device: "cpu", model: "proving-ground" }]);
+  });
+
+  it("takes a file's keys, then environment variables, leaving the rest at their defaults", async () => {
+    const file = await overrideFile("web:\n  port: 9001\nretrieval:\n  k: 2\n");
+    const { config } = loadConfig({
+      AUTOLORA_CONFIG: file, AUTOLORA_RETRIEVAL__K: "1", AUTOLORA_ADMINS: '["web:alice", "discord:42"]',
+      AUTOLORA_DATA_DIR: "123", AUTOLORA_BUNDLE: "/elsewhere", PATH: "/bin",
+    });
+    expect(config.web.port).toBe(9001);
+    expect(config.web.host).toBe("127.0.0.1");
+    expect(config.retrieval.k).toBe(1);
+    expect(config.admins).toEqual(["web:alice", "discord:42"]);
+    expect(config.data_dir).toBe("123"); // a string setting keeps the variable's text as it is
+  });
+
+  it("names the key, the problem and where the value came from", async () => {
+    const file = await overrideFile("queue:\n  per_user: 0\nweb:\n  colour: blue\n");
+    expect(problems({ AUTOLORA_WEB__PORT: "99999" })).toEqual([
+      expect.stringMatching(/^web\.port: .*65535.* \(from AUTOLORA_WEB__PORT\)$/)]);
+    expect(problems({ AUTOLORA_WEB__PROT: "80" })).toEqual([
+      "AUTOLORA_WEB__PROT: no setting web.prot (web has: enabled, host, port)"]);
+    expect(problems({ AUTOLORA_GENERATION__FUSION: "magic" })[0]).toMatch(/^generation\.fusion: .*"gated"/);
+    const fromFile = problems({ AUTOLORA_CONFIG: file });
+    expect(fromFile).toContainEqual(expect.stringMatching(new RegExp(`^queue\\.per_user: .* \\(from ${file}\\)$`)));
+    expect(fromFile).toContainEqual(expect.stringMatching(/^web: unknown key\(s\) colour/));
+    expect(problems({ AUTOLORA_CONFIG: "/no/such/file.yaml" })).toEqual([
+      "/no/such/file.yaml: cannot read the config file (ENOENT)"]);
+    expect(problems({ AUTOLORA_CONFIG: await overrideFile("web: [unclosed\n") })[0]).toMatch(/not valid YAML at line/);
+    expect(problems({ AUTOLORA_QUEUE__PER_USER: "60" })).toEqual([
+      "queue.per_user: queue.per_user cannot exceed queue.global (from AUTOLORA_QUEUE__PER_USER)"]);
+  });
+
+  it("refuses secrets in a file and keeps environment secrets out of every printed form", async () => {
+    const file = await overrideFile("discord:\n  token: abc.def\n");
+    expect(problems({ AUTOLORA_CONFIG: file })[0]).toMatch(/discord\.token looks like a secret; .*DISCORD_TOKEN/);
+    const token = "MTIz.very-secret-token";
+    const loaded = loadConfig({ DISCORD_TOKEN: token, AUTOLORA_WORKER_TOKEN: "worker-secret" });
+    expect(loaded.secrets.get("discordToken")).toBe(token);
+    expect(loaded.secrets.require("workerToken", "the worker client")).toBe("worker-secret");
+    expect(() => loaded.secrets.require("slackBotToken", "the Slack adapter")).toThrow(
+      "the Slack adapter needs SLACK_BOT_TOKEN set in the environment");
+    for (const printed of [JSON.stringify(loaded), inspect(loaded, { depth: 5 }), String(loaded.secrets)]) {
+      expect(printed).not.toContain("very-secret");
+      expect(printed).not.toContain("worker-secret");
+    }
+    expect(loaded.secrets.describe()).toMatchObject({ DISCORD_TOKEN: "set", SLACK_BOT_TOKEN: "unset" });
+  });
+});
