@@ -87,6 +87,31 @@ export const workerHealthSchema = z.object({
 
 export type WorkerHealth = z.infer<typeof workerHealthSchema>;
 
+/** The largest seed the worker accepts: JavaScript numbers carry integers exactly only up to 2^53 - 1. */
+export const MAX_SEED = Number.MAX_SAFE_INTEGER;
+
+/** `POST /generate`'s body, with the worker's own limits (autolora_worker/protocol.py GenerateRequest). */
+export const generateRequestSchema = z.strictObject({
+  job_id: z.string().min(1).max(100),
+  prompt: z.string().min(1).max(4000),
+  seeds: z.array(z.int().min(0).max(MAX_SEED)).min(1).max(8),
+  steps: z.int().min(1).max(200).optional(),
+  guidance: z.number().min(0).max(30).optional(),
+  height: z.int().min(16).max(2048).optional(),
+  width: z.int().min(16).max(2048).optional(),
+  loras: z.array(z.strictObject({
+    path: z.string().min(1),
+    scale: z.number().min(-4).max(4).optional(),
+    name: z.string().max(200).optional(),
+  })).max(8).optional(),
+  fusion: z.enum(["none", "direct", "dare", "klora", "gated"]).optional(),
+  global_lora: z.boolean().optional(),
+  preview_every: z.int().min(0).max(200).optional(),
+  preview_size: z.int().min(16).max(256).optional(),
+});
+
+export type GenerateRequest = z.infer<typeof generateRequestSchema>;
+
 /** Why a worker line was rejected: it was not JSON, or it was JSON that is not a known event. */
 export type WorkerProtocolErrorReason = "invalid-json" | "invalid-event";
 

@@ -1,0 +1,20 @@
+// What the host needs of a GPU worker, apart from how it is reached: a local process the supervisor spawned, a
+// remote URL, or a test's fake all look like this.
+import type { GenerateRequest, JobEndEvent, WorkerEvent, WorkerHealth } from "./protocol.js";
+
+export interface GenerateOptions {
+  /** Aborting asks the worker to stop at its next step and rejects with JobCancelledError. */
+  signal?: AbortSignal;
+  /** Every event as it arrives (job-start, job-progress…), the final one included. */
+  onEvent?: (event: WorkerEvent) => void;
+}
+
+export interface WorkerBackend {
+  /** A stable name for logs and errors (never the token). */
+  readonly id: string;
+  health(signal?: AbortSignal): Promise<WorkerHealth>;
+  /** Run one job to its end; rejects with a WorkerError subclass saying why it did not finish. */
+  generate(request: GenerateRequest, options?: GenerateOptions): Promise<JobEndEvent>;
+  /** Ask the worker to stop a job; false if it has no such job (already over). */
+  cancel(jobId: string): Promise<boolean>;
+}

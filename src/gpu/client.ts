@@ -1,0 +1,128 @@
+// The HTTP client of one worker (src/gpu/worker/autolora_worker/service.py): bearer-token auth, NDJSON progress
+// streaming, cancellation and timeouts, every failure mapped to a typed WorkerError.
+import type { GenerateOptions, WorkerBackend } from "./backend.js";
+import {
+  JobCancelledError, WorkerJobError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
+} from "./errors.js";
+import {
+  generateRequestSchema, readWorkerEvents, workerHealthSchema,
+  type GenerateRequest, type JobEndEvent, type WorkerHealth,
+} from "./protocol.js";
+
+export interface WorkerClientOptions {
+  /** Base URL, e.g. http://127.0.0.1:8731 */
+  url: string;
+  /** The worker's bearer token. Never logged, never part of an error message. */
+  token: string;
+  /** Name in logs and errors. Default: the URL. */
+  id?: string;
+  /** Default: the global fetch. Injectable for tests. */
+  fetch?: typeof fetch;
+  /** Limit on /health, /cancel and a job's first response. Default 10 s. */
+  requestTimeoutMs?: number;
+  /** Limit on a whole job, from request to job-end. Default 600 s. */
+  jobTimeoutMs?: number;
+}
+
+export function createWorkerClient(options: WorkerClientOptions): WorkerBackend {
+  const base = options.url.replace(/\/+$/, "");
+  const id = options.id ?? base;
+  const fetchImpl = options.fetch ?? fetch;
+  const requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+  const jobTimeoutMs = options.jobTimeoutMs ?? 600_000;
+  const headers = { authorization: `Bearer ${options.token}`, "content-type": "application/json" };
+
+  async function call(path: string, init: RequestInit): Promise<Response> {
+    try {
+      return await fetchImpl(`${base}${path}`, { ...init, headers });
+    } catch (error) {
+      if (init.signal?.aborted) throw init.signal.reason;
+      throw new WorkerUnavailableError(`worker ${id} is not reachable (${describe(error)})`, { cause: error });
+    }
+  }
+
+  async function refusal(response: Response): Promise<Error> {
+    const body = await response.json().catch(() => undefined) as { error?: { code?: string; message?: string } } | undefined;
+    const code = body?.error?.code ?? `http-${response.status}`;
+    const message = body?.error?.message ?? `${response.status} ${response.statusText}`;
+    if (response.status >= 500) return new WorkerUnavailableError(`worker ${id} failed: ${message}`);
+    return new WorkerRequestError(code, `worker ${id} refused the request: ${message}`, response.status);
+  }
+
+  async function health(signal?: AbortSignal): Promise<WorkerHealth> {
+    const timeout = AbortSignal.timeout(requestTimeoutMs);
+    const response = await call("/health", { signal: signal ? AbortSignal.any([signal, timeout]) : timeout })
+      .catch((error: unknown) => {
+        if (timeout.aborted) throw new WorkerUnavailableError(`worker ${id} did not answer /health in ${requestTimeoutMs} ms`);
+        throw error;
+      });
+    if (!response.ok) throw await refusal(response);
+    const parsed = workerHealthSchema.safeParse(await response.json().catch(() => undefined));
+    if (!parsed.success) throw new WorkerUnavailableError(`worker ${id} sent an invalid /health answer`);
+    return parsed.data;
+  }
+
+  async function cancel(jobId: string): Promise<boolean> {
+    const response = await call("/cancel", {
+      method: "POST", body: JSON.stringify({ job_id: jobId }), signal: AbortSignal.timeout(requestTimeoutMs),
+    });
+    if (response.status === 404) return false;
+    if (!response.ok) throw await refusal(response);
+    return true;
+  }
+
+  async function generate(request: GenerateRequest, generateOptions: GenerateOptions = {}): Promise<JobEndEvent> {
+    const checked = generateRequestSchema.safeParse(request);
+    if (!checked.success) {
+      const issue = checked.error.issues[0]!;
+      throw new WorkerRequestError("invalid-request", `invalid job: ${issue.path.join(".")}: ${issue.message}`, 400);
+    }
+    const { signal, onEvent } = generateOptions;
+    if (signal?.aborted) throw new JobCancelledError(`job ${request.job_id} was cancelled before it started`);
+    const controller = new AbortController();
+    let stopped: "cancelled" | "timeout" | undefined;
+    const stop = (why: "cancelled" | "timeout") => {
+      if (stopped) return;
+      stopped = why;
+      controller.abort();
+      // Closing the stream also stops the worker at its next step; /cancel makes it stop even while it waits.
+      cancel(request.job_id).catch(() => undefined);
+    };
+    const timer = setTimeout(() => stop("timeout"), jobTimeoutMs);
+    const onAbort = () => stop("cancelled");
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      const response = await call("/generate", { method: "POST", body: JSON.stringify(checked.data), signal: controller.signal });
+      if (!response.ok || !response.body) throw await refusal(response);
+      for await (const event of readWorkerEvents(response.body)) {
+        if (event.job_id !== request.job_id) continue;
+        onEvent?.(event);
+        if (event.type === "job-end") return event;
+        if (event.type === "job-error") {
+          if (event.code === "job-cancelled") throw new JobCancelledError(`job ${request.job_id} was cancelled`);
+          throw new WorkerJobError(event.code, event.message);
+        }
+      }
+      throw new WorkerUnavailableError(`worker ${id} closed job ${request.job_id}'s stream before the job ended`);
+    } catch (error) {
+      if (stopped === "cancelled") throw new JobCancelledError(`job ${request.job_id} was cancelled`);
+      if (stopped === "timeout") {
+        throw new WorkerTimeoutError(`job ${request.job_id} ran past the ${Math.round(jobTimeoutMs / 1000)} s limit on worker ${id}`);
+      }
+      if (error instanceof TypeError || (error as Error).name === "AbortError") {
+        throw new WorkerUnavailableError(`worker ${id} went away during job ${request.job_id} (${describe(error)})`, { cause: error });
+      }
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  return { id, health, generate, cancel };
+}
+
+function describe(error: unknown): string {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? (error instanceof Error ? error.message : String(error));
+}

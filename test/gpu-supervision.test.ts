@@ -1,0 +1,172 @@
+// Worker supervision and dispatch against real child processes: the protocol fake (fixtures/fake-worker.mjs)
+// for crashes, restarts, retries, cancellation and timeouts; the real Python worker once, end to end.
+import { existsSync } from "node:fs";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { createWorkerClient } from "../src/gpu/client.js";
+import { WorkerDispatcher } from "../src/gpu/dispatch.js";
+import {
+  JobCancelledError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
+} from "../src/gpu/errors.js";
+import type { GenerateRequest } from "../src/gpu/protocol.js";
+import { pythonWorkerCommand, WorkerSupervisor, type SupervisorOptions } from "../src/gpu/supervisor.js";
+
+const fakeWorker = join(import.meta.dirname, "fixtures", "fake-worker.mjs");
+const root = join(import.meta.dirname, "..");
+const running: WorkerSupervisor[] = [];
+
+function supervise(envs: Array<Record<string, string>>, options: Partial<SupervisorOptions> = {}) {
+  const log: string[] = [];
+  const supervisor = new WorkerSupervisor({
+    workers: envs.map((env) => ({ command: process.execPath, args: [fakeWorker], env })),
+    backoffMs: 50, startupTimeoutMs: 10_000, log: (line) => log.push(line), ...options,
+  });
+  running.push(supervisor);
+  return { supervisor, log };
+}
+
+let jobNumber = 0;
+const job = (extra: Partial<GenerateRequest> = {}): GenerateRequest =>
+  ({ job_id: `job-${++jobNumber}`, prompt: "a red hexagon", seeds: [1, 2], steps: 6, ...extra });
+
+const until = async (check: () => boolean, timeoutMs = 10_000) => {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+};
+
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((supervisor) => supervisor.stop()));
+});
+
+describe("worker supervision", () => {
+  it("starts each worker with its own token and restarts one that is killed", async () => {
+    const { supervisor, log } = supervise([{}, {}]);
+    await supervisor.start();
+    const [first, second] = supervisor.ready();
+    expect(supervisor.status().map((s) => s.state)).toEqual(["ready", "ready"]);
+    expect((await first!.health()).status).toBe("ok");
+    const before = supervisor.status()[0]!.pid!;
+    process.kill(before, "SIGKILL");
+    await until(() => supervisor.status()[0]!.restarts === 1 && supervisor.status()[0]!.state === "ready");
+    expect(supervisor.status()[0]!.pid).not.toBe(before);
+    expect(log.join("\n")).toMatch(/\[local-1\] killed by SIGKILL; restarting in 50 ms/);
+    expect(second!.id).toBe("local-2");
+  });
+
+  it("refuses requests without the worker's token", async () => {
+    const { supervisor } = supervise([{}]);
+    await supervisor.start();
+    const url = supervisor.status()[0]!.url!;
+    expect((await fetch(`${url}/health`)).status).toBe(401);
+    expect((await fetch(`${url}/health`, { headers: { authorization: "Bearer guess" } })).status).toBe(401);
+    expect((await supervisor.ready()[0]!.health()).status).toBe("ok");
+  });
+
+  it("names a worker that cannot start and keeps retrying it with backoff", async () => {
+    const { supervisor, log } = supervise([{ FAKE_EXIT_AT_START: "1" }], { startupTimeoutMs: 2_000 });
+    await expect(supervisor.start(500)).rejects.toThrow(/local-1 \(exited with code 3\) did not start within 500 ms/);
+    await until(() => supervisor.status()[0]!.restarts >= 2);
+    expect(log.filter((line) => line.includes("restarting in"))[1]).toMatch(/restarting in 100 ms/);
+  });
+});
+
+describe("dispatch", () => {
+  it("streams progress and returns the images", async () => {
+    const { supervisor } = supervise([{}]);
+    await supervisor.start();
+    const events: string[] = [];
+    const end = await new WorkerDispatcher(supervisor).generate(job(), { onEvent: (event) => events.push(event.type) });
+    expect(end.images.map((image) => image.seed)).toEqual([1, 2]);
+    expect(events).toEqual(["job-start", ...Array(6).fill("job-progress"), "job-end"]);
+  });
+
+  it("retries a job whose worker dies mid-job on another worker", async () => {
+    const folder = await mkdtemp(join(tmpdir(), "autolora-crash-"));
+    const { supervisor } = supervise([{ FAKE_CRASH_AT_STEP: "3", FAKE_CRASH_MARKER: join(folder, "a") },
+      { FAKE_CRASH_AT_STEP: "3", FAKE_CRASH_MARKER: join(folder, "b") }]);
+    await supervisor.start();
+    const retries: string[] = [];
+    const dispatcher = new WorkerDispatcher(supervisor, { onRetry: (id, worker) => retries.push(`${id}@${worker}`) });
+    const first = job();
+    // Both workers crash once at step 3: the retry lands on the other worker, which then crashes too.
+    await expect(dispatcher.generate(first)).rejects.toThrow(
+      new RegExp(`job ${first.job_id} failed twice because its worker went away \\(local-\\d, then local-\\d\\)`));
+    expect(retries).toHaveLength(1);
+    expect(existsSync(join(folder, "a")) && existsSync(join(folder, "b"))).toBe(true);
+    // The host keeps serving: both workers restart and the next job completes.
+    await until(() => supervisor.ready().length === 2);
+    expect((await dispatcher.generate(job())).images).toHaveLength(2);
+  });
+
+  it("retries on the same worker after its restart when it is the only one", async () => {
+    const folder = await mkdtemp(join(tmpdir(), "autolora-crash-"));
+    const { supervisor } = supervise([{ FAKE_CRASH_AT_STEP: "2", FAKE_CRASH_MARKER: join(folder, "once") }]);
+    await supervisor.start();
+    const retries: string[] = [];
+    const dispatcher = new WorkerDispatcher(supervisor, { onRetry: (_, worker) => retries.push(worker) });
+    const end = await dispatcher.generate(job());
+    expect(end.images).toHaveLength(2);
+    expect(retries).toEqual(["local-1"]);
+    expect(supervisor.status()[0]!.restarts).toBe(1);
+  });
+
+  it("fails clearly when no worker comes back in time", async () => {
+    const { supervisor } = supervise([{}]);
+    await supervisor.start();
+    await supervisor.stop();
+    const dispatcher = new WorkerDispatcher(supervisor, { waitForWorkerMs: 100 });
+    await expect(dispatcher.generate(job())).rejects.toThrow(/no GPU worker became ready within 0 s; please try again later/);
+  });
+
+  it("cancels a running job on request, and times out a job that runs too long", async () => {
+    const { supervisor } = supervise([{ FAKE_STEP_MS: "100" }], { jobTimeoutMs: 350 });
+    await supervisor.start();
+    const worker = supervisor.ready()[0]!;
+    const controller = new AbortController();
+    const cancelled = worker.generate(job({ steps: 50 }), {
+      signal: controller.signal, onEvent: (event) => { if (event.type === "job-progress") controller.abort(); },
+    });
+    await expect(cancelled).rejects.toBeInstanceOf(JobCancelledError);
+    await expect(worker.generate(job({ steps: 50 }))).rejects.toBeInstanceOf(WorkerTimeoutError);
+    expect((await worker.health()).status).toBe("ok");
+  });
+
+  it("does not retry a request the worker refuses", async () => {
+    const { supervisor } = supervise([{}]);
+    await supervisor.start();
+    const retries: string[] = [];
+    const dispatcher = new WorkerDispatcher(supervisor, { onRetry: (id) => retries.push(id) });
+    await expect(dispatcher.generate(job({ seeds: [] }))).rejects.toBeInstanceOf(WorkerRequestError);
+    expect(retries).toEqual([]);
+  });
+
+  it("reports an unreachable worker as unavailable", async () => {
+    const client = createWorkerClient({ url: "http://127.0.0.1:9", token: "t" });
+    await expect(client.health()).rejects.toBeInstanceOf(WorkerUnavailableError);
+    await expect(client.generate(job())).rejects.toThrow(/worker http:\/\/127\.0\.0\.1:9 is not reachable/);
+  });
+});
+
+const python = join(root, ".venv", "bin", "python");
+describe.runIf(existsSync(python))("the real Python worker", () => {
+  it("is spawned, becomes healthy and generates through the dispatcher", async () => {
+    const command = pythonWorkerCommand(python, "cpu", "proving-ground");
+    const supervisor = new WorkerSupervisor({ workers: [{ ...command, env: { PYTHONUNBUFFERED: "1" } }], log: () => undefined });
+    running.push(supervisor);
+    await supervisor.start(90_000);
+    const health = await supervisor.ready()[0]!.health();
+    expect(health).toMatchObject({ status: "ok", family: "proving-ground", device: "cpu" });
+    const progress: number[] = [];
+    const end = await new WorkerDispatcher(supervisor).generate(job({ seeds: [7], steps: 2 }), {
+      onEvent: (event) => { if (event.type === "job-progress") progress.push(event.step); },
+    });
+    expect(progress).toEqual([1, 2]);
+    expect(end.images[0]!.png_base64.length).toBeGreaterThan(100);
+    expect(Buffer.from(end.images[0]!.png_base64, "base64").subarray(1, 4).toString()).toBe("PNG");
+  }, 120_000);
+});
