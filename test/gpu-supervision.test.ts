@@ -1,9 +1,12 @@
 // Worker supervision and dispatch against real child processes: the protocol fake (fixtures/fake-worker.mjs)
 // for crashes, restarts, retries, cancellation and timeouts; the real Python worker once, end to end.
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { afterEach, describe, expect, it } from "vitest";
 import { createWorkerClient } from "../src/gpu/client.js";
 import { WorkerDispatcher } from "../src/gpu/dispatch.js";
@@ -11,6 +14,7 @@ import {
   JobCancelledError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
 } from "../src/gpu/errors.js";
 import type { GenerateRequest } from "../src/gpu/protocol.js";
+import { combineWorkerSources, RemoteWorkers } from "../src/gpu/remote.js";
 import { pythonWorkerCommand, WorkerSupervisor, type SupervisorOptions } from "../src/gpu/supervisor.js";
 
 const fakeWorker = join(import.meta.dirname, "fixtures", "fake-worker.mjs");
@@ -169,4 +173,30 @@ describe.runIf(existsSync(python))("the real Python worker", () => {
     expect(end.images[0]!.png_base64.length).toBeGreaterThan(100);
     expect(Buffer.from(end.images[0]!.png_base64, "base64").subarray(1, 4).toString()).toBe("PNG");
   }, 120_000);
+});
+
+describe("remote workers", () => {
+  it("sends jobs only to remote workers that answer with the shared token, alongside local ones", async () => {
+    const child = spawn(process.execPath, [fakeWorker], { env: { ...process.env, AUTOLORA_WORKER_TOKEN: "shared-secret" } });
+    try {
+      const [line] = await once(createInterface({ input: child.stdout }), "line") as [string];
+      const url = `http://127.0.0.1:${JSON.parse(line).port}`;
+      const { supervisor } = supervise([{}]);
+      await supervisor.start();
+      const remote = new RemoteWorkers({ urls: [url, "http://127.0.0.1:9"], token: "shared-secret", intervalMs: 50 });
+      const wrongToken = new RemoteWorkers({ urls: [url], token: "guess", intervalMs: 50 });
+      await Promise.all([remote.start(), wrongToken.start()]);
+      expect(remote.ready().map((worker) => worker.id)).toEqual(["remote-1"]);
+      expect(await wrongToken.whenAnyReady(100)).toBe(false);
+      const all = combineWorkerSources(wrongToken, remote, supervisor);
+      expect(all.ready().map((worker) => worker.id)).toEqual(["remote-1", "local-1"]);
+      const dispatcher = new WorkerDispatcher(all);
+      const ends = await Promise.all([dispatcher.generate(job()), dispatcher.generate(job())]);
+      expect(ends.map((end) => end.images.length)).toEqual([2, 2]);
+      remote.stop();
+      wrongToken.stop();
+    } finally {
+      child.kill();
+    }
+  });
 });
