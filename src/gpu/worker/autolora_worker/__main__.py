@@ -53,6 +53,18 @@ def serve_paths(family: str, model_path: str | None, gates: str | None,
     return str(paths.model), gates, f"serving the proving-ground bundle at {paths.root}"
 
 
+def serve_encoder(family: str, model_path: str | None, encoder: str | None,
+                  bundle_dir: Path | None = None) -> str | None:
+    """The LoRA encoder `serve` uses for /embed: the one asked for, else the proving-ground bundle's when serving
+    the bundle's model; None (no /embed) otherwise."""
+    if encoder is not None or family != "proving-ground" or model_path is not None:
+        return encoder
+    from .world.bundle import BundlePaths, default_bundle_dir
+
+    paths = BundlePaths(bundle_dir or default_bundle_dir())
+    return str(paths.encoder) if paths.manifest.exists() and paths.encoder.is_dir() else None
+
+
 def _serve(args) -> int:
     import torch
 
@@ -73,7 +85,8 @@ def _serve(args) -> int:
         print(note, file=sys.stderr)
     try:
         backbone = load_backbone(args.family, model_path, args.device)
-        engine = Engine(backbone, gates, cache_bytes=int(args.cache_mb) << 20)
+        engine = Engine(backbone, gates, cache_bytes=int(args.cache_mb) << 20,
+                        encoder_path=serve_encoder(args.family, args.model_path, args.encoder))
     except (WorkerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -126,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gates", default=None,
                        help="gate weights (.safetensors); default: the bundle's for the proving ground, else untrained")
     serve.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    serve.add_argument("--encoder", default=None,
+                       help="LoRA encoder folder for /embed (default: the bundle's, when serving the bundle's model)")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
     serve.set_defaults(run=_serve)
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .cache import LoraCache
-from .errors import IncompatibleLoraError, JobCancelledError, WorkerError
+from .errors import IncompatibleLoraError, JobCancelledError, ModelLoadError, WorkerError
 from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
 from .lora.canonical import CanonicalLora
 from .lora.formats import inspect_lora_file, read_lora_file
@@ -36,8 +36,12 @@ def png_base64(pixels: np.ndarray) -> str:
 
 
 class Engine:
-    def __init__(self, backbone: Backbone, gates_path: str | Path | None = None, cache_bytes: int = 2 << 30):
+    def __init__(self, backbone: Backbone, gates_path: str | Path | None = None, cache_bytes: int = 2 << 30,
+                 encoder_path: str | Path | None = None):
         self.backbone = backbone
+        self._encoder_path = Path(encoder_path) if encoder_path is not None else None
+        self._encoder = None
+        self._encoder_lock = threading.Lock()
         dims = gate_dims(backbone.transformer)
         if gates_path is None:
             self.gates = GateBank(dims, seed=0, version="untrained", family=backbone.spec.name)
@@ -67,6 +71,28 @@ class Engine:
 
     def inspect(self, path: str) -> dict:
         return inspect_lora_file(path)
+
+    def embed(self, path: str) -> dict:
+        """What ingest needs of a LoRA file: what `inspect` says, plus its LoRA-encoder embedding (a unit vector
+        in the text encoder's space, for retrieval). The encoder loads on first use."""
+        from .world.encoder import embed_loras, load_encoder
+
+        lora = read_lora_file(path)
+        if lora.family is not None and lora.family != self.backbone.spec.name:
+            raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
+                                        f"this worker runs {self.backbone.spec.name}")
+        with self._encoder_lock:
+            if self._encoder is None:
+                if self._encoder_path is None:
+                    raise ModelLoadError("this worker has no LoRA encoder; start it with --encoder FOLDER")
+                self._encoder = load_encoder(self._encoder_path, model=self.backbone.transformer)
+            with torch.no_grad():
+                embedding = embed_loras(self._encoder, [lora])[0].float().cpu()
+        return {
+            "sha256": lora.sha256, "format": lora.format, "family": lora.family, "modules": len(lora.layers),
+            "ranks": sorted(set(lora.ranks.values())), "unknown_keys": lora.unknown_keys,
+            "embedding": embedding.tolist(), "dim": int(embedding.numel()), "encoder_version": self._encoder.version,
+        }
 
     def generate(self, request: GenerateRequest, emit: Emit, cancel: threading.Event) -> None:
         """Run one job, emitting job-start, job-progress…, then job-end or job-error; never raises for a

@@ -14,7 +14,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .engine import Engine
-from .errors import InvalidLoraFileError, InvalidRequestError
+from .errors import IncompatibleLoraError, InvalidLoraFileError, InvalidRequestError, ModelLoadError
 from .protocol import CancelRequest, GenerateRequest, InspectRequest, parse
 
 MAX_BODY_BYTES = 1 << 20
@@ -111,7 +111,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self._authorised():
             return
-        routes = {"/generate": self._generate, "/inspect": self._inspect, "/cancel": self._cancel}
+        routes = {"/generate": self._generate, "/inspect": self._inspect, "/embed": self._embed, "/cancel": self._cancel}
         route = routes.get(self.path)
         if route is None:
             self._error(HTTPStatus.NOT_FOUND, "not-found", f"no route POST {self.path}")
@@ -122,11 +122,20 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, error.code, str(error))
 
     def _inspect(self):
+        self._about_file(self.server.engine.inspect)
+
+    def _embed(self):
+        self._about_file(self.server.engine.embed)
+
+    def _about_file(self, answer):
+        """/inspect and /embed: one LoRA file by path, its description or why it cannot be used."""
         request = parse(InspectRequest, self._body())
         try:
-            self._send_json(HTTPStatus.OK, self.server.engine.inspect(request.path))
-        except InvalidLoraFileError as error:
+            self._send_json(HTTPStatus.OK, answer(request.path))
+        except (InvalidLoraFileError, IncompatibleLoraError) as error:
             self._error(HTTPStatus.UNPROCESSABLE_ENTITY, error.code, str(error))
+        except ModelLoadError as error:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, error.code, str(error))
         except OSError as error:
             self._error(HTTPStatus.UNPROCESSABLE_ENTITY, InvalidLoraFileError.code,
                         f"cannot read {request.path}: {error.strerror or error}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from autolora_worker.__main__ import serve_paths
+from autolora_worker.__main__ import serve_encoder, serve_paths
 from autolora_worker.lora.formats import write_lora_file
 from autolora_worker.models import random_proving_ground
 
@@ -23,6 +23,7 @@ from conftest import modules_matching, random_lora
 
 TOKEN = "test-token-" + "x" * 20
 WORKER_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = WORKER_ROOT.parents[2] / "bundle"  # the committed proving-ground bundle: its LoRA encoder serves /embed
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def worker(tmp_path_factory):
     # No bundle: the worker serves the seeded random model the LoRA fixture below is shaped for.
     env = {**os.environ, "AUTOLORA_WORKER_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "AUTOLORA_BUNDLE": str(tmp_path_factory.mktemp("no-bundle") / "missing")}
-    process = subprocess.Popen([sys.executable, "-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu"],
+    process = subprocess.Popen([sys.executable, "-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu",
+                                "--encoder", str(BUNDLE / "encoder")],
                                cwd=WORKER_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     if not line:
@@ -81,6 +83,17 @@ def test_serve_defaults_to_the_bundle_model_and_gates(tmp_path):
     assert serve_paths("proving-ground", None, "mine.safetensors", bundle)[1] == "mine.safetensors"
     assert serve_paths("proving-ground", "/models/pg", None, bundle) == ("/models/pg", None, None)
     assert serve_paths("flux", "/models/flux", None, bundle) == ("/models/flux", None, None)
+
+
+def test_serve_uses_the_bundle_encoder_only_with_the_bundle_model(tmp_path):
+    bundle = tmp_path / "bundle"
+    assert serve_encoder("proving-ground", None, None, bundle) is None  # no bundle
+    (bundle / "encoder").mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    assert serve_encoder("proving-ground", None, None, bundle) == str(bundle / "encoder")
+    assert serve_encoder("proving-ground", None, "/enc", bundle) == "/enc"
+    assert serve_encoder("proving-ground", "/models/pg", None, bundle) is None  # another model: not its encoder
+    assert serve_encoder("flux", None, None, bundle) is None
 
 
 def test_every_route_needs_the_bearer_token(worker):
@@ -173,3 +186,29 @@ def test_inspect_route(worker, lora_file, tmp_path):
     junk.write_bytes(b"PK\x03\x04 torch zip")
     status, response = call(url, "/inspect", {"path": str(junk)})
     assert status == 422 and json.load(response)["error"]["code"] == "invalid-lora-file"
+
+
+def test_embed_route(worker, lora_file, tmp_path):
+    url, _ = worker
+    status, response = call(url, "/embed", {"path": str(lora_file)})
+    report = json.load(response)
+    assert status == 200 and report["format"] == "kohya" and report["family"] == "proving-ground"
+    assert report["dim"] == len(report["embedding"]) and report["encoder_version"]
+    assert abs(sum(value * value for value in report["embedding"]) - 1.0) < 1e-3  # a unit vector, for cosine search
+    status, again = call(url, "/embed", {"path": str(lora_file)})
+    assert json.load(again)["embedding"] == report["embedding"]  # deterministic: ingest twice, same vector
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x80\x02 pickle")
+    status, response = call(url, "/embed", {"path": str(junk)})
+    assert status == 422 and "pickle" in json.load(response)["error"]["message"]
+    status, response = call(url, "/embed", {"path": str(tmp_path / "absent.safetensors")})
+    assert status == 422 and "absent.safetensors" in json.load(response)["error"]["message"]
+
+
+def test_a_worker_without_an_encoder_says_so():
+    from autolora_worker.engine import Engine
+    from autolora_worker.errors import ModelLoadError
+
+    engine = Engine(random_proving_ground())
+    with pytest.raises(ModelLoadError, match="no LoRA encoder; start it with --encoder"):
+        engine.embed(str(BUNDLE / "pool" / "shape-hexagon-01.safetensors"))
