@@ -1,0 +1,173 @@
+// The LoRA index in LanceDB: one `loras` table, written with mergeInsert on the id so an ingest is one atomic,
+// idempotent commit; cosine vector search with SQL filters, and an IVF-PQ index once the table is large enough
+// that a flat scan gets slow.
+import * as lancedb from "@lancedb/lancedb";
+import {
+  Bool, Field, FixedSizeList, Float32, Int32, List, Schema, Utf8, Int64,
+} from "apache-arrow";
+import type { LoraFilters, LoraIndex, LoraRecord, LoraState, SearchHit } from "./index.js";
+
+export interface LanceLoraIndexOptions {
+  /** A LanceDB URI: a local folder (data/lancedb) or object storage. */
+  uri: string;
+  /** Rows from which an ANN (IVF-PQ) index is built; below it search is an exact scan. Default 10 000. */
+  annThreshold?: number;
+}
+
+const TABLE = "loras";
+const ID = /^[0-9a-f]{64}$/;
+
+function schemaFor(dimension: number): Schema {
+  const strings = () => new List(new Field("item", new Utf8(), true));
+  return new Schema([
+    new Field("id", new Utf8(), false),
+    new Field("name", new Utf8(), false),
+    new Field("source", new Utf8(), false),
+    new Field("url", new Utf8(), false),
+    new Field("family", new Utf8(), false),
+    new Field("format", new Utf8(), false),
+    new Field("ranks", new List(new Field("item", new Int32(), true)), false),
+    new Field("modules", new Int32(), false),
+    new Field("trigger_words", strings(), false),
+    new Field("tags", strings(), false),
+    new Field("captions", strings(), false),
+    new Field("license", new Utf8(), false),
+    new Field("nsfw", new Bool(), false),
+    new Field("state", new Utf8(), false),
+    new Field("file", new Utf8(), false),
+    new Field("bytes", new Int64(), false),
+    new Field("vector", new FixedSizeList(dimension, new Field("item", new Float32(), true)), false),
+    new Field("encoder_version", new Utf8(), false),
+    new Field("added_at", new Utf8(), false),
+  ]);
+}
+
+const COLUMNS = ["id", "name", "source", "url", "family", "format", "ranks", "modules", "trigger_words", "tags",
+  "captions", "license", "nsfw", "state", "file", "bytes", "encoder_version", "added_at"];
+
+export class LanceLoraIndex implements LoraIndex {
+  private table: lancedb.Table | undefined;
+  private indexed = false;
+
+  private constructor(private readonly db: lancedb.Connection, private readonly annThreshold: number) {}
+
+  static async open(options: LanceLoraIndexOptions): Promise<LanceLoraIndex> {
+    const index = new LanceLoraIndex(await lancedb.connect(options.uri), options.annThreshold ?? 10_000);
+    if ((await index.db.tableNames()).includes(TABLE)) {
+      index.table = await index.db.openTable(TABLE);
+      index.indexed = (await index.table.listIndices()).some((config) => config.columns.includes("vector"));
+    }
+    return index;
+  }
+
+  async upsert(records: LoraRecord[]): Promise<void> {
+    if (records.length === 0) return;
+    for (const record of records) {
+      if (!ID.test(record.id)) throw new Error(`LoRA id must be a sha256 in lower-case hex, got ${JSON.stringify(record.id)}`);
+    }
+    const dimension = records[0]!.vector.length;
+    const wrong = records.find((record) => record.vector.length !== dimension);
+    if (wrong || dimension === 0) throw new Error("every LoRA in one upsert needs an embedding of the same, non-zero size");
+    const table = await this.tableFor(dimension);
+    const rows = records.map((record) => ({ ...record, bytes: BigInt(record.bytes) }));
+    await table.mergeInsert("id").whenMatchedUpdateAll().whenNotMatchedInsertAll().execute(rows);
+    await this.maybeBuildAnnIndex();
+  }
+
+  async get(id: string): Promise<LoraRecord | undefined> {
+    if (!this.table || !ID.test(id)) return undefined;
+    const rows = await this.table.query().where(`id = '${id}'`).limit(1).toArray();
+    return rows[0] ? fromRow(rows[0]) as LoraRecord : undefined;
+  }
+
+  async list(filters: LoraFilters = {}, limit = 1000): Promise<Array<Omit<LoraRecord, "vector">>> {
+    if (!this.table) return [];
+    let query = this.table.query().select(COLUMNS).limit(limit);
+    const where = whereClause(filters);
+    if (where) query = query.where(where);
+    return (await query.toArray()).map(fromRow).sort((a, b) => a.added_at.localeCompare(b.added_at) || a.id.localeCompare(b.id));
+  }
+
+  async search(vector: number[], k: number, filters: LoraFilters = {}, minSimilarity = -1): Promise<SearchHit[]> {
+    if (!this.table || k <= 0) return [];
+    let query = this.table.vectorSearch(vector).distanceType("cosine").select([...COLUMNS, "_distance"]).limit(k);
+    const where = whereClause({ state: "active", ...filters });
+    if (where) query = query.where(where);
+    const rows = await query.toArray();
+    return rows
+      .map((row) => ({ lora: fromRow(row), similarity: 1 - Number(row._distance) }))
+      .filter((hit) => hit.similarity >= minSimilarity);
+  }
+
+  async setState(id: string, state: LoraState): Promise<boolean> {
+    if (!this.table || !(await this.get(id))) return false;
+    await this.table.update({ where: `id = '${id}'`, values: { state } });
+    return true;
+  }
+
+  async remove(id: string): Promise<boolean> {
+    if (!this.table || !(await this.get(id))) return false;
+    await this.table.delete(`id = '${id}'`);
+    return true;
+  }
+
+  async count(filters: LoraFilters = {}): Promise<number> {
+    if (!this.table) return 0;
+    return this.table.countRows(whereClause(filters) || undefined);
+  }
+
+  /** Whether searches go through an ANN index (true) or an exact scan. */
+  get hasAnnIndex(): boolean {
+    return this.indexed;
+  }
+
+  private async tableFor(dimension: number): Promise<lancedb.Table> {
+    if (!this.table) {
+      this.table = await this.db.createEmptyTable(TABLE, schemaFor(dimension), { existOk: true });
+    }
+    const field = (await this.table.schema()).fields.find((f) => f.name === "vector");
+    const existing = (field?.type as FixedSizeList | undefined)?.listSize;
+    if (existing !== dimension) {
+      throw new Error(`this pool holds ${existing}-d LoRA embeddings, got ${dimension}-d: the encoder changed; ` +
+        "re-embed the pool with the new encoder instead of mixing them");
+    }
+    return this.table;
+  }
+
+  private async maybeBuildAnnIndex(): Promise<void> {
+    if (this.indexed || !this.table) return;
+    const rows = await this.table.countRows();
+    if (rows < this.annThreshold) return;
+    // ~sqrt(rows) partitions, PQ sub-vectors of 8 dimensions each (the embedding width is a multiple of 8).
+    const numPartitions = Math.max(2, Math.round(Math.sqrt(rows)));
+    await this.table.createIndex("vector", { config: lancedb.Index.ivfPq({ distanceType: "cosine", numPartitions }) });
+    this.indexed = true;
+  }
+}
+
+function whereClause(filters: LoraFilters): string {
+  const parts: string[] = [];
+  if (filters.family) parts.push(`family = ${sqlString(filters.family)}`);
+  if (filters.state) parts.push(`state = ${sqlString(filters.state)}`);
+  if (filters.nsfw === "block") parts.push("nsfw = false");
+  if (filters.tags && filters.tags.length > 0) {
+    parts.push(`array_has_any(tags, make_array(${filters.tags.map(sqlString).join(", ")}))`);
+  }
+  return parts.join(" AND ");
+}
+
+function sqlString(value: string): string {
+  return `'${value.replaceAll("'", "''")}'`;
+}
+
+function fromRow(row: Record<string, unknown>): Omit<LoraRecord, "vector"> & { vector?: number[] } {
+  const list = (value: unknown) => (value && typeof (value as Iterable<unknown>)[Symbol.iterator] === "function"
+    ? [...(value as Iterable<unknown>)] : []);
+  const record: Record<string, unknown> = {};
+  for (const column of COLUMNS) record[column] = row[column];
+  for (const column of ["ranks", "trigger_words", "tags", "captions"]) record[column] = list(row[column]).map((v) => (typeof v === "bigint" ? Number(v) : v));
+  record.bytes = Number(row.bytes);
+  record.modules = Number(row.modules);
+  if (row.vector !== undefined) record.vector = list(row.vector).map(Number);
+  return record as Omit<LoraRecord, "vector"> & { vector?: number[] };
+}
