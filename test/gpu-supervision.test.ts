@@ -15,6 +15,9 @@ import {
 } from "../src/gpu/errors.js";
 import type { GenerateRequest } from "../src/gpu/protocol.js";
 import { combineWorkerSources, RemoteWorkers } from "../src/gpu/remote.js";
+import { ingestLora } from "../src/pool/ingest.js";
+import { LanceLoraIndex } from "../src/pool/lancedb-index.js";
+import { LoraStore } from "../src/pool/store.js";
 import { pythonWorkerCommand, WorkerSupervisor, type SupervisorOptions } from "../src/gpu/supervisor.js";
 
 const fakeWorker = join(import.meta.dirname, "fixtures", "fake-worker.mjs");
@@ -172,6 +175,20 @@ describe.runIf(existsSync(python))("the real Python worker", () => {
     expect(progress).toEqual([1, 2]);
     expect(end.images[0]!.png_base64.length).toBeGreaterThan(100);
     expect(Buffer.from(end.images[0]!.png_base64, "base64").subarray(1, 4).toString()).toBe("PNG");
+
+    // Ingest through the worker's LoRA encoder into LanceDB: the LoRA is then its own nearest neighbour.
+    const data = await mkdtemp(join(tmpdir(), "autolora-real-ingest-"));
+    const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
+    const deps = { store: new LoraStore(join(data, "pool")), index, embed: (path: string) => dispatcher.embed(path) };
+    const dispatcher = new WorkerDispatcher(supervisor);
+    for (const id of ["shape-hexagon-01", "style-striped-01", "style-dotted-03"]) {
+      const added = await ingestLora(join(root, "bundle", "pool", `${id}.safetensors`), { name: id }, deps);
+      expect(added.lora).toMatchObject({ family: "proving-ground", name: id, state: "active" });
+    }
+    const hexagon = await index.get((await index.list()).find((lora) => lora.name === "shape-hexagon-01")!.id);
+    const hits = await index.search(hexagon!.vector, 3);
+    expect(hits[0]!.lora.name).toBe("shape-hexagon-01");
+    expect(hits[0]!.similarity).toBeCloseTo(1, 4);
   }, 120_000);
 });
 

@@ -1,9 +1,8 @@
 // `autolora pool inspect FILE [--json]`: validate a LoRA file's container and say what it is, or exit 2 with one
 // line saying what is wrong.
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { inspectLora } from "../pool/inspect.js";
 import { InvalidLoraFileError, readSafetensorsHeader } from "../pool/safetensors.js";
+import { sha256File } from "../pool/store.js";
 import type { CliIo } from "./main.js";
 
 export async function inspectCommand(args: string[], io: CliIo): Promise<number> {
@@ -49,10 +48,4 @@ export async function inspectCommand(args: string[], io: CliIo): Promise<number>
     }
     throw error;
   }
-}
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
 }

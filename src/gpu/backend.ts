@@ -1,6 +1,6 @@
 // What the host needs of a GPU worker, apart from how it is reached: a local process the supervisor spawned, a
 // remote URL, or a test's fake all look like this.
-import type { GenerateRequest, JobEndEvent, WorkerEvent, WorkerHealth } from "./protocol.js";
+import type { EmbedResult, GenerateRequest, JobEndEvent, WorkerEvent, WorkerHealth } from "./protocol.js";
 
 export interface GenerateOptions {
   /** Aborting asks the worker to stop at its next step and rejects with JobCancelledError. */
@@ -15,6 +15,8 @@ export interface WorkerBackend {
   health(signal?: AbortSignal): Promise<WorkerHealth>;
   /** Run one job to its end; rejects with a WorkerError subclass saying why it did not finish. */
   generate(request: GenerateRequest, options?: GenerateOptions): Promise<JobEndEvent>;
+  /** Read a LoRA file at a path the worker can see and embed it with the LoRA encoder. */
+  embed(path: string, signal?: AbortSignal): Promise<EmbedResult>;
   /** Ask the worker to stop a job; false if it has no such job (already over). */
   cancel(jobId: string): Promise<boolean>;
 }

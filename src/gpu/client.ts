@@ -5,8 +5,8 @@ import {
   JobCancelledError, WorkerJobError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
 } from "./errors.js";
 import {
-  generateRequestSchema, readWorkerEvents, workerHealthSchema,
-  type GenerateRequest, type JobEndEvent, type WorkerHealth,
+  embedResultSchema, generateRequestSchema, readWorkerEvents, workerHealthSchema,
+  type EmbedResult, type GenerateRequest, type JobEndEvent, type WorkerHealth,
 } from "./protocol.js";
 
 export interface WorkerClientOptions {
@@ -59,6 +59,21 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     if (!response.ok) throw await refusal(response);
     const parsed = workerHealthSchema.safeParse(await response.json().catch(() => undefined));
     if (!parsed.success) throw new WorkerUnavailableError(`worker ${id} sent an invalid /health answer`);
+    return parsed.data;
+  }
+
+  async function embed(path: string, signal?: AbortSignal): Promise<EmbedResult> {
+    // Reading and embedding one file is quick next to sampling, but the worker may be busy with a job first.
+    const timeout = AbortSignal.timeout(jobTimeoutMs);
+    const response = await call("/embed", {
+      method: "POST", body: JSON.stringify({ path }), signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+    }).catch((error: unknown) => {
+      if (timeout.aborted) throw new WorkerTimeoutError(`worker ${id} did not embed ${path} within ${Math.round(jobTimeoutMs / 1000)} s`);
+      throw error;
+    });
+    if (!response.ok) throw await refusal(response);
+    const parsed = embedResultSchema.safeParse(await response.json().catch(() => undefined));
+    if (!parsed.success) throw new WorkerUnavailableError(`worker ${id} sent an invalid /embed answer`);
     return parsed.data;
   }
 
@@ -119,7 +134,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     }
   }
 
-  return { id, health, generate, cancel };
+  return { id, health, generate, embed, cancel };
 }
 
 function describe(error: unknown): string {

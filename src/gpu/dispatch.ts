@@ -3,7 +3,7 @@
 // otherwise fails with a message that says so.
 import type { GenerateOptions, WorkerBackend } from "./backend.js";
 import { WorkerUnavailableError } from "./errors.js";
-import type { GenerateRequest, JobEndEvent } from "./protocol.js";
+import type { EmbedResult, GenerateRequest, JobEndEvent } from "./protocol.js";
 
 export interface WorkerSource {
   /** Workers able to take a job now. */
@@ -55,6 +55,20 @@ export class WorkerDispatcher {
       }
     }
     throw new Error("unreachable");
+  }
+
+  /** Embed a LoRA file on a ready worker, retried once on another if the first goes away. */
+  async embed(path: string, signal?: AbortSignal): Promise<EmbedResult> {
+    const first = await this.pick();
+    if (!first) throw new WorkerUnavailableError(`no GPU worker became ready within ${Math.round(this.waitForWorkerMs / 1000)} s to embed ${path}`);
+    try {
+      return await first.embed(path, signal);
+    } catch (error) {
+      if (!(error instanceof WorkerUnavailableError)) throw error;
+      const second = await this.pick(first.id);
+      if (!second) throw error;
+      return second.embed(path, signal);
+    }
   }
 
   /** The least busy ready worker, preferring one other than `avoid`; waits for one if none is ready. */

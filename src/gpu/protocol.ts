@@ -205,3 +205,18 @@ export async function* readWorkerEvents(stream: ReadableStream<Uint8Array>): Asy
     reader.releaseLock();
   }
 }
+
+/** `POST /embed`'s answer: what the worker read from a LoRA file, and its LoRA-encoder embedding. */
+export const embedResultSchema = z.object({
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  format: z.string(),
+  family: z.string().nullable(),
+  modules: z.int().min(1),
+  ranks: z.array(z.int().min(1)),
+  unknown_keys: z.array(z.string()),
+  embedding: z.array(z.number()).min(1),
+  dim: z.int().min(1),
+  encoder_version: z.string(),
+});
+
+export type EmbedResult = z.infer<typeof embedResultSchema>;

@@ -22,7 +22,7 @@ export interface LoraRecord {
   license: string;
   nsfw: boolean;
   state: LoraState;
-  /** The stored file, relative to the data folder. */
+  /** The stored file's name in the pool store (LoraStore.pathOf(id) is its path). */
   file: string;
   bytes: number;
   /** The LoRA encoder's embedding: a unit vector in the text encoder's space. */

@@ -1,0 +1,100 @@
+// Adding a LoRA to the pool: validate the container here → store it by content → the worker reads and embeds
+// it → one mergeInsert into the index. The index write comes last and is atomic, so a failure anywhere leaves
+// nothing searchable (and the stored copy is removed); the same file twice is one LoRA.
+import { basename } from "node:path";
+import type { EmbedResult } from "../gpu/protocol.js";
+import type { LoraIndex, LoraRecord } from "./index.js";
+import { inspectLora } from "./inspect.js";
+import { DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, type SafetensorsLimits } from "./safetensors.js";
+import { sha256File, type LoraStore } from "./store.js";
+
+export interface IngestDependencies {
+  store: LoraStore;
+  index: LoraIndex;
+  /** The worker's /embed for a stored file (see WorkerDispatcher.embed). */
+  embed: (path: string) => Promise<EmbedResult>;
+  limits?: SafetensorsLimits;
+  now?: () => Date;
+}
+
+/** What the source knows about the LoRA; all optional. */
+export interface IngestMetadata {
+  name?: string;
+  source?: string;
+  url?: string;
+  tags?: string[];
+  trigger_words?: string[];
+  captions?: string[];
+  license?: string;
+  nsfw?: boolean;
+}
+
+export interface IngestResult {
+  status: "added" | "exists";
+  lora: Omit<LoraRecord, "vector">;
+}
+
+const inFlight = new Map<string, Promise<IngestResult>>();
+
+export async function ingestLora(file: string, metadata: IngestMetadata, deps: IngestDependencies): Promise<IngestResult> {
+  const header = await readSafetensorsHeader(file, deps.limits ?? DEFAULT_LIMITS);
+  const inspected = inspectLora(header);
+  const sha256 = await sha256File(file);
+  // Two ingests of the same file at once share one run, so one cannot delete the copy the other is using.
+  const running = inFlight.get(sha256);
+  if (running) return running.then((result) => ({ ...result, status: "exists" as const }));
+  const run = ingestNew(file, sha256, header.fileBytes, inspected.family, metadata, deps);
+  inFlight.set(sha256, run);
+  try {
+    return await run;
+  } finally {
+    inFlight.delete(sha256);
+  }
+}
+
+async function ingestNew(file: string, sha256: string, bytes: number, family: string | null, metadata: IngestMetadata,
+  deps: IngestDependencies): Promise<IngestResult> {
+  const existing = await deps.index.get(sha256);
+  if (existing) {
+    const { vector: _vector, ...lora } = existing;
+    return { status: "exists", lora };
+  }
+  const { path, created } = await deps.store.put(file, sha256);
+  try {
+    const embedded = await deps.embed(path);
+    if (embedded.sha256 !== sha256) {
+      throw new Error(`the worker read a different file (sha256 ${embedded.sha256}) than was stored (${sha256})`);
+    }
+    const modelFamily = embedded.family ?? family;
+    if (!modelFamily) {
+      throw new InvalidLoraFileError("not-a-lora", "cannot tell which model family this LoRA is for from its layer shapes");
+    }
+    const record: LoraRecord = {
+      id: sha256,
+      name: metadata.name?.trim() || basename(file).replace(/\.safetensors$/i, ""),
+      source: metadata.source ?? "upload",
+      url: metadata.url ?? "",
+      family: modelFamily,
+      format: embedded.format,
+      ranks: embedded.ranks,
+      modules: embedded.modules,
+      trigger_words: metadata.trigger_words ?? [],
+      tags: metadata.tags ?? [],
+      captions: metadata.captions ?? [],
+      license: metadata.license ?? "",
+      nsfw: metadata.nsfw ?? false,
+      state: "active",
+      file: basename(path),
+      bytes,
+      vector: embedded.embedding,
+      encoder_version: embedded.encoder_version,
+      added_at: (deps.now?.() ?? new Date()).toISOString(),
+    };
+    await deps.index.upsert([record]);
+    const { vector: _vector, ...lora } = record;
+    return { status: "added", lora };
+  } catch (error) {
+    if (created && !(await deps.index.get(sha256))) await deps.store.remove(sha256);
+    throw error;
+  }
+}

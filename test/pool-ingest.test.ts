@@ -1,0 +1,95 @@
+// Ingest: validate → store by content → embed on a worker → one index write. Idempotent, and atomic under a
+// failure at any step: nothing searchable, no stored copy left behind.
+import { readdir, readFile, writeFile, mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import type { EmbedResult } from "../src/gpu/protocol.js";
+import type { LoraIndex } from "../src/pool/index.js";
+import { ingestLora } from "../src/pool/ingest.js";
+import { LanceLoraIndex } from "../src/pool/lancedb-index.js";
+import { InvalidLoraFileError } from "../src/pool/safetensors.js";
+import { LoraStore, sha256File } from "../src/pool/store.js";
+
+const bundle = join(import.meta.dirname, "..", "bundle");
+const hexagon = join(bundle, "pool", "shape-hexagon-01.safetensors");
+const striped = join(bundle, "pool", "style-striped-01.safetensors");
+
+async function fakeEmbed(path: string): Promise<EmbedResult> {
+  const sha256 = await sha256File(path);
+  const vector = [...Buffer.from(sha256.slice(0, 16), "hex")].map((byte) => byte - 127.5);
+  const norm = Math.hypot(...vector);
+  return { sha256, format: "diffusers", family: "proving-ground", modules: 34, ranks: [4], unknown_keys: [],
+    embedding: vector.map((value) => value / norm), dim: 8, encoder_version: "test-enc" };
+}
+
+async function pool(embed = fakeEmbed) {
+  const data = await mkdtemp(join(tmpdir(), "autolora-pool-"));
+  const store = new LoraStore(join(data, "pool"));
+  const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
+  return { data, store, index, deps: { store, index, embed } };
+}
+
+const storedFiles = async (store: LoraStore) => (await readdir(store.root).catch(() => [] as string[]));
+
+describe("LoRA ingest", () => {
+  it("adds a file once, by content, searchable by its embedding", async () => {
+    const { store, index, deps } = await pool();
+    const first = await ingestLora(hexagon, { name: "Hexagons", tags: ["shape"], source: "bundle" }, deps);
+    expect(first.status).toBe("added");
+    expect(first.lora).toMatchObject({ name: "Hexagons", family: "proving-ground", state: "active", tags: ["shape"] });
+    const sha = await sha256File(hexagon);
+    expect(first.lora.id).toBe(sha);
+    expect(await readFile(store.pathOf(sha))).toEqual(await readFile(hexagon));
+    // The same bytes under another name are the same LoRA.
+    const copy = join(await mkdtemp(join(tmpdir(), "autolora-copy-")), "renamed.safetensors");
+    await writeFile(copy, await readFile(hexagon));
+    const again = await ingestLora(copy, { name: "Other name" }, deps);
+    expect(again.status).toBe("exists");
+    expect(again.lora.name).toBe("Hexagons");
+    expect(await index.count()).toBe(1);
+    expect(await storedFiles(store)).toEqual([`${sha}.safetensors`]);
+    const { embedding } = await fakeEmbed(hexagon);
+    expect((await index.search(embedding, 1))[0]?.lora.id).toBe(sha);
+  });
+
+  it("refuses a malformed file before anything is stored", async () => {
+    const { store, index, deps } = await pool();
+    const folder = await mkdtemp(join(tmpdir(), "autolora-bad-"));
+    const truncated = join(folder, "truncated.safetensors");
+    const whole = await readFile(striped);
+    await writeFile(truncated, whole.subarray(0, whole.length - 100));
+    await expect(ingestLora(truncated, {}, deps)).rejects.toMatchObject({ code: "out-of-bounds" });
+    const pickle = join(folder, "model.ckpt");
+    await writeFile(pickle, Buffer.concat([Buffer.from("PK\x03\x04"), Buffer.alloc(64)]));
+    await expect(ingestLora(pickle, {}, deps)).rejects.toBeInstanceOf(InvalidLoraFileError);
+    expect(await index.count()).toBe(0);
+    expect(await storedFiles(store)).toEqual([]);
+  });
+
+  it("leaves nothing searchable and no stored copy when the worker or the index fails half way", async () => {
+    const failingEmbed = async () => { throw new Error("worker crashed while embedding"); };
+    const broken = await pool(failingEmbed);
+    await expect(ingestLora(striped, {}, broken.deps)).rejects.toThrow("worker crashed while embedding");
+    expect(await broken.index.count()).toBe(0);
+    expect(await storedFiles(broken.store)).toEqual([]);
+
+    const { store, index, deps } = await pool();
+    const failingIndex: LoraIndex = Object.assign(Object.create(index), {
+      upsert: async () => { throw new Error("disk full"); },
+      get: index.get.bind(index),
+    });
+    await expect(ingestLora(striped, {}, { ...deps, index: failingIndex })).rejects.toThrow("disk full");
+    expect(await index.count()).toBe(0);
+    expect(await storedFiles(store)).toEqual([]);
+    // The same file goes in cleanly afterwards.
+    expect((await ingestLora(striped, {}, deps)).status).toBe("added");
+  });
+
+  it("runs two ingests of the same file at once as one", async () => {
+    const { index, deps } = await pool();
+    const results = await Promise.all([ingestLora(hexagon, {}, deps), ingestLora(hexagon, {}, deps)]);
+    expect(results.map((r) => r.status).sort()).toEqual(["added", "exists"]);
+    expect(await index.count()).toBe(1);
+  });
+});
