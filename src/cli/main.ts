@@ -1,21 +1,38 @@
 // The `autolora` command line. Each subcommand is a function of its arguments and two output streams, so tests
 // run it in-process; bin/autolora.js only wires it to the real process.
+import { ConfigError } from "../config/load.js";
+import { poolCommand } from "./pool.js";
 import { inspectCommand } from "./pool-inspect.js";
 
 export interface CliIo {
   stdout: (line: string) => void;
   stderr: (line: string) => void;
+  /** The environment the configuration is read from. Default: process.env. */
+  env?: Record<string, string | undefined>;
 }
 
 const USAGE = [
   "usage: autolora <command>",
   "  pool inspect FILE [--json]   the format, model family, module count and ranks of a LoRA file",
+  "  pool add FILE... [--name N] [--tags a,b] [--source S] [--url U] [--license L] [--nsfw] [--json]",
+  "                               validate, store, embed on a worker and index LoRA files",
+  "  pool list [--family F] [--state active|blocked] [--tags a,b] [--json]",
+  "  pool remove|block|unblock ID  (ID: the sha256 or its first 8+ hex characters)",
 ].join("\n");
 
 /** Run one command line; resolves to the process exit code (0 ok, 2 bad input or usage). */
 export async function main(argv: string[], io: CliIo): Promise<number> {
   const [group, command, ...rest] = argv;
   if (group === "pool" && command === "inspect") return inspectCommand(rest, io);
+  if (group === "pool" && command !== undefined) {
+    try {
+      return await poolCommand(command, rest, io);
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      io.stderr(error.message);
+      return 2;
+    }
+  }
   if (group === undefined || group === "--help" || group === "-h" || group === "help") {
     io.stdout(USAGE);
     return group === undefined ? 2 : 0;

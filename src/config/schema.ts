@@ -16,6 +16,7 @@ export const configSchema = z.strictObject({
   workers: z.strictObject({
     local: z.array(localWorker),
     remote: z.array(z.url({ protocol: /^https?$/ })),
+    python: z.string(),
     startup_timeout_s: z.number().positive(),
     job_timeout_s: z.number().positive(),
   }),

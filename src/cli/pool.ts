@@ -1,0 +1,121 @@
+// `autolora pool add|list|remove|block|unblock`: the admin's view of the LoRA pool, on the configured data
+// folder and workers.
+import { parseArgs } from "node:util";
+import { loadConfig } from "../config/load.js";
+import { openPool, startWorkers, type Pool } from "../host.js";
+import type { LoraState } from "../pool/index.js";
+import { ingestLora } from "../pool/ingest.js";
+import type { CliIo } from "./main.js";
+
+export async function poolCommand(command: string, args: string[], io: CliIo): Promise<number> {
+  const run = { add, list, remove, block: setState("blocked"), unblock: setState("active") }[command];
+  if (!run) {
+    io.stderr(`autolora pool: unknown command ${JSON.stringify(command)}; use inspect, add, list, remove, block or unblock`);
+    return 2;
+  }
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(args);
+  } catch (error) {
+    io.stderr(`autolora pool ${command}: ${(error as Error).message}`);
+    return 2;
+  }
+  const { config, secrets } = loadConfig(io.env ?? process.env);
+  const pool = await openPool(config);
+  return run(parsed, pool, io, () => startWorkers(config, secrets, (line) => io.stderr(line)));
+}
+
+function parse(args: string[]) {
+  return parseArgs({
+    args, allowPositionals: true, strict: true,
+    options: {
+      name: { type: "string" }, tags: { type: "string" }, source: { type: "string" }, url: { type: "string" },
+      license: { type: "string" }, nsfw: { type: "boolean" }, family: { type: "string" }, state: { type: "string" },
+      json: { type: "boolean" },
+    },
+  });
+}
+
+type Parsed = ReturnType<typeof parse>;
+type Run = (parsed: Parsed, pool: Pool, io: CliIo, workers: () => ReturnType<typeof startWorkers>) => Promise<number>;
+
+const add: Run = async ({ positionals, values }, pool, io, workers) => {
+  if (positionals.length === 0) {
+    io.stderr("usage: autolora pool add FILE... [--name N] [--tags a,b] [--source S] [--url U] [--license L] [--nsfw]");
+    return 2;
+  }
+  if (values.name && positionals.length > 1) {
+    io.stderr("autolora pool add: --name names one file; add files one at a time to name each");
+    return 2;
+  }
+  const started = await workers();
+  let failed = 0;
+  try {
+    for (const file of positionals) {
+      try {
+        const { status, lora } = await ingestLora(file, {
+          name: values.name, source: values.source ?? "upload", url: values.url, license: values.license,
+          nsfw: values.nsfw ?? false, tags: values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean),
+        }, { ...pool, embed: (path) => started.dispatcher.embed(path) });
+        io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora })
+          : `${status === "added" ? "added" : "already in the pool"}: ${lora.id.slice(0, 12)} ${lora.name} ` +
+            `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})`);
+      } catch (error) {
+        failed += 1;
+        io.stderr(`${file}: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
+  } finally {
+    await started.stop();
+  }
+  return failed > 0 ? 2 : 0;
+};
+
+const list: Run = async ({ values }, pool, io) => {
+  const state = values.state as LoraState | undefined;
+  if (state && state !== "active" && state !== "blocked") {
+    io.stderr(`autolora pool list: --state must be active or blocked, got ${JSON.stringify(state)}`);
+    return 2;
+  }
+  const tags = values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean);
+  const loras = await pool.index.list({ family: values.family, state, tags });
+  for (const lora of loras) {
+    io.stdout(values.json ? JSON.stringify(lora) : `${lora.id.slice(0, 12)}  ${lora.state.padEnd(7)}  ${lora.family.padEnd(14)}  ` +
+      `${lora.format.padEnd(9)}  rank ${lora.ranks.join("/").padEnd(5)}  ${lora.name}${lora.tags.length ? `  [${lora.tags.join(", ")}]` : ""}`);
+  }
+  if (!values.json) io.stderr(`${loras.length} LoRA${loras.length === 1 ? "" : "s"}`);
+  return 0;
+};
+
+/** A full sha256, or a prefix of at least 8 hex characters that names exactly one LoRA. */
+async function resolveId(pool: Pool, given: string | undefined, io: CliIo): Promise<string | undefined> {
+  if (!given || !/^[0-9a-f]{8,64}$/.test(given)) {
+    io.stderr("give the LoRA's sha256, or at least its first 8 hex characters (see `autolora pool list`)");
+    return undefined;
+  }
+  const matches = (await pool.index.list({}, 1_000_000)).filter((lora) => lora.id.startsWith(given));
+  if (matches.length !== 1) {
+    io.stderr(matches.length === 0 ? `no LoRA ${given} in the pool` : `${given} matches ${matches.length} LoRAs; give more of the sha256`);
+    return undefined;
+  }
+  return matches[0]!.id;
+}
+
+const remove: Run = async ({ positionals }, pool, io) => {
+  const id = await resolveId(pool, positionals[0], io);
+  if (!id) return 2;
+  await pool.index.remove(id);
+  await pool.store.remove(id);
+  io.stdout(`removed ${id}`);
+  return 0;
+};
+
+function setState(state: LoraState): Run {
+  return async ({ positionals }, pool, io) => {
+    const id = await resolveId(pool, positionals[0], io);
+    if (!id) return 2;
+    await pool.index.setState(id, state);
+    io.stdout(`${state === "blocked" ? "blocked" : "unblocked"} ${id}`);
+    return 0;
+  };
+}
