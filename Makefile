@@ -21,6 +21,8 @@ export ONNXRUNTIME_NODE_INSTALL := skip
 NODE_STAMP := node_modules/.autolora-setup
 VENV_STAMP := $(VENV)/.autolora-setup
 HOST_STAMP := dist/.autolora-build
+# The host's text encoder (ONNX + tokenizer), exported from the worker's; about 90 MB, so built, not committed.
+TEXT_ENCODER := build/text-encoder/text-encoder.json
 
 .DELETE_ON_ERROR:
 .PHONY: setup test demo bench world bench-world text-encoder clean distclean
@@ -48,7 +50,7 @@ $(VENV_STAMP): $(WORKER)/pyproject.toml | $(PYTHON)
 
 # Both suites always run; the summary script prints the closing "N passed, N failed" line and decides the exit
 # status, so pytest's exit 5 (no tests collected) or one suite's failure never hides the other's results.
-test: setup
+test: setup $(TEXT_ENCODER)
 	@mkdir -p $(RESULTS) && rm -f $(RESULTS)/pytest.xml $(RESULTS)/vitest.json
 	@$(PYTHON) -m pytest $(PYTEST_PATHS) -q --junitxml=$(RESULTS)/pytest.xml; pytest_exit=$$?; \
 	npx vitest run --reporter=default --reporter=json --outputFile=$(RESULTS)/vitest.json; vitest_exit=$$?; \
@@ -74,8 +76,11 @@ bench-world: setup
 	$(PYTHON) -m autolora_worker bench world --out reports/world
 
 # The frozen text encoder as ONNX plus its tokenizer, for the host's retrieval (not committed: about 90 MB).
-text-encoder: setup
-	$(PYTHON) -m autolora_worker export-text-encoder --out build/text-encoder
+text-encoder: $(TEXT_ENCODER)
+
+# text-encoder.json is written last, so its presence means a complete, checked export (about 20 s).
+$(TEXT_ENCODER): $(VENV_STAMP) $(WORKER)/autolora_worker/world/onnx_export.py
+	$(PYTHON) -m autolora_worker export-text-encoder --out $(dir $@)
 
 # Build outputs and setup stamps; the next `make setup` re-checks the installs (quick when nothing changed).
 clean:
