@@ -1,0 +1,48 @@
+// The images of one /imagine: the worker's PNGs become a 2x2 (or n-up) grid and the single images, each PNG
+// carrying the generation's metadata, plus a compact WebP of the grid for chat messages.
+import sharp from "sharp";
+import { withPngText } from "./png-text.js";
+
+export interface GenerationMetadata {
+  prompt: string;
+  seeds: number[];
+  loras: Array<{ id: string; name: string; similarity: number; scale: number }>;
+  fusion: string;
+  model_version: string;
+  gate_version: string | null;
+}
+
+export interface ComposedImages {
+  grid: Buffer;
+  gridWebp: Buffer;
+  singles: Buffer[];
+  width: number;
+  height: number;
+}
+
+/** `images` are the worker's PNGs in seed order; the grid is ceil(√n) wide. */
+export async function composeImages(images: Buffer[], metadata: GenerationMetadata, scale = 1): Promise<ComposedImages> {
+  if (images.length === 0) throw new Error("no images to compose");
+  const first = await sharp(images[0]).metadata();
+  const tileWidth = (first.width ?? 0) * scale;
+  const tileHeight = (first.height ?? 0) * scale;
+  const columns = Math.ceil(Math.sqrt(images.length));
+  const rows = Math.ceil(images.length / columns);
+  // Nearest-neighbour upscaling keeps a small model's pixels crisp instead of blurring them.
+  const tiles = await Promise.all(images.map((png) =>
+    sharp(png).resize(tileWidth, tileHeight, { kernel: "nearest" }).png().toBuffer()));
+  const canvas = sharp({ create: { width: tileWidth * columns, height: tileHeight * rows, channels: 3, background: "#000000" } })
+    .composite(tiles.map((tile, index) => ({ input: tile, left: (index % columns) * tileWidth, top: Math.floor(index / columns) * tileHeight })));
+  const gridPng = await canvas.png().toBuffer();
+  const text = (seeds: number[]) => ({
+    Software: "AutoLoRA bot",
+    parameters: JSON.stringify({ ...metadata, seeds }),
+  });
+  return {
+    grid: withPngText(gridPng, text(metadata.seeds)),
+    gridWebp: await sharp(gridPng).webp({ quality: 85 }).toBuffer(),
+    singles: tiles.map((tile, index) => withPngText(tile, text([metadata.seeds[index]!]))),
+    width: tileWidth * columns,
+    height: tileHeight * rows,
+  };
+}

@@ -1,0 +1,138 @@
+// /imagine end to end: queue (fair, capped) → retrieve the prompt's LoRAs → generate the seeds on a worker with
+// those LoRAs fused → grid, singles and WebP with metadata on disk → a `generations` record.
+import { randomInt, randomUUID } from "node:crypto";
+import { mkdir, rename, writeFile } from "node:fs/promises";
+import { join, relative } from "node:path";
+import type { JobProgressEvent } from "../gpu/protocol.js";
+import type { WorkerDispatcher } from "../gpu/dispatch.js";
+import type { LoraFilters, SearchHit } from "../pool/index.js";
+import type { LoraStore } from "../pool/store.js";
+import type { GenerationRecord, GenerationStore } from "./generations.js";
+import { composeImages } from "./images.js";
+import type { FairQueue } from "./queue.js";
+import type { Retriever } from "./retrieval.js";
+
+export const FUSIONS = ["none", "direct", "dare", "klora", "gated"] as const;
+export type Fusion = (typeof FUSIONS)[number];
+
+export interface ImagineSettings {
+  k: number;
+  minSimilarity: number;
+  fusion: Fusion;
+  seedsPerPrompt: number;
+  /** 0: the model family's default. */
+  steps: number;
+  filters: LoraFilters;
+}
+
+export interface ImagineOptions {
+  user: string;
+  k?: number;
+  fusion?: Fusion;
+  /** First seed; the others follow it. Default: random. */
+  seed?: number;
+  signal?: AbortSignal;
+  onUpdate?: (update: ImagineUpdate) => void;
+}
+
+export type ImagineUpdate =
+  | { type: "queued"; position: number }
+  | { type: "started" }
+  | { type: "retrieved"; loras: SearchHit[] }
+  | { type: "progress"; step: number; total: number; preview?: string }
+  | { type: "retry"; message: string };
+
+export interface ImagineResult {
+  generation: GenerationRecord;
+  /** Absolute paths of the files written. */
+  files: { grid: string; gridWebp: string; singles: string[] };
+  loras: SearchHit[];
+}
+
+export interface ImagineDependencies {
+  retriever: Retriever;
+  queue: FairQueue;
+  dispatcher: Pick<WorkerDispatcher, "generate">;
+  store: LoraStore;
+  generations: GenerationStore;
+  dataDir: string;
+  settings: ImagineSettings;
+}
+
+export class ImaginePipeline {
+  constructor(private readonly deps: ImagineDependencies) {}
+
+  /** Queue one /imagine; throws QueueFullError at once when there is no room. */
+  imagine(prompt: string, options: ImagineOptions): { id: string; result: Promise<ImagineResult>; cancel: () => boolean } {
+    const text = prompt.trim();
+    if (!text) throw new Error("the prompt is empty; say what to draw, e.g. /imagine a red hexagon with stripes");
+    if (text.length > 1000) throw new Error(`the prompt is ${text.length} characters; keep it under 1000`);
+    const settings = this.deps.settings;
+    const count = settings.seedsPerPrompt;
+    const first = options.seed ?? randomInt(0, 2 ** 32);
+    const seeds = Array.from({ length: count }, (_, index) => first + index);
+    const id = randomUUID();
+    const queuedAt = performance.now();
+    const job = this.deps.queue.enqueue({
+      user: options.user, signal: options.signal,
+      onPosition: (position) => options.onUpdate?.(position === 0 ? { type: "started" } : { type: "queued", position }),
+      run: (signal) => this.run(id, text, seeds, options, signal, queuedAt),
+    });
+    return { id, result: job.result, cancel: job.cancel };
+  }
+
+  private async run(id: string, prompt: string, seeds: number[], options: ImagineOptions, signal: AbortSignal,
+    queuedAt: number): Promise<ImagineResult> {
+    const settings = this.deps.settings;
+    const started = performance.now();
+    const { hits, timings } = await this.deps.retriever.retrieve(prompt, {
+      k: options.k ?? settings.k, minSimilarity: settings.minSimilarity, filters: settings.filters,
+    });
+    options.onUpdate?.({ type: "retrieved", loras: hits });
+    const fusion = options.fusion ?? settings.fusion;
+    const workerStarted = performance.now();
+    const end = await this.deps.dispatcher.generate({
+      job_id: id, prompt, seeds, ...(settings.steps > 0 ? { steps: settings.steps } : {}),
+      loras: hits.map((hit) => ({ path: this.deps.store.pathOf(hit.lora.id), name: hit.lora.name })),
+      fusion: hits.length > 0 ? fusion : "none", preview_every: 4,
+    }, {
+      signal,
+      onEvent: (event) => {
+        if (event.type !== "job-progress") return;
+        const progress = event as JobProgressEvent;
+        options.onUpdate?.({ type: "progress", step: progress.step, total: progress.total, preview: progress.preview?.png_base64 });
+      },
+    });
+    const workerMs = performance.now() - workerStarted;
+    const composeStarted = performance.now();
+    const loras = hits.map((hit) => ({ id: hit.lora.id, name: hit.lora.name, similarity: hit.similarity, scale: 1 }));
+    const images = await composeImages(end.images.map((image) => Buffer.from(image.png_base64, "base64")), {
+      prompt, seeds, loras, fusion: end.fusion, model_version: end.model_version, gate_version: end.gate_version,
+    }, 4);
+    const folder = join(this.deps.dataDir, "generations", id);
+    const partial = `${folder}.partial`;
+    await mkdir(partial, { recursive: true });
+    await writeFile(join(partial, "grid.png"), images.grid);
+    await writeFile(join(partial, "grid.webp"), images.gridWebp);
+    await Promise.all(images.singles.map((png, index) => writeFile(join(partial, `${index + 1}.png`), png)));
+    await rename(partial, folder);
+    const composeMs = performance.now() - composeStarted;
+    const generation: GenerationRecord = {
+      id, user: options.user, prompt, seeds, loras, fusion: end.fusion, model_version: end.model_version,
+      gate_version: end.gate_version, images: relative(this.deps.dataDir, folder),
+      timings: {
+        queue_ms: started - queuedAt, encode_ms: timings.encode_ms, search_ms: timings.search_ms, worker_ms: workerMs,
+        sampling_ms: end.timings.sampling_ms, compose_ms: composeMs, total_ms: performance.now() - queuedAt,
+      },
+      created_at: new Date().toISOString(),
+    };
+    await this.deps.generations.add(generation);
+    return {
+      generation, loras: hits,
+      files: {
+        grid: join(folder, "grid.png"), gridWebp: join(folder, "grid.webp"),
+        singles: images.singles.map((_, index) => join(folder, `${index + 1}.png`)),
+      },
+    };
+  }
+}
