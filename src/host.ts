@@ -1,6 +1,6 @@
 // The host's parts, built from the validated configuration: the LoRA pool (store + index) and the workers
 // (supervised local ones and remote ones behind one dispatcher). Commands and the server start from here.
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Config } from "./config/schema.js";
 import type { Secrets } from "./config/secrets.js";
@@ -10,6 +10,13 @@ import { pythonWorkerCommand, WorkerSupervisor } from "./gpu/supervisor.js";
 import type { LoraIndex } from "./pool/index.js";
 import { LanceLoraIndex } from "./pool/lancedb-index.js";
 import { LoraStore } from "./pool/store.js";
+import type { CommandContext } from "./bots/commands.js";
+import { ingestLora, type IngestMetadata } from "./pool/ingest.js";
+import { GenerationStore } from "./pipeline/generations.js";
+import { ImaginePipeline } from "./pipeline/imagine.js";
+import { FairQueue } from "./pipeline/queue.js";
+import { Retriever } from "./pipeline/retrieval.js";
+import { TextEncoder } from "./pipeline/text-encoder.js";
 
 const REPO_ROOT = resolve(import.meta.dirname, "..");
 
@@ -66,4 +73,79 @@ export async function startWorkers(config: Config, secrets: Secrets, log: (line:
       await supervisor.stop();
     },
   };
+}
+
+export interface Host {
+  config: Config;
+  pool: Pool;
+  workers: Workers;
+  pipeline: ImaginePipeline;
+  context: CommandContext;
+  generations: GenerationStore;
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+/** Everything /imagine needs, started: pool, workers, text encoder, queue, pipeline. */
+export async function startHost(config: Config, secrets: Secrets, log: (line: string) => void): Promise<Host> {
+  const dataDir = resolve(config.data_dir);
+  const pool = await openPool(config);
+  const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
+  const workers = await startWorkers(config, secrets, log);
+  try {
+    const ingest = (path: string, metadata: IngestMetadata) =>
+      ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file) });
+    if (config.seed_pool_from_bundle && (await pool.index.count()) === 0) await seedFromBundle(resolve(config.bundle_dir), ingest, log);
+    const retriever = new Retriever(encoder, pool.index);
+    const generations = await GenerationStore.open(config.lancedb_uri || join(dataDir, "lancedb"));
+    const queue = new FairQueue({
+      concurrency: Math.max(1, config.workers.local.length + config.workers.remote.length),
+      perUser: config.queue.per_user, global: config.queue.global,
+    });
+    const pipeline = new ImaginePipeline({
+      retriever, queue, dispatcher: workers.dispatcher, store: pool.store, generations, dataDir,
+      settings: {
+        k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, fusion: config.generation.fusion,
+        seedsPerPrompt: config.generation.seeds_per_prompt, steps: config.generation.steps,
+        filters: { nsfw: config.retrieval.nsfw, family: (await workers.source.ready()[0]!.health()).family },
+      },
+    });
+    const context: CommandContext = {
+      pipeline, retriever, index: pool.index, store: pool.store, ingest,
+      k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity,
+    };
+    return {
+      config, pool, workers, pipeline, context, generations, dataDir,
+      stop: async () => {
+        await queue.idle().catch(() => undefined);
+        await workers.stop();
+        await encoder.close();
+      },
+    };
+  } catch (error) {
+    await workers.stop();
+    await encoder.close();
+    throw error;
+  }
+}
+
+/** The proving-ground bundle's pool into an empty index, with the preview captions the bundle records. */
+async function seedFromBundle(bundleDir: string, ingest: (path: string, metadata: IngestMetadata) => Promise<unknown>,
+  log: (line: string) => void): Promise<void> {
+  const index = join(bundleDir, "pool", "pool.json");
+  if (!existsSync(index)) return;
+  const records = (JSON.parse(readFileSync(index, "utf8")) as { loras: BundleLora[] }).loras;
+  log(`[pool] the pool is empty: adding the bundle's ${records.length} LoRAs`);
+  for (const [number, record] of records.entries()) {
+    await ingest(join(bundleDir, record.file), {
+      name: record.id, source: "bundle", captions: record.previews.map((preview) => preview.caption),
+    });
+    if ((number + 1) % 40 === 0 || number + 1 === records.length) log(`[pool] ${number + 1}/${records.length} added`);
+  }
+}
+
+interface BundleLora {
+  id: string;
+  file: string;
+  previews: Array<{ caption: string }>;
 }

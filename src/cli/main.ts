@@ -3,6 +3,7 @@
 import { ConfigError } from "../config/load.js";
 import { poolCommand } from "./pool.js";
 import { inspectCommand } from "./pool-inspect.js";
+import { imagineCommand, serveCommand } from "./serve.js";
 
 export interface CliIo {
   stdout: (line: string) => void;
@@ -13,6 +14,8 @@ export interface CliIo {
 
 const USAGE = [
   "usage: autolora <command>",
+  "  serve                        the host and its web chat (config/default.yaml; AUTOLORA_* overrides)",
+  "  imagine PROMPT [--k N] [--fusion F] [--seed N] [--out DIR] [--json]   one image grid from the command line",
   "  pool inspect FILE [--json]   the format, model family, module count and ranks of a LoRA file",
   "  pool add FILE... [--name N] [--tags a,b] [--source S] [--url U] [--license L] [--nsfw] [--json]",
   "                               validate, store, embed on a worker and index LoRA files",
@@ -24,11 +27,14 @@ const USAGE = [
 export async function main(argv: string[], io: CliIo): Promise<number> {
   const [group, command, ...rest] = argv;
   if (group === "pool" && command === "inspect") return inspectCommand(rest, io);
-  if (group === "pool" && command !== undefined) {
+  const run = group === "pool" && command !== undefined ? () => poolCommand(command, rest, io)
+    : group === "serve" ? () => serveCommand(argv.slice(1), io)
+    : group === "imagine" ? () => imagineCommand(argv.slice(1), io) : undefined;
+  if (run) {
     try {
-      return await poolCommand(command, rest, io);
+      return await run();
     } catch (error) {
-      if (!(error instanceof ConfigError)) throw error;
+      if (!(error instanceof ConfigError) && !(error instanceof TypeError && (error as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION")) throw error;
       io.stderr(error.message);
       return 2;
     }

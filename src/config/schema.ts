@@ -13,6 +13,8 @@ export const configSchema = z.strictObject({
   data_dir: z.string().min(1),
   lancedb_uri: z.string(),
   bundle_dir: z.string().min(1),
+  text_encoder_dir: z.string().min(1),
+  seed_pool_from_bundle: z.boolean(),
   workers: z.strictObject({
     local: z.array(localWorker),
     remote: z.array(z.url({ protocol: /^https?$/ })),
