@@ -25,7 +25,7 @@ HOST_STAMP := dist/.autolora-build
 TEXT_ENCODER := build/text-encoder/text-encoder.json
 
 .DELETE_ON_ERROR:
-.PHONY: setup test demo bench world bench-world text-encoder clean distclean
+.PHONY: setup test demo worker-demo bench world bench-world text-encoder clean distclean
 
 setup: $(NODE_STAMP) $(VENV_STAMP) $(HOST_STAMP)
 
@@ -57,9 +57,14 @@ test: setup $(TEXT_ENCODER)
 	node scripts/test-summary.mjs --pytest-xml $(RESULTS)/pytest.xml --pytest-exit $$pytest_exit \
 		--vitest-json $(RESULTS)/vitest.json --vitest-exit $$vitest_exit
 
-# The worker's main job on the embedded default model: a LoRA written in a community file format, read back and
-# fused with gates into a 2x2 grid of seeds next to the base model's grid (build/demo/grid-*.png).
-demo: setup
+# The product on the embedded default: a local worker serving the proving-ground bundle, the bundle's LoRA pool
+# ingested into data/ (first run only), and the web chat on http://127.0.0.1:8787 (Ctrl-C stops it).
+demo: setup $(TEXT_ENCODER)
+	node bin/autolora.js serve
+
+# The worker alone: a LoRA written in a community file format, read back and fused with gates into a 2x2 grid of
+# seeds next to the base model's grid (build/demo/grid-*.png).
+worker-demo: setup
 	$(PYTHON) -m autolora_worker demo --out build/demo
 
 bench: setup
