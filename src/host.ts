@@ -10,7 +10,9 @@ import { pythonWorkerCommand, WorkerSupervisor } from "./gpu/supervisor.js";
 import type { LoraIndex } from "./pool/index.js";
 import { LanceLoraIndex } from "./pool/lancedb-index.js";
 import { LoraStore } from "./pool/store.js";
-import type { CommandContext } from "./bots/commands.js";
+import { CommandRegistry, type CommandContext } from "./bots/commands.js";
+import { builtinPlugin } from "./builtins.js";
+import { PluginRegistry } from "./plugins.js";
 import { ingestLora, type IngestMetadata } from "./pool/ingest.js";
 import { GenerationStore } from "./pipeline/generations.js";
 import { ImaginePipeline } from "./pipeline/imagine.js";
@@ -82,6 +84,7 @@ export interface Host {
   pipeline: ImaginePipeline;
   context: CommandContext;
   generations: GenerationStore;
+  plugins: PluginRegistry;
   dataDir: string;
   stop(): Promise<void>;
 }
@@ -89,6 +92,11 @@ export interface Host {
 /** Everything /imagine needs, started: pool, workers, text encoder, queue, pipeline. */
 export async function startHost(config: Config, secrets: Secrets, log: (line: string) => void): Promise<Host> {
   const dataDir = resolve(config.data_dir);
+  const plugins = new PluginRegistry(config, log);
+  await plugins.use(builtinPlugin);
+  await plugins.load(config.plugins);
+  const commands = new CommandRegistry();
+  for (const command of plugins.commands) commands.add(command);
   const pool = await openPool(config);
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
   const workers = await startWorkers(config, secrets, log);
@@ -104,6 +112,7 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
     });
     const pipeline = new ImaginePipeline({
       retriever, queue, dispatcher: workers.dispatcher, store: pool.store, generations, dataDir,
+      postProcessors: plugins.postProcessors.map((processor) => processor.run),
       settings: {
         k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, fusion: config.generation.fusion,
         seedsPerPrompt: config.generation.seeds_per_prompt, steps: config.generation.steps,
@@ -111,11 +120,11 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       },
     });
     const context: CommandContext = {
-      pipeline, retriever, index: pool.index, store: pool.store, ingest,
+      commands, pipeline, retriever, index: pool.index, store: pool.store, ingest,
       k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity,
     };
     return {
-      config, pool, workers, pipeline, context, generations, dataDir,
+      config, pool, workers, pipeline, context, generations, plugins, dataDir,
       stop: async () => {
         await queue.idle().catch(() => undefined);
         await workers.stop();

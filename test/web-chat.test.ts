@@ -53,7 +53,7 @@ describe("web chat", () => {
     await send("/imagine a star --fusion magic");
     await expect.poll(() => page.locator(".error").last().textContent()).toMatch(/--fusion: /);
     await send("/lora block 1111111111");
-    await expect.poll(() => page.locator(".error").last().textContent()).toBe("only admins can change the LoRA pool");
+    await expect.poll(() => page.locator(".error").last().textContent()).toBe("only admins can use /lora");
     await page.goto(urls.url.replace(/\/?$/, "/admin?token=wrong"));
     await page.goto(urls.adminUrl);
     await expect.poll(() => page.getByTestId("me").textContent()).toMatch(/\(admin\)$/);

@@ -26,6 +26,7 @@ export interface Reply {
 }
 
 export interface CommandContext {
+  commands: CommandRegistry;
   pipeline: ImaginePipeline;
   retriever: Retriever;
   index: LoraIndex;
@@ -36,12 +37,36 @@ export interface CommandContext {
   minSimilarity: number;
 }
 
-export const HELP = [
-  "/imagine PROMPT [--fusion none|direct|dare|klora|gated] [--k 0-8] [--seed N]: draw it, with the pool's best LoRAs",
-  "/loras TEXT: which LoRAs a prompt would use, with their similarity",
-  "/help: this list",
-  "admins: /lora add PATH [--name N] [--tags a,b] · /lora block ID · /lora unblock ID · /lora remove ID",
-].join("\n");
+/** One chat command. Built-ins and plugins alike register through `CommandRegistry.add`. */
+export interface ChatCommand {
+  /** Including the slash, e.g. "/imagine". */
+  name: string;
+  /** One line for /help. */
+  usage: string;
+  adminOnly?: boolean;
+  run(body: string, requester: Requester, context: CommandContext, reply: Reply, signal?: AbortSignal): Promise<void>;
+}
+
+export class CommandRegistry {
+  private readonly commands = new Map<string, ChatCommand>();
+
+  add(command: ChatCommand): void {
+    if (!/^\/[a-z][a-z0-9-]{0,31}$/.test(command.name)) {
+      throw new Error(`command name ${JSON.stringify(command.name)} must be a slash and 1-32 lower-case letters, digits or dashes`);
+    }
+    if (this.commands.has(command.name)) throw new Error(`the command ${command.name} is already registered`);
+    this.commands.set(command.name, command);
+  }
+
+  get(name: string): ChatCommand | undefined {
+    return this.commands.get(name);
+  }
+
+  help(admin: boolean): string {
+    return [...this.commands.values()].filter((command) => admin || !command.adminOnly)
+      .map((command) => `${command.usage}${command.adminOnly ? " (admins)" : ""}`).join("\n");
+  }
+}
 
 const imagineFlags = z.object({
   fusion: z.enum(FUSIONS).optional(),
@@ -65,36 +90,12 @@ function splitFlags(text: string): { rest: string; flags: Record<string, string>
 /** Run one line typed by `requester`. Cancelling `signal` cancels an /imagine it started. */
 export async function runCommand(line: string, requester: Requester, context: CommandContext, reply: Reply,
   signal?: AbortSignal): Promise<void> {
-  const trimmed = line.trim();
-  const [command = "", ...words] = trimmed.split(/\s+/);
-  const body = words.join(" ");
+  const [name = "", ...words] = line.trim().split(/\s+/);
+  const command = context.commands.get(name === "" ? "/help" : name);
+  if (!command) return reply.error(`unknown command ${name}; try /help`);
+  if (command.adminOnly && !requester.admin) return reply.error(`only admins can use ${command.name}`);
   try {
-    switch (command) {
-      case "/imagine": {
-        const { rest, flags } = splitFlags(body);
-        const parsed = imagineFlags.safeParse(flags);
-        const unknown = Object.keys(flags).filter((flag) => !["fusion", "k", "seed"].includes(flag));
-        if (unknown.length > 0) return reply.error(`unknown option --${unknown[0]}; /imagine takes --fusion, --k and --seed`);
-        if (!parsed.success) {
-          const issue = parsed.error.issues[0]!;
-          return reply.error(`--${issue.path.join(".")}: ${issue.message}`);
-        }
-        const job = context.pipeline.imagine(rest, { user: requester.id, ...parsed.data, signal, onUpdate: (update) => reply.progress(update) });
-        return reply.result(await job.result);
-      }
-      case "/loras": {
-        if (!body) return reply.error("say what to look for, e.g. /loras striped hexagon");
-        const { hits } = await context.retriever.retrieve(body, { k: Math.max(context.k, 5), minSimilarity: -1 });
-        return reply.loras(hits);
-      }
-      case "/lora":
-        return await loraAdmin(words, requester, context, reply);
-      case "/help":
-      case "":
-        return reply.text(HELP);
-      default:
-        return reply.error(`unknown command ${command}; try /help`);
-    }
+    await command.run(words.join(" "), requester, context, reply, signal);
   } catch (error) {
     if (error instanceof QueueFullError) return reply.error(error.message);
     const code = (error as { code?: string }).code;
@@ -102,8 +103,55 @@ export async function runCommand(line: string, requester: Requester, context: Co
   }
 }
 
+export const BUILTIN_COMMANDS: ChatCommand[] = [
+  {
+    name: "/imagine",
+    usage: "/imagine PROMPT [--fusion none|direct|dare|klora|gated] [--k 0-8] [--seed N]: draw it, with the pool's best LoRAs",
+    async run(body, requester, context, reply, signal) {
+      const { rest, flags } = splitFlags(body);
+      const unknown = Object.keys(flags).filter((flag) => !["fusion", "k", "seed"].includes(flag));
+      if (unknown.length > 0) return reply.error(`unknown option --${unknown[0]}; /imagine takes --fusion, --k and --seed`);
+      const parsed = imagineFlags.safeParse(flags);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0]!;
+        return reply.error(`--${issue.path.join(".")}: ${issue.message}`);
+      }
+      const job = context.pipeline.imagine(rest, { user: requester.id, ...parsed.data, signal, onUpdate: (update) => reply.progress(update) });
+      reply.result(await job.result);
+    },
+  },
+  {
+    name: "/loras",
+    usage: "/loras TEXT: which LoRAs a prompt would use, with their similarity",
+    async run(body, _requester, context, reply) {
+      if (!body) return reply.error("say what to look for, e.g. /loras striped hexagon");
+      const { hits } = await context.retriever.retrieve(body, { k: Math.max(context.k, 5), minSimilarity: -1 });
+      reply.loras(hits);
+    },
+  },
+  {
+    name: "/lora",
+    usage: "/lora add PATH [--name N] [--tags a,b] · /lora block|unblock|remove ID",
+    adminOnly: true,
+    run: (body, requester, context, reply) => loraAdmin(body.split(/\s+/).filter(Boolean), requester, context, reply),
+  },
+  {
+    name: "/help",
+    usage: "/help: this list",
+    async run(_body, requester, context, reply) {
+      reply.text(context.commands.help(requester.admin));
+    },
+  },
+];
+
+/** A registry holding the built-in commands. */
+export function builtinCommands(): CommandRegistry {
+  const registry = new CommandRegistry();
+  for (const command of BUILTIN_COMMANDS) registry.add(command);
+  return registry;
+}
+
 async function loraAdmin(words: string[], requester: Requester, context: CommandContext, reply: Reply): Promise<void> {
-  if (!requester.admin) return reply.error("only admins can change the LoRA pool");
   const [action, ...args] = words;
   const { rest, flags } = splitFlags(args.join(" "));
   if (action === "add") {

@@ -2,16 +2,15 @@
 import { copyFile, mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
-import { WebChat } from "../bots/web/server.js";
 import { loadConfig } from "../config/load.js";
 import { startHost, type Host } from "../host.js";
 import { FUSIONS, type Fusion } from "../pipeline/imagine.js";
+import type { ChatAdapter } from "../plugins.js";
 import type { CliIo } from "./main.js";
 
 export interface Serving {
   host: Host;
-  url: string;
-  adminUrl: string;
+  adapters: ChatAdapter[];
   stop(): Promise<void>;
 }
 
@@ -20,26 +19,36 @@ export async function startServing(env: Record<string, string | undefined>, log:
   const { config, secrets } = loadConfig(env);
   log(`[host] secrets: ${JSON.stringify(secrets.describe())}`);
   const host = await startHost(config, secrets, log);
-  if (!config.web.enabled) {
-    await host.stop();
-    throw new Error("web.enabled is false and no other chat adapter is configured; nothing to serve");
-  }
-  const web = new WebChat({
-    host: config.web.host, port: config.web.port, context: host.context, generations: host.generations,
-    dataDir: host.dataDir, log,
-  });
-  const { url, adminUrl } = await web.start().catch(async (error: unknown) => {
+  const adapters: ChatAdapter[] = [];
+  try {
+    for (const factory of host.plugins.chatAdapters) {
+      const adapter = factory.create({ context: host.context, generations: host.generations, dataDir: host.dataDir, config, log });
+      if (!adapter) {
+        log(`[host] chat adapter ${factory.name} is not configured; skipping it`);
+        continue;
+      }
+      await adapter.start();
+      adapters.push(adapter);
+    }
+    if (adapters.length === 0) throw new Error("no chat adapter is enabled (web.enabled is false and no other is configured)");
+  } catch (error) {
+    await Promise.all(adapters.map((adapter) => adapter.stop()));
     await host.stop();
     const code = (error as NodeJS.ErrnoException).code;
-    throw new Error(code === "EADDRINUSE" ? `port ${config.web.port} is taken; set AUTOLORA_WEB__PORT to another` : String(error));
-  });
-  return { host, url, adminUrl, stop: async () => { await web.stop(); await host.stop(); } };
+    throw code === "EADDRINUSE" ? new Error(`port ${config.web.port} is taken; set AUTOLORA_WEB__PORT to another`) : error;
+  }
+  return {
+    host, adapters,
+    stop: async () => {
+      await Promise.all(adapters.map((adapter) => adapter.stop()));
+      await host.stop();
+    },
+  };
 }
 
 export async function serveCommand(_args: string[], io: CliIo): Promise<number> {
   const serving = await startServing(io.env ?? process.env, io.stderr);
-  io.stdout(`web chat: ${serving.url}`);
-  io.stdout(`admin link (keep it private): ${serving.adminUrl}`);
+  io.stdout(`serving on ${serving.adapters.map((adapter) => adapter.name).join(", ")}; Ctrl-C stops`);
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);
     process.once("SIGTERM", resolve);

@@ -8,7 +8,7 @@ import type { WorkerDispatcher } from "../gpu/dispatch.js";
 import type { LoraFilters, SearchHit } from "../pool/index.js";
 import type { LoraStore } from "../pool/store.js";
 import type { GenerationRecord, GenerationStore } from "./generations.js";
-import { composeImages } from "./images.js";
+import { composeImages, type GenerationMetadata } from "./images.js";
 import type { FairQueue } from "./queue.js";
 import type { Retriever } from "./retrieval.js";
 
@@ -57,6 +57,8 @@ export interface ImagineDependencies {
   generations: GenerationStore;
   dataDir: string;
   settings: ImagineSettings;
+  /** Plugins' post-processors, applied in order to each image before the grid is made. */
+  postProcessors?: Array<(image: Buffer, metadata: GenerationMetadata) => Promise<Buffer>>;
 }
 
 export class ImaginePipeline {
@@ -106,9 +108,12 @@ export class ImaginePipeline {
     const workerMs = performance.now() - workerStarted;
     const composeStarted = performance.now();
     const loras = hits.map((hit) => ({ id: hit.lora.id, name: hit.lora.name, similarity: hit.similarity, scale: 1 }));
-    const images = await composeImages(end.images.map((image) => Buffer.from(image.png_base64, "base64")), {
+    const metadata: GenerationMetadata = {
       prompt, seeds, loras, fusion: end.fusion, model_version: end.model_version, gate_version: end.gate_version,
-    }, 4);
+    };
+    let pngs: Buffer[] = end.images.map((image) => Buffer.from(image.png_base64, "base64"));
+    for (const process of this.deps.postProcessors ?? []) pngs = await Promise.all(pngs.map((png) => process(png, metadata)));
+    const images = await composeImages(pngs, metadata, 4);
     const folder = join(this.deps.dataDir, "generations", id);
     const partial = `${folder}.partial`;
     await mkdir(partial, { recursive: true });

@@ -3,7 +3,7 @@
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { CommandContext } from "../../src/bots/commands.js";
+import { builtinCommands, type CommandContext } from "../../src/bots/commands.js";
 import { WorkerDispatcher } from "../../src/gpu/dispatch.js";
 import { WorkerSupervisor } from "../../src/gpu/supervisor.js";
 import type { LoraRecord } from "../../src/pool/index.js";
@@ -42,7 +42,7 @@ export async function fakeHost() {
     settings: { k: 2, minSimilarity: 0.2, fusion: "gated", seedsPerPrompt: 4, steps: 0, filters: {} },
   });
   const context: CommandContext = {
-    pipeline, retriever, index, store, k: 2, minSimilarity: 0.2,
+    commands: builtinCommands(), pipeline, retriever, index, store, k: 2, minSimilarity: 0.2,
     ingest: async () => { throw new Error("ingest is not part of this fake"); },
   };
   return {

@@ -11,6 +11,7 @@ import type { GenerationStore } from "../../pipeline/generations.js";
 import type { ImagineUpdate, ImagineResult } from "../../pipeline/imagine.js";
 import type { SearchHit } from "../../pool/index.js";
 import { runCommand, type CommandContext, type Reply, type Requester } from "../commands.js";
+import type { ChatAdapter } from "../../plugins.js";
 import { PAGE } from "./page.js";
 
 export interface WebChatOptions {
@@ -51,7 +52,8 @@ const cancelBody = z.strictObject({ message: z.string().min(1).max(100) });
 const IMAGE_PATH = /^\/images\/([0-9a-f-]{36})\/(grid\.png|grid\.webp|\d\.png)$/;
 const MAX_MESSAGES = 200;
 
-export class WebChat {
+export class WebChat implements ChatAdapter {
+  readonly name = "web";
   private readonly sessions = new Map<string, Session>();
   private readonly adminToken: string;
   private server: Server | undefined;
@@ -76,6 +78,7 @@ export class WebChat {
     const address = this.server.address();
     const port = typeof address === "object" && address ? address.port : this.options.port;
     const url = `http://${this.options.host}:${port}`;
+    this.options.log?.(`[web] chat on ${url}; admin link (keep it private): ${url}/admin?token=${this.adminToken}`);
     return { url, adminUrl: `${url}/admin?token=${this.adminToken}` };
   }
 
