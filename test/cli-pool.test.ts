@@ -32,6 +32,9 @@ describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora pool 
       expect.stringMatching(/README\.md: not a safetensors file/)]);
     expect((await readdir(join(data, "pool"))).sort()).toEqual(reports.map((r) => `${r.id}.safetensors`).sort());
 
+    const found = await cli(env, "pool", "search", "six-sided", "hexagon", "--k", "2", "--json");
+    expect(found.code).toBe(0);
+    expect(found.out.map((line) => JSON.parse(line).name)[0]).toBe("shape-hexagon-01");
     const hexagon = reports[0].id as string;
     expect((await cli(env, "pool", "block", hexagon.slice(0, 10))).out).toEqual([`blocked ${hexagon}`]);
     const blocked = await cli(env, "pool", "list", "--state", "blocked", "--json");

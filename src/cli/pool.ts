@@ -5,12 +5,16 @@ import { loadConfig } from "../config/load.js";
 import { openPool, startWorkers, type Pool } from "../host.js";
 import type { LoraState } from "../pool/index.js";
 import { ingestLora } from "../pool/ingest.js";
+import { resolve } from "node:path";
+import type { Config } from "../config/schema.js";
+import { Retriever } from "../pipeline/retrieval.js";
+import { TextEncoder } from "../pipeline/text-encoder.js";
 import type { CliIo } from "./main.js";
 
 export async function poolCommand(command: string, args: string[], io: CliIo): Promise<number> {
-  const run = { add, list, remove, block: setState("blocked"), unblock: setState("active") }[command];
+  const run = { add, list, search, remove, block: setState("blocked"), unblock: setState("active") }[command];
   if (!run) {
-    io.stderr(`autolora pool: unknown command ${JSON.stringify(command)}; use inspect, add, list, remove, block or unblock`);
+    io.stderr(`autolora pool: unknown command ${JSON.stringify(command)}; use inspect, add, list, search, remove, block or unblock`);
     return 2;
   }
   let parsed: ReturnType<typeof parse>;
@@ -22,7 +26,7 @@ export async function poolCommand(command: string, args: string[], io: CliIo): P
   }
   const { config, secrets } = loadConfig(io.env ?? process.env);
   const pool = await openPool(config);
-  return run(parsed, pool, io, () => startWorkers(config, secrets, (line) => io.stderr(line)));
+  return run(parsed, pool, io, () => startWorkers(config, secrets, (line) => io.stderr(line)), config);
 }
 
 function parse(args: string[]) {
@@ -31,13 +35,13 @@ function parse(args: string[]) {
     options: {
       name: { type: "string" }, tags: { type: "string" }, source: { type: "string" }, url: { type: "string" },
       license: { type: "string" }, nsfw: { type: "boolean" }, family: { type: "string" }, state: { type: "string" },
-      json: { type: "boolean" },
+      json: { type: "boolean" }, k: { type: "string" }, "min-similarity": { type: "string" },
     },
   });
 }
 
 type Parsed = ReturnType<typeof parse>;
-type Run = (parsed: Parsed, pool: Pool, io: CliIo, workers: () => ReturnType<typeof startWorkers>) => Promise<number>;
+type Run = (parsed: Parsed, pool: Pool, io: CliIo, workers: () => ReturnType<typeof startWorkers>, config: Config) => Promise<number>;
 
 const add: Run = async ({ positionals, values }, pool, io, workers) => {
   if (positionals.length === 0) {
@@ -85,6 +89,30 @@ const list: Run = async ({ values }, pool, io) => {
   }
   if (!values.json) io.stderr(`${loras.length} LoRA${loras.length === 1 ? "" : "s"}`);
   return 0;
+};
+
+const search: Run = async ({ positionals, values }, pool, io, _workers, config) => {
+  const text = positionals.join(" ").trim();
+  const k = Number(values.k ?? 5);
+  const floor = Number(values["min-similarity"] ?? -1);
+  if (!text || !Number.isInteger(k) || k < 1 || k > 100 || !(floor >= -1 && floor <= 1)) {
+    io.stderr("usage: autolora pool search TEXT [--k 1-100] [--min-similarity -1..1] [--family F] [--tags a,b] [--json]");
+    return 2;
+  }
+  const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
+  try {
+    const tags = values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean);
+    const { hits } = await new Retriever(encoder, pool.index).retrieve(text, {
+      k, minSimilarity: floor, filters: { family: values.family, tags, nsfw: config.retrieval.nsfw },
+    });
+    for (const { lora, similarity } of hits) {
+      io.stdout(values.json ? JSON.stringify({ similarity, ...lora }) : `${similarity.toFixed(3)}  ${lora.id.slice(0, 12)}  ${lora.name}`);
+    }
+    if (!values.json && hits.length === 0) io.stderr("no LoRA matches");
+    return 0;
+  } finally {
+    await encoder.close();
+  }
 };
 
 /** A full sha256, or a prefix of at least 8 hex characters that names exactly one LoRA. */
