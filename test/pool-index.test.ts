@@ -87,5 +87,13 @@ describe("LanceDB LoRA index", () => {
     const [best] = await index.search(target.vector, 1);
     expect(best?.lora.id).toBe(target.id);
     expect((await LanceLoraIndex.open({ uri })).hasAnnIndex).toBe(true); // built once, found again on reopen
+    expect(await index.annStats()).toEqual({ indexed: 320, unindexed: 0 });
+    // Later rows are folded into the index once they are a tenth of the table, so search stays indexed.
+    const more = Array.from({ length: 60 }, (_, n) => record(1000 + n, Array.from({ length: 16 }, random)));
+    await index.append(more.slice(0, 20));
+    expect(await index.annStats()).toEqual({ indexed: 320, unindexed: 20 });
+    await index.append(more.slice(20));
+    expect(await index.annStats()).toEqual({ indexed: 380, unindexed: 0 });
+    expect((await index.search(more[42]!.vector, 1))[0]?.lora.id).toBe(more[42]!.id);
   }, 60_000);
 });

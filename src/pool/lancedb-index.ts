@@ -15,6 +15,7 @@ export interface LanceLoraIndexOptions {
 }
 
 const TABLE = "loras";
+const VECTOR_INDEX = "vector_idx";
 const ID = /^[0-9a-f]{64}$/;
 
 function schemaFor(dimension: number): Schema {
@@ -74,6 +75,14 @@ export class LanceLoraIndex implements LoraIndex {
     await this.maybeBuildAnnIndex();
   }
 
+  /** Bulk load of records known to be new (a benchmark's synthetic pool, a migration): one append, no id check. */
+  async append(records: LoraRecord[]): Promise<void> {
+    if (records.length === 0) return;
+    const table = await this.tableFor(records[0]!.vector.length);
+    await table.add(records.map((record) => ({ ...record, bytes: BigInt(record.bytes) })));
+    await this.maybeBuildAnnIndex();
+  }
+
   async get(id: string): Promise<LoraRecord | undefined> {
     if (!this.table || !ID.test(id)) return undefined;
     const rows = await this.table.query().where(`id = '${id}'`).limit(1).toArray();
@@ -116,6 +125,12 @@ export class LanceLoraIndex implements LoraIndex {
     return this.table.countRows(whereClause(filters) || undefined);
   }
 
+  /** Rows the ANN index covers and rows searched by exact scan beside it; undefined without an index. */
+  async annStats(): Promise<{ indexed: number; unindexed: number } | undefined> {
+    const stats = this.indexed && this.table ? await this.table.indexStats(VECTOR_INDEX) : undefined;
+    return stats && { indexed: stats.numIndexedRows, unindexed: stats.numUnindexedRows };
+  }
+
   /** Whether searches go through an ANN index (true) or an exact scan. */
   get hasAnnIndex(): boolean {
     return this.indexed;
@@ -134,14 +149,23 @@ export class LanceLoraIndex implements LoraIndex {
     return this.table;
   }
 
+  /** Build the ANN index at the threshold; later, fold new rows into it (optimize) once they are a tenth of the
+   *  table, and retrain it (new partitions) once the table has grown fourfold since it was trained. */
   private async maybeBuildAnnIndex(): Promise<void> {
-    if (this.indexed || !this.table) return;
+    if (!this.table) return;
     const rows = await this.table.countRows();
-    if (rows < this.annThreshold) return;
-    // ~sqrt(rows) partitions, PQ sub-vectors of 8 dimensions each (the embedding width is a multiple of 8).
-    const numPartitions = Math.max(2, Math.round(Math.sqrt(rows)));
-    await this.table.createIndex("vector", { config: lancedb.Index.ivfPq({ distanceType: "cosine", numPartitions }) });
-    this.indexed = true;
+    if (!this.indexed && rows < this.annThreshold) return;
+    const stats = this.indexed ? await this.table.indexStats(VECTOR_INDEX) : undefined;
+    if (!this.indexed || (stats && rows >= 4 * stats.numIndexedRows)) {
+      // ~sqrt(rows) partitions; PQ's default sub-vectors (the embedding width is a multiple of 8).
+      const numPartitions = Math.max(2, Math.round(Math.sqrt(rows)));
+      await this.table.createIndex("vector", {
+        config: lancedb.Index.ivfPq({ distanceType: "cosine", numPartitions }), replace: true, name: VECTOR_INDEX,
+      });
+      this.indexed = true;
+    } else if (stats && stats.numUnindexedRows > rows / 10) {
+      await this.table.optimize();
+    }
   }
 }
 

@@ -1,0 +1,142 @@
+// `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N]`: the host's own costs, measured here.
+// - retrieval: text encoding + LanceDB search latency (p50/p99) on synthetic pools of each size (an IVF-PQ index
+//   from 10 000 LoRAs, as the product builds it);
+// - ingest: MB/s of adding the bundle's LoRA files (validate, hash, store, embed on the real worker, index),
+//   against a plain read of the same files;
+// - host overhead per /imagine: total time minus the worker's own sampling time, with the real worker.
+import { readdirSync, readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { loadConfig } from "../config/load.js";
+import { startWorkers } from "../host.js";
+import type { LoraRecord } from "../pool/index.js";
+import { ingestLora } from "../pool/ingest.js";
+import { LanceLoraIndex } from "../pool/lancedb-index.js";
+import { LoraStore } from "../pool/store.js";
+import { GenerationStore } from "../pipeline/generations.js";
+import { ImaginePipeline } from "../pipeline/imagine.js";
+import { FairQueue } from "../pipeline/queue.js";
+import { Retriever } from "../pipeline/retrieval.js";
+import { TextEncoder } from "../pipeline/text-encoder.js";
+
+const ROOT = resolve(import.meta.dirname, "..", "..");
+const PROMPTS = ["a red hexagon with stripes", "neon star", "a small dotted heart on a dark background",
+  "pixel art crescent", "can you draw me a wavy ring?", "outlined arrow pointing right", "grainy diamond"];
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return Math.round(sorted[Math.min(sorted.length - 1, Math.ceil(p * (sorted.length - 1)))]! * 100) / 100;
+}
+
+function randomUnit(dimension: number, next: () => number): number[] {
+  const values = Array.from({ length: dimension }, () => next() * 2 - 1);
+  const norm = Math.hypot(...values);
+  return values.map((value) => value / norm);
+}
+
+async function benchRetrieval(encoder: TextEncoder, size: number, runs: number, log: (line: string) => void) {
+  const folder = await mkdtemp(join(tmpdir(), "autolora-bench-"));
+  try {
+    const index = await LanceLoraIndex.open({ uri: folder });
+    let seed = 12345;
+    const next = () => ((seed = (seed * 48271) % 2147483647) / 2147483647);
+    const batch = 50_000;
+    for (let start = 0; start < size; start += batch) {
+      const rows: LoraRecord[] = [];
+      for (let n = start; n < Math.min(size, start + batch); n++) {
+        rows.push({
+          id: n.toString(16).padStart(64, "0"), name: `synthetic ${n}`, source: "bench", url: "", family: "proving-ground",
+          format: "diffusers", ranks: [4], modules: 10, trigger_words: [], tags: [], captions: [], license: "", nsfw: false,
+          state: "active", file: "", bytes: 1, vector: randomUnit(encoder.dimension, next), encoder_version: "bench",
+          added_at: "2026-01-01T00:00:00Z",
+        });
+      }
+      await index.append(rows);
+      log(`[bench] retrieval pool ${size}: ${Math.min(size, start + batch)} rows loaded`);
+    }
+    const retriever = new Retriever(encoder, index);
+    for (const prompt of PROMPTS) await retriever.retrieve(prompt, { k: 3, minSimilarity: -1 }); // warm up
+    const totals: number[] = [];
+    const encode: number[] = [];
+    const search: number[] = [];
+    for (let run = 0; run < runs; run++) {
+      const { timings } = await retriever.retrieve(`${PROMPTS[run % PROMPTS.length]} ${run}`, { k: 3, minSimilarity: -1 });
+      encode.push(timings.encode_ms);
+      search.push(timings.search_ms);
+      totals.push(timings.encode_ms + timings.search_ms);
+    }
+    return { pool: size, ann_index: index.hasAnnIndex, p50_ms: percentile(totals, 0.5), p99_ms: percentile(totals, 0.99),
+      encode_p50_ms: percentile(encode, 0.5), search_p50_ms: percentile(search, 0.5), search_p99_ms: percentile(search, 0.99) };
+  } finally {
+    await rm(folder, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" } } });
+  const sizes = (values.sizes ?? "1000,100000,1000000").split(",").map(Number);
+  const runs = Number(values.runs ?? 200);
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false" });
+  const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
+
+  const retrieval = [];
+  for (const size of sizes) retrieval.push(await benchRetrieval(encoder, size, runs, log));
+
+  const poolDir = join(ROOT, "bundle", "pool");
+  const files = readdirSync(poolDir).filter((name) => name.endsWith(".safetensors")).map((name) => join(poolDir, name));
+  let started = performance.now();
+  let bytes = 0;
+  for (const file of files) bytes += readFileSync(file).length;
+  const rawSeconds = (performance.now() - started) / 1000;
+  const data = await mkdtemp(join(tmpdir(), "autolora-bench-data-"));
+  const workers = await startWorkers(config, secrets, () => undefined);
+  try {
+    const store = new LoraStore(join(data, "pool"));
+    const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
+    started = performance.now();
+    for (const file of files) await ingestLora(file, {}, { store, index, embed: (path) => workers.dispatcher.embed(path) });
+    const ingestSeconds = (performance.now() - started) / 1000;
+    const megabytes = bytes / 1e6;
+    log(`[bench] ingest: ${files.length} files, ${megabytes.toFixed(1)} MB in ${ingestSeconds.toFixed(1)} s`);
+
+    const generations = await GenerationStore.open(join(data, "lancedb"));
+    const retriever = new Retriever(encoder, index);
+    const pipeline = new ImaginePipeline({
+      retriever, queue: new FairQueue({ concurrency: 1, perUser: 5, global: 10 }), dispatcher: workers.dispatcher,
+      store, generations, dataDir: data,
+      settings: { k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, fusion: "gated",
+        seedsPerPrompt: config.generation.seeds_per_prompt, steps: 0, filters: {} },
+    });
+    const overheads: number[] = [];
+    const imagineRuns = Math.max(5, Math.min(30, Math.round(runs / 10)));
+    for (let run = 0; run < imagineRuns + 1; run++) {
+      const result = await pipeline.imagine(PROMPTS[run % PROMPTS.length]!, { user: "bench", seed: run }).result;
+      if (run > 0) overheads.push(result.generation.timings.total_ms! - result.generation.timings.sampling_ms!);
+    }
+    const report = {
+      retrieval,
+      ingest: { files: files.length, megabytes: Math.round(megabytes * 10) / 10,
+        mb_per_s: Math.round((megabytes / ingestSeconds) * 100) / 100, raw_read_mb_per_s: Math.round((megabytes / rawSeconds) * 10) / 10 },
+      host_overhead_ms: { p50: percentile(overheads, 0.5), p99: percentile(overheads, 0.99), runs: overheads.length },
+    };
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify(report)}\n`);
+    } else {
+      process.stdout.write("| pool | ANN index | p50 ms | p99 ms | encode p50 | search p50 | search p99 |\n|---|---|---|---|---|---|---|\n");
+      for (const row of retrieval) {
+        process.stdout.write(`| ${row.pool} | ${row.ann_index} | ${row.p50_ms} | ${row.p99_ms} | ${row.encode_p50_ms} | ${row.search_p50_ms} | ${row.search_p99_ms} |\n`);
+      }
+      process.stdout.write(`\ningest: ${report.ingest.mb_per_s} MB/s (plain read ${report.ingest.raw_read_mb_per_s} MB/s) over ${files.length} files\n`);
+      process.stdout.write(`host overhead per /imagine: p50 ${report.host_overhead_ms.p50} ms, p99 ${report.host_overhead_ms.p99} ms\n`);
+    }
+  } finally {
+    await workers.stop();
+    await encoder.close();
+    await rm(data, { recursive: true, force: true });
+  }
+}
+
+await main();
