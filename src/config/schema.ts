@@ -39,7 +39,7 @@ export const configSchema = z.strictObject({
   web: z.strictObject({
     enabled: z.boolean(),
     host: z.string().min(1),
-    port: z.int().min(1).max(65535),
+    port: z.int().min(0).max(65535),
   }),
   admins: z.array(z.string().regex(/^[a-z]+:.+$/, 'expected "<adapter>:<user id>", e.g. "web:alice"')),
   plugins: z.array(z.string().min(1)),

@@ -57,6 +57,8 @@ export class WebChat implements ChatAdapter {
   private readonly sessions = new Map<string, Session>();
   private readonly adminToken: string;
   private server: Server | undefined;
+  /** Where it listens, once started. */
+  url: string | undefined;
 
   constructor(private readonly options: WebChatOptions) {
     this.adminToken = options.adminToken ?? randomBytes(16).toString("hex");
@@ -78,6 +80,7 @@ export class WebChat implements ChatAdapter {
     const address = this.server.address();
     const port = typeof address === "object" && address ? address.port : this.options.port;
     const url = `http://${this.options.host}:${port}`;
+    this.url = url;
     this.options.log?.(`[web] chat on ${url}; admin link (keep it private): ${url}/admin?token=${this.adminToken}`);
     return { url, adminUrl: `${url}/admin?token=${this.adminToken}` };
   }
