@@ -2,16 +2,12 @@
 // A rating is per (generation, user): rating again replaces the earlier one. Ratings add up per LoRA.
 import * as lancedb from "@lancedb/lancedb";
 import { Field, Int32, Schema, Utf8 } from "apache-arrow";
+import type { GenerationMetadata } from "./images.js";
 
-export interface GenerationRecord {
+/** A generation's metadata (what its PNGs carry) plus who asked, where its images are, and how long it took. */
+export interface GenerationRecord extends GenerationMetadata {
   id: string;
   user: string;
-  prompt: string;
-  seeds: number[];
-  loras: Array<{ id: string; name: string; similarity: number; scale: number }>;
-  fusion: string;
-  model_version: string;
-  gate_version: string | null;
   /** Folder of grid.png, grid.webp and the single images, relative to the data folder. */
   images: string;
   timings: Record<string, number>;
