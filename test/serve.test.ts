@@ -6,13 +6,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { WebChat } from "../src/bots/web/server.js";
+import { main } from "../src/cli/main.js";
 import { startServing } from "../src/cli/serve.js";
 
 const root = join(import.meta.dirname, "..");
 
 describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora serve", () => {
+  let data = "";
+
   it("serves /imagine over the web chat with LoRAs retrieved from the bundle's pool", async () => {
-    const data = await mkdtemp(join(tmpdir(), "autolora-serve-"));
+    data = await mkdtemp(join(tmpdir(), "autolora-serve-"));
     const log: string[] = [];
     const serving = await startServing({ AUTOLORA_DATA_DIR: data, AUTOLORA_WEB__PORT: "0", PATH: process.env.PATH }, (line) => log.push(line));
     try {
@@ -52,4 +55,22 @@ describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora serve
       await serving.stop();
     }
   }, 180_000);
+
+  it("makes one grid from the command line with `autolora imagine` on the same data folder", async () => {
+    expect(data).not.toBe(""); // the pool the test above seeded
+    const out = join(data, "out");
+    const lines: string[] = [];
+    const code = await main(["imagine", "a", "dotted", "star", "--k", "2", "--seed", "5", "--out", out, "--json"], {
+      stdout: (line) => lines.push(line), stderr: () => undefined, env: { AUTOLORA_DATA_DIR: data, PATH: process.env.PATH },
+    });
+    expect(code).toBe(0);
+    const report = JSON.parse(lines.at(-1)!);
+    expect(report).toMatchObject({ prompt: "a dotted star", seeds: [5, 6, 7, 8], user: "cli" });
+    expect(report.loras).toHaveLength(2);
+    expect(report.files).toHaveLength(5);
+    expect(report.files.every((file: string) => file.startsWith(out) && existsSync(file))).toBe(true);
+    const usage: string[] = [];
+    expect(await main(["imagine", "x", "--fusion", "magic"], { stdout: () => undefined, stderr: (line) => usage.push(line) })).toBe(2);
+    expect(usage).toEqual(["--fusion must be one of none, direct, dare, klora, gated"]);
+  }, 120_000);
 });
