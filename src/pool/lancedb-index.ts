@@ -16,6 +16,9 @@ export interface LanceLoraIndexOptions {
 
 const TABLE = "loras";
 const VECTOR_INDEX = "vector_idx";
+const FILTER_COLUMNS = ["state", "family", "nsfw"];
+// Rows outside the ANN index are scanned exactly on every search (~2.5 ms per 1 000 rows on 2 cores, measured).
+const UNINDEXED_LIMIT = 5_000;
 const ID = /^[0-9a-f]{64}$/;
 
 function schemaFor(dimension: number): Schema {
@@ -150,7 +153,7 @@ export class LanceLoraIndex implements LoraIndex {
   }
 
   /** Build the ANN index at the threshold; later, fold new rows into it (optimize) once they are a tenth of the
-   *  table, and retrain it (new partitions) once the table has grown fourfold since it was trained. */
+   *  table or 5 000 rows, and retrain it (new partitions) once the table has grown fourfold since it was trained. */
   private async maybeBuildAnnIndex(): Promise<void> {
     if (!this.table) return;
     const rows = await this.table.countRows();
@@ -162,8 +165,12 @@ export class LanceLoraIndex implements LoraIndex {
       await this.table.createIndex("vector", {
         config: lancedb.Index.ivfPq({ distanceType: "cosine", numPartitions }), replace: true, name: VECTOR_INDEX,
       });
+      // Searches pre-filter on these columns; without scalar indices that filter reads every row of the table.
+      for (const column of FILTER_COLUMNS) {
+        await this.table.createIndex(column, { config: lancedb.Index.bitmap(), replace: true });
+      }
       this.indexed = true;
-    } else if (stats && stats.numUnindexedRows > rows / 10) {
+    } else if (stats && stats.numUnindexedRows > Math.min(rows / 10, UNINDEXED_LIMIT)) {
       await this.table.optimize();
     }
   }
