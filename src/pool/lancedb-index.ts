@@ -103,6 +103,9 @@ export class LanceLoraIndex implements LoraIndex {
   async search(vector: number[], k: number, filters: LoraFilters = {}, minSimilarity = -1): Promise<SearchHit[]> {
     if (!this.table || k <= 0) return [];
     let query = this.table.vectorSearch(vector).distanceType("cosine").select([...COLUMNS, "_distance"]).limit(k);
+    // PQ distances are approximate: re-rank 10k candidates by their exact vectors, so the order and the
+    // similarities returned are true cosines.
+    if (this.indexed) query = query.refineFactor(10);
     const where = whereClause({ state: "active", ...filters });
     if (where) query = query.where(where);
     const rows = await query.toArray();
