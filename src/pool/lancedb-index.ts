@@ -14,6 +14,10 @@ export interface LanceLoraIndexOptions {
   annThreshold?: number;
 }
 
+// Index statistics without the IVF centroids (LanceDB's coming default): we only read the row counts, and the
+// current default logs a warning on every call.
+process.env.LANCE_INCLUDE_VECTOR_CENTROIDS ??= "false";
+
 const TABLE = "loras";
 const VECTOR_INDEX = "vector_idx";
 const FILTER_COLUMNS = ["state", "family", "nsfw"];
