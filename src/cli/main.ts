@@ -35,8 +35,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
     try {
       return await run();
     } catch (error) {
-      if (!(error instanceof ConfigError) && !(error instanceof TypeError && (error as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION")) throw error;
-      io.stderr(error.message);
+      // Bad configuration and bad options (node:util parseArgs' ERR_PARSE_ARGS_* errors) are the user's to fix.
+      const badOption = (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS_") ?? false;
+      if (!(error instanceof ConfigError) && !badOption) throw error;
+      io.stderr((error as Error).message);
       return 2;
     }
   }
