@@ -163,9 +163,9 @@ async function loraAdmin(words: string[], requester: Requester, context: Command
       `(${result.lora.id.slice(0, 12)}, ${result.lora.format}, ${result.lora.family})`);
   }
   if (action === "block" || action === "unblock" || action === "remove") {
-    const matches = (await context.index.list({}, 1_000_000)).filter((lora) => rest.length >= 8 && lora.id.startsWith(rest));
+    const matches = await context.index.findByPrefix(rest, 2);
     if (matches.length !== 1) {
-      return reply.error(matches.length === 0 ? `no LoRA ${rest || "(no id given)"}; give 8+ characters of its sha256` : `${rest} matches ${matches.length} LoRAs`);
+      return reply.error(matches.length === 0 ? `no LoRA ${rest || "(no id given)"}; give 8+ characters of its sha256` : `${rest} matches more than one LoRA`);
     }
     const lora = matches[0]!;
     if (action === "remove") {

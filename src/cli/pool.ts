@@ -121,9 +121,9 @@ async function resolveId(pool: Pool, given: string | undefined, io: CliIo): Prom
     io.stderr("give the LoRA's sha256, or at least its first 8 hex characters (see `autolora pool list`)");
     return undefined;
   }
-  const matches = (await pool.index.list({}, 1_000_000)).filter((lora) => lora.id.startsWith(given));
+  const matches = await pool.index.findByPrefix(given, 2);
   if (matches.length !== 1) {
-    io.stderr(matches.length === 0 ? `no LoRA ${given} in the pool` : `${given} matches ${matches.length} LoRAs; give more of the sha256`);
+    io.stderr(matches.length === 0 ? `no LoRA ${given} in the pool` : `${given} matches more than one LoRA; give more of the sha256`);
     return undefined;
   }
   return matches[0]!.id;

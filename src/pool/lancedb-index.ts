@@ -96,6 +96,11 @@ export class LanceLoraIndex implements LoraIndex {
     return rows[0] ? fromRow(rows[0]) as LoraRecord : undefined;
   }
 
+  async findByPrefix(prefix: string, limit = 10): Promise<Array<Omit<LoraRecord, "vector">>> {
+    if (!this.table || !/^[0-9a-f]{8,64}$/.test(prefix)) return [];
+    return (await this.table.query().where(`starts_with(id, '${prefix}')`).select(COLUMNS).limit(limit).toArray()).map(fromRow);
+  }
+
   async list(filters: LoraFilters = {}, limit = 1000): Promise<Array<Omit<LoraRecord, "vector">>> {
     if (!this.table) return [];
     let query = this.table.query().select(COLUMNS).limit(limit);
