@@ -10,7 +10,10 @@ import { pythonWorkerCommand, WorkerSupervisor } from "./gpu/supervisor.js";
 import type { LoraIndex } from "./pool/index.js";
 import { LanceLoraIndex } from "./pool/lancedb-index.js";
 import { LoraStore } from "./pool/store.js";
-import { CommandRegistry, type CommandContext } from "./bots/commands.js";
+import { CommandRegistry, type CommandContext, type PoolStatus } from "./bots/commands.js";
+import { ChatCore } from "./bots/core.js";
+import { download } from "./pool/download.js";
+import { rm } from "node:fs/promises";
 import { builtinPlugin } from "./builtins.js";
 import { PluginRegistry } from "./plugins.js";
 import { ingestLora, type IngestMetadata } from "./pool/ingest.js";
@@ -83,6 +86,8 @@ export interface Host {
   workers: Workers;
   pipeline: ImaginePipeline;
   context: CommandContext;
+  /** The conversation engine the chat adapters share. */
+  core: ChatCore;
   generations: GenerationStore;
   plugins: PluginRegistry;
   dataDir: string;
@@ -120,11 +125,22 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       },
     });
     const context: CommandContext = {
-      commands, pipeline, retriever, index: pool.index, store: pool.store, ingest,
+      commands, pipeline, retriever, index: pool.index, store: pool.store, generations, dataDir,
       k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity,
+      chat: chatSettings(config),
+      addFromUrl: async (url, metadata) => {
+        const file = await download(url, { tempDir: join(dataDir, "tmp"), maxBytes: config.chat.max_lora_mb * 1e6 });
+        try {
+          return await ingest(file.path, metadata);
+        } finally {
+          await rm(file.path, { force: true });
+        }
+      },
+      status: () => poolStatus(pool, queue, workers),
     };
+    const core = new ChatCore(context, log);
     return {
-      config, pool, workers, pipeline, context, generations, plugins, dataDir,
+      config, pool, workers, pipeline, context, core, generations, plugins, dataDir,
       stop: async () => {
         await queue.idle().catch(() => undefined);
         await workers.stop();
@@ -136,6 +152,34 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
     await encoder.close();
     throw error;
   }
+}
+
+export function chatSettings(config: Config): CommandContext["chat"] {
+  return {
+    admins: config.admins, reactions: config.chat.reactions, perMinute: config.chat.per_minute, perDay: config.chat.per_day,
+    maxPromptChars: config.chat.max_prompt_chars, progressIntervalMs: config.chat.progress_interval_ms,
+  };
+}
+
+async function poolStatus(pool: Pool, queue: FairQueue, workers: Workers): Promise<PoolStatus> {
+  const ready = workers.source.ready();
+  const answering = await Promise.all(ready.map(async (worker) => {
+    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer in 3 s")), 3000).unref());
+    try {
+      const health = await Promise.race([worker.health(), timeout]);
+      return { id: worker.id, state: "ready", model: health.family, modelVersion: health.model_version, gateVersion: health.gate_version };
+    } catch (error) {
+      return { id: worker.id, state: `not answering (${error instanceof Error ? error.message : String(error)})` };
+    }
+  }));
+  const others = workers.supervisor.status().filter((status) => !ready.some((worker) => worker.id === status.id))
+    .map((status) => ({ id: status.id, state: status.state }));
+  const stats = queue.stats();
+  return {
+    loras: await pool.index.count({}), blocked: await pool.index.count({ state: "blocked" }),
+    lastCrawl: null, // the scheduler records crawls; until it runs, there has been none
+    queue: { waiting: stats.waiting, running: stats.running }, workers: [...answering, ...others],
+  };
 }
 
 /** The proving-ground bundle's pool into an empty index, with the preview captions the bundle records. */

@@ -4,7 +4,9 @@
 import { isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { ChatCommand, CommandContext } from "./bots/commands.js";
+import type { ChatCore } from "./bots/core.js";
 import type { Config } from "./config/schema.js";
+import type { Secrets } from "./config/secrets.js";
 import type { GenerationStore } from "./pipeline/generations.js";
 import type { GenerationMetadata } from "./pipeline/images.js";
 
@@ -17,7 +19,10 @@ export interface ChatAdapter {
 }
 
 export interface ChatAdapterEnvironment {
+  /** The shared conversation engine: adapters hand it commands, buttons and reactions. */
+  core: ChatCore;
   context: CommandContext;
+  secrets: Secrets;
   generations: GenerationStore;
   dataDir: string;
   config: Config;

@@ -3,7 +3,8 @@
 import { join } from "node:path";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
-import { CommandRegistry, runCommand, type Reply } from "../src/bots/commands.js";
+import { CommandRegistry } from "../src/bots/commands.js";
+import { ChatCore, type Conversation } from "../src/bots/core.js";
 import { builtinPlugin } from "../src/builtins.js";
 import { loadConfig } from "../src/config/load.js";
 import { PluginRegistry } from "../src/plugins.js";
@@ -13,11 +14,13 @@ const fixtures = join(import.meta.dirname, "fixtures", "plugins");
 
 function collect() {
   const said: string[] = [];
-  const reply: Reply = {
-    text: (message) => said.push(message), error: (message) => said.push(`error: ${message}`),
-    progress: () => undefined, result: () => undefined, loras: () => undefined,
+  const conversation: Conversation = {
+    answer: async (message) => {
+      said.push(message.error ? `error: ${message.text}` : message.text);
+      return { edit: async (next) => void said.push(next.text) };
+    },
   };
-  return { said, reply };
+  return { said, conversation };
 }
 
 describe("plugins", () => {
@@ -29,17 +32,19 @@ describe("plugins", () => {
     await plugins.load(config.plugins, fixtures);
     expect(plugins.loaded).toEqual(["builtin", "echo"]);
     expect(log).toEqual(["[echo] adding /echo"]);
-    expect(plugins.chatAdapters.map((adapter) => adapter.name)).toEqual(["web"]);
+    expect(plugins.chatAdapters.map((adapter) => adapter.name)).toEqual(["web", "discord", "slack"]);
     const commands = new CommandRegistry();
     for (const command of plugins.commands) commands.add(command);
-    const context = { commands } as CommandContext;
-    const { said, reply } = collect();
-    await runCommand("/echo hello there", { id: "web:1", name: "ada", admin: false }, context, reply);
-    await runCommand("/help", { id: "web:1", name: "ada", admin: false }, context, reply);
+    const core = new ChatCore({ commands, chat: { admins: [], reactions: { "👍": 1 }, perMinute: 0, perDay: 0, maxPromptChars: 100, progressIntervalMs: 0 } } as unknown as CommandContext);
+    const { said, conversation } = collect();
+    const ada = core.requester({ adapter: "web", userId: "1", name: "ada" });
+    await core.handleText("/echo hello there", ada, conversation);
+    await core.handleText("/help", ada, conversation);
     expect(said[0]).toBe("ada said: hello there");
-    expect(said[1]).toContain("/echo TEXT: says it back");
-    expect(said[1]).toContain("/imagine PROMPT");
+    expect(said[1]).toContain("/echo text:…: Says it back");
+    expect(said[1]).toContain("/imagine prompt:…");
     expect(said[1]).not.toContain("/lora add"); // admin-only commands are not listed for others
+    expect(said[1]).toContain("/lora info");
 
     const red = await sharp({ create: { width: 2, height: 2, channels: 3, background: "#ff0000" } }).png().toBuffer();
     const inverted = await plugins.postProcessors[0]!.run(red, { prompt: "", seeds: [], loras: [], fusion: "none", model_version: "", gate_version: null });
@@ -57,8 +62,9 @@ describe("plugins", () => {
 
   it("refuses a command that clashes with one already registered", () => {
     const commands = new CommandRegistry();
-    commands.add({ name: "/imagine", usage: "", run: async () => undefined });
-    expect(() => commands.add({ name: "/imagine", usage: "", run: async () => undefined })).toThrow("already registered");
-    expect(() => commands.add({ name: "imagine", usage: "", run: async () => undefined })).toThrow(/must be a slash/);
+    commands.add({ name: "imagine", description: "draw", run: async () => undefined });
+    expect(() => commands.add({ name: "imagine", description: "draw", run: async () => undefined })).toThrow("already registered");
+    expect(() => commands.add({ name: "/imagine", description: "draw", run: async () => undefined })).toThrow(/without the slash/);
+    expect(() => commands.add({ name: "draw", description: "", run: async () => undefined })).toThrow(/needs a description/);
   });
 });

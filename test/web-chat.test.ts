@@ -15,7 +15,7 @@ let browser: Browser;
 beforeAll(async () => {
   expect(existsSync(CHROMIUM), "install Debian's chromium (apt-get install chromium); .ci/run does").toBe(true);
   host = await fakeHost();
-  chat = new WebChat({ host: "127.0.0.1", port: 0, context: host.context, generations: host.generations, dataDir: host.data });
+  chat = new WebChat({ host: "127.0.0.1", port: 0, core: host.core, dataDir: host.data });
   urls = await chat.start();
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-background-networking"] });
 }, 60_000);
@@ -35,11 +35,13 @@ describe("web chat", () => {
     const grid = page.getByTestId("grid");
     await grid.waitFor({ timeout: 30_000 });
     expect(await grid.evaluate((img) => { const image = img as unknown as { complete: boolean; naturalWidth: number }; return image.complete && image.naturalWidth > 0; })).toBe(true);
-    const loras = await page.getByTestId("loras").last().textContent();
-    expect(loras).toMatch(/hexagon shapes \(0\.\d\d\)/);
-    expect(loras).toMatch(/diagonal stripes \(0\.\d\d\)/);
-    await page.getByTestId("rate-up").click();
+    const caption = await page.locator("[data-testid=message]", { has: grid }).getByTestId("text").textContent();
+    expect(caption).toMatch(/hexagon shapes \(0\.\d\d\)/);
+    expect(caption).toMatch(/diagonal stripes \(0\.\d\d\)/);
+    await page.getByTestId("button-👍").last().click();
     await expect.poll(async () => (await host.generations.ratingsByLora()).length).toBe(2);
+    await page.getByTestId("button-U1").last().click();
+    await page.getByTestId("image").last().waitFor({ timeout: 10_000 });
     await page.close();
   }, 60_000);
 
@@ -51,14 +53,14 @@ describe("web chat", () => {
       await page.getByTestId("input").press("Enter");
     };
     await send("/imagine a star --fusion magic");
-    await expect.poll(() => page.locator(".error").last().textContent()).toMatch(/--fusion: /);
+    await expect.poll(() => page.locator(".error").last().textContent()).toMatch(/^fusion must be one of direct, dare, klora, gated$/);
     await send("/lora block 1111111111");
-    await expect.poll(() => page.locator(".error").last().textContent()).toBe("only admins can use /lora");
+    await expect.poll(() => page.locator(".error").last().textContent()).toBe("Sorry, /lora block is for the bot's admins only. Nothing was changed.");
     await page.goto(urls.url.replace(/\/?$/, "/admin?token=wrong"));
     await page.goto(urls.adminUrl);
     await expect.poll(() => page.getByTestId("me").textContent()).toMatch(/\(admin\)$/);
     await send("/lora block 1111111111");
-    await expect.poll(() => page.locator(".text").last().textContent()).toMatch(/^blocked hexagon shapes/);
+    await expect.poll(() => page.locator(".text").last().textContent()).toMatch(/^⛔ blocked hexagon shapes/);
     expect((await host.index.list({ state: "blocked" })).map((lora) => lora.name)).toEqual(["hexagon shapes"]);
     await page.close();
   }, 60_000);

@@ -1,60 +1,139 @@
-// The chat commands every adapter offers (web, Discord, Slack): parsed from text here, answered through a
-// `Reply` the adapter implements, so each command behaves the same whichever chat it came from.
+// The chat commands as data: each has typed options (Discord registers them as slash-command options; the web
+// chat and Slack parse them from typed text with `parseCommandText`), an admin flag and a `run` that answers
+// through a `Reply`. Built-ins and plugins register the same way; `ChatCore` runs them for every adapter.
 import { z } from "zod";
-import { QueueFullError } from "../pipeline/queue.js";
-import type { ImaginePipeline, ImagineUpdate, ImagineResult } from "../pipeline/imagine.js";
-import { FUSIONS } from "../pipeline/imagine.js";
+import type { GenerationStore } from "../pipeline/generations.js";
+import type { ImaginePipeline } from "../pipeline/imagine.js";
 import type { Retriever } from "../pipeline/retrieval.js";
-import type { LoraIndex, SearchHit } from "../pool/index.js";
+import type { LoraIndex } from "../pool/index.js";
 import type { IngestMetadata, IngestResult } from "../pool/ingest.js";
 import type { LoraStore } from "../pool/store.js";
+import type { BotMessage } from "./messages.js";
 
 export interface Requester {
-  /** "<adapter>:<user id>", e.g. web:3f2a…, discord:1234 */
+  /** "<adapter>:<user id>", e.g. web:3f2a…, discord:1234, slack:U0123 */
   id: string;
   name: string;
   admin: boolean;
 }
 
-/** How a command answers: one message it can keep updating, then a final state. */
+/** A file attached to a command (Discord attachments). */
+export interface Attachment {
+  name: string;
+  url: string;
+  size: number;
+}
+
+export type OptionValue = string | number | Attachment;
+
+export interface OptionSpec {
+  name: string;
+  description: string;
+  type: "string" | "integer" | "attachment";
+  required?: boolean;
+  choices?: readonly string[];
+  min?: number;
+  max?: number;
+  maxLength?: number;
+  /** Offer completions while the user types (LoRA names); the command's `complete` answers. */
+  autocomplete?: boolean;
+  /** In typed commands (web, Slack), the words not given as `name:value` fill this option. */
+  rest?: boolean;
+}
+
+export interface SubcommandSpec {
+  name: string;
+  description: string;
+  options?: OptionSpec[];
+  adminOnly?: boolean;
+}
+
+export interface CommandCall {
+  command: string;
+  subcommand?: string;
+  options: Record<string, OptionValue>;
+  requester: Requester;
+  signal?: AbortSignal;
+}
+
+/** An answer being written: the first `send` acknowledges, later ones edit the same message. */
 export interface Reply {
-  text(message: string): void;
-  progress(update: ImagineUpdate): void;
-  result(result: ImagineResult): void;
-  loras(hits: SearchHit[]): void;
-  error(message: string): void;
+  send(message: BotMessage): Promise<void>;
+  /** A further message, e.g. an image a button asked for. */
+  followUp(message: BotMessage): Promise<void>;
+}
+
+export interface PoolStatus {
+  loras: number;
+  blocked: number;
+  lastCrawl: string | null;
+  queue: { waiting: number; running: number };
+  workers: Array<{ id: string; state: string; model?: string; modelVersion?: string; gateVersion?: string | null }>;
+}
+
+/** How the bot behaves in chat, from the config's `chat` section. */
+export interface ChatSettings {
+  /** "<adapter>:<user id>" or "<adapter>:role:<role id>" (Discord roles). */
+  admins: string[];
+  /** Emoji → rating value, for reactions and the rating buttons. */
+  reactions: Record<string, number>;
+  /** Generations (/imagine, variations, rerolls) one user may start per minute and per day; 0 = no limit. */
+  perMinute: number;
+  perDay: number;
+  maxPromptChars: number;
+  /** The least time between two progress edits of one message. */
+  progressIntervalMs: number;
 }
 
 export interface CommandContext {
   commands: CommandRegistry;
+  chat: ChatSettings;
+  /** Where generated images live (the config's data_dir). */
+  dataDir: string;
   pipeline: ImaginePipeline;
   retriever: Retriever;
   index: LoraIndex;
   store: LoraStore;
-  /** Ingest a file the host can read (admin `/lora add`). */
-  ingest: (path: string, metadata: IngestMetadata) => Promise<IngestResult>;
+  generations: GenerationStore;
+  /** Download (https, size-capped) and ingest a LoRA for `/lora add`. */
+  addFromUrl: (url: string, metadata: IngestMetadata) => Promise<IngestResult>;
+  /** What `/pool status` shows. */
+  status: () => Promise<PoolStatus>;
+  /** Start retraining the gates now; resolves to a line saying what was started. Absent where no trainer runs. */
+  retrain?: () => Promise<string>;
   k: number;
   minSimilarity: number;
 }
 
 /** One chat command. Built-ins and plugins alike register through `CommandRegistry.add`. */
 export interface ChatCommand {
-  /** Including the slash, e.g. "/imagine". */
+  /** Without the slash: 1-32 lower-case letters, digits or dashes (Discord's rule). */
   name: string;
-  /** One line for /help. */
-  usage: string;
+  /** One line, shown in Discord's command picker and /help (at most 100 characters). */
+  description: string;
+  options?: OptionSpec[];
+  subcommands?: SubcommandSpec[];
   adminOnly?: boolean;
-  run(body: string, requester: Requester, context: CommandContext, reply: Reply, signal?: AbortSignal): Promise<void>;
+  /** Answer only the person who asked (lists, admin tools). */
+  private?: boolean;
+  run(call: CommandCall, context: CommandContext, reply: Reply): Promise<void>;
+  /** Suggestions for an option with `autocomplete`, at most 25 (Discord's limit). */
+  complete?(option: string, typed: string, context: CommandContext): Promise<Array<{ name: string; value: string }>>;
 }
+
+const NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
 export class CommandRegistry {
   private readonly commands = new Map<string, ChatCommand>();
 
   add(command: ChatCommand): void {
-    if (!/^\/[a-z][a-z0-9-]{0,31}$/.test(command.name)) {
-      throw new Error(`command name ${JSON.stringify(command.name)} must be a slash and 1-32 lower-case letters, digits or dashes`);
+    if (!NAME.test(command.name ?? "")) {
+      throw new Error(`command name ${JSON.stringify(command.name)} must be 1-32 lower-case letters, digits or dashes, without the slash`);
     }
-    if (this.commands.has(command.name)) throw new Error(`the command ${command.name} is already registered`);
+    if (!command.description || command.description.length > 100) {
+      throw new Error(`command ${command.name} needs a description of 1-100 characters`);
+    }
+    if (this.commands.has(command.name)) throw new Error(`the command /${command.name} is already registered`);
     this.commands.set(command.name, command);
   }
 
@@ -62,118 +141,107 @@ export class CommandRegistry {
     return this.commands.get(name);
   }
 
+  all(): ChatCommand[] {
+    return [...this.commands.values()];
+  }
+
   help(admin: boolean): string {
-    return [...this.commands.values()].filter((command) => admin || !command.adminOnly)
-      .map((command) => `${command.usage}${command.adminOnly ? " (admins)" : ""}`).join("\n");
+    const lines: string[] = [];
+    for (const command of this.commands.values()) {
+      if (command.adminOnly && !admin) continue;
+      if (command.subcommands) {
+        for (const sub of command.subcommands) {
+          if (sub.adminOnly && !admin) continue;
+          lines.push(`/${command.name} ${sub.name}${usage(sub.options)}: ${sub.description}${sub.adminOnly || command.adminOnly ? " (admins)" : ""}`);
+        }
+      } else {
+        lines.push(`/${command.name}${usage(command.options)}: ${command.description}${command.adminOnly ? " (admins)" : ""}`);
+      }
+    }
+    return lines.join("\n");
   }
 }
 
-const imagineFlags = z.object({
-  fusion: z.enum(FUSIONS).optional(),
-  k: z.coerce.number().int().min(0).max(8).optional(),
-  seed: z.coerce.number().int().min(0).max(2 ** 32).optional(),
-});
+function usage(options: OptionSpec[] = []): string {
+  return options.map((option) => option.required ? ` ${option.name}:…` : ` [${option.name}:…]`).join("");
+}
 
-/** Split "--name value" flags off the end of a command's text. */
-function splitFlags(text: string): { rest: string; flags: Record<string, string> } {
-  const flags: Record<string, string> = {};
-  const words = text.split(/\s+/);
+/** The options a command (or its subcommand) takes. */
+export function optionsOf(command: ChatCommand, subcommand?: string): OptionSpec[] {
+  return command.subcommands?.find((sub) => sub.name === subcommand)?.options ?? command.options ?? [];
+}
+
+export class CommandInputError extends Error {
+  override readonly name = "CommandInputError";
+  readonly code = "bad-command";
+}
+
+/**
+ * A typed line (`/imagine a red hexagon k:2 fusion:direct`, `/lora block 1a2b3c4d`) as a command call. Known
+ * options are taken as `name:value` (or `--name value`) anywhere in the line; the remaining words fill the
+ * option marked `rest`, or else the first string option. Throws CommandInputError with a usage hint.
+ */
+export function parseCommandText(line: string, registry: CommandRegistry): { command: ChatCommand; subcommand?: string; options: Record<string, string> } {
+  const words = line.trim().split(/\s+/).filter(Boolean);
+  const name = (words.shift() ?? "/help").replace(/^\//, "");
+  const command = registry.get(name);
+  if (!command) throw new CommandInputError(`unknown command /${name}; try /help`);
+  let subcommand: string | undefined;
+  if (command.subcommands) {
+    subcommand = words.shift();
+    if (!subcommand || !command.subcommands.some((sub) => sub.name === subcommand)) {
+      throw new CommandInputError(`/${name} needs one of: ${command.subcommands.map((sub) => sub.name).join(", ")}`);
+    }
+  }
+  const specs = optionsOf(command, subcommand);
+  const known = new Set(specs.map((spec) => spec.name));
+  const options: Record<string, string> = {};
   const rest: string[] = [];
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
-    if (word.startsWith("--") && word.length > 2 && i + 1 < words.length) flags[word.slice(2)] = words[++i]!;
-    else rest.push(word);
+    const colon = /^([a-z][a-z0-9_-]*):(.*)$/.exec(word);
+    if (colon && known.has(colon[1]!)) options[colon[1]!] = colon[2]!;
+    else if (word.startsWith("--") && known.has(word.slice(2)) && i + 1 < words.length) options[word.slice(2)] = words[++i]!;
+    else if (word.startsWith("--") && word.length > 2) {
+      throw new CommandInputError(`unknown option ${word}; /${name}${subcommand ? ` ${subcommand}` : ""} takes ${specs.map((spec) => spec.name).join(", ") || "no options"}`);
+    } else rest.push(word);
   }
-  return { rest: rest.join(" ").trim(), flags };
+  if (rest.length > 0) {
+    const target = specs.find((spec) => spec.rest) ?? specs.find((spec) => spec.type === "string" && options[spec.name] === undefined);
+    if (!target) throw new CommandInputError(`/${name} does not take "${rest.join(" ")}"`);
+    options[target.name] = [options[target.name], ...rest].filter(Boolean).join(" ");
+  }
+  return { command, subcommand, options };
 }
 
-/** Run one line typed by `requester`. Cancelling `signal` cancels an /imagine it started. */
-export async function runCommand(line: string, requester: Requester, context: CommandContext, reply: Reply,
-  signal?: AbortSignal): Promise<void> {
-  const [name = "", ...words] = line.trim().split(/\s+/);
-  const command = context.commands.get(name === "" ? "/help" : name);
-  if (!command) return reply.error(`unknown command ${name}; try /help`);
-  if (command.adminOnly && !requester.admin) return reply.error(`only admins can use ${command.name}`);
-  try {
-    await command.run(words.join(" "), requester, context, reply, signal);
-  } catch (error) {
-    if (error instanceof QueueFullError) return reply.error(error.message);
-    const code = (error as { code?: string }).code;
-    reply.error(code === "job-cancelled" ? "cancelled" : error instanceof Error ? error.message : String(error));
-  }
-}
-
-export const BUILTIN_COMMANDS: ChatCommand[] = [
-  {
-    name: "/imagine",
-    usage: "/imagine PROMPT [--fusion none|direct|dare|klora|gated] [--k 0-8] [--seed N]: draw it, with the pool's best LoRAs",
-    async run(body, requester, context, reply, signal) {
-      const { rest, flags } = splitFlags(body);
-      const unknown = Object.keys(flags).filter((flag) => !["fusion", "k", "seed"].includes(flag));
-      if (unknown.length > 0) return reply.error(`unknown option --${unknown[0]}; /imagine takes --fusion, --k and --seed`);
-      const parsed = imagineFlags.safeParse(flags);
-      if (!parsed.success) {
-        const issue = parsed.error.issues[0]!;
-        return reply.error(`--${issue.path.join(".")}: ${issue.message}`);
-      }
-      const job = context.pipeline.imagine(rest, { user: requester.id, ...parsed.data, signal, onUpdate: (update) => reply.progress(update) });
-      reply.result(await job.result);
-    },
-  },
-  {
-    name: "/loras",
-    usage: "/loras TEXT: which LoRAs a prompt would use, with their similarity",
-    async run(body, _requester, context, reply) {
-      if (!body) return reply.error("say what to look for, e.g. /loras striped hexagon");
-      const { hits } = await context.retriever.retrieve(body, { k: Math.max(context.k, 5), minSimilarity: -1 });
-      reply.loras(hits);
-    },
-  },
-  {
-    name: "/lora",
-    usage: "/lora add PATH [--name N] [--tags a,b] · /lora block|unblock|remove ID",
-    adminOnly: true,
-    run: (body, requester, context, reply) => loraAdmin(body.split(/\s+/).filter(Boolean), requester, context, reply),
-  },
-  {
-    name: "/help",
-    usage: "/help: this list",
-    async run(_body, requester, context, reply) {
-      reply.text(context.commands.help(requester.admin));
-    },
-  },
-];
-
-/** A registry holding the built-in commands. */
-export function builtinCommands(): CommandRegistry {
-  const registry = new CommandRegistry();
-  for (const command of BUILTIN_COMMANDS) registry.add(command);
-  return registry;
-}
-
-async function loraAdmin(words: string[], requester: Requester, context: CommandContext, reply: Reply): Promise<void> {
-  const [action, ...args] = words;
-  const { rest, flags } = splitFlags(args.join(" "));
-  if (action === "add") {
-    if (!rest) return reply.error("usage: /lora add PATH [--name N] [--tags a,b]");
-    const result = await context.ingest(rest, {
-      name: flags.name, source: "admin", tags: flags.tags?.split(",").map((tag) => tag.trim()).filter(Boolean),
-    });
-    return reply.text(`${result.status === "added" ? "added" : "already in the pool"}: ${result.lora.name} ` +
-      `(${result.lora.id.slice(0, 12)}, ${result.lora.format}, ${result.lora.family})`);
-  }
-  if (action === "block" || action === "unblock" || action === "remove") {
-    const matches = await context.index.findByPrefix(rest, 2);
-    if (matches.length !== 1) {
-      return reply.error(matches.length === 0 ? `no LoRA ${rest || "(no id given)"}; give 8+ characters of its sha256` : `${rest} matches more than one LoRA`);
+/** Check and convert option values against their specs (whichever adapter they came from). */
+export function validateOptions(specs: OptionSpec[], given: Record<string, OptionValue>, label: string): Record<string, OptionValue> {
+  const shape: Record<string, z.ZodType> = {};
+  for (const spec of specs) {
+    let schema: z.ZodType;
+    if (spec.type === "integer") {
+      let number = z.coerce.number({ error: `${spec.name} must be a whole number` }).int(`${spec.name} must be a whole number`);
+      if (spec.min !== undefined) number = number.min(spec.min, `${spec.name} must be at least ${spec.min}`);
+      if (spec.max !== undefined) number = number.max(spec.max, `${spec.name} must be at most ${spec.max}`);
+      schema = number;
+    } else if (spec.type === "attachment") {
+      schema = z.object({ name: z.string(), url: z.string(), size: z.number() }, { error: `${spec.name} must be an attached file` });
+    } else if (spec.choices) {
+      schema = z.enum(spec.choices as [string, ...string[]], { error: `${spec.name} must be one of ${spec.choices.join(", ")}` });
+    } else {
+      let text = z.string().trim().min(1, `${spec.name} is empty`);
+      if (spec.maxLength !== undefined) text = text.max(spec.maxLength, `${spec.name} is longer than ${spec.maxLength} characters; shorten it`);
+      schema = text;
     }
-    const lora = matches[0]!;
-    if (action === "remove") {
-      await context.index.remove(lora.id);
-      await context.store.remove(lora.id);
-    }
-    else await context.index.setState(lora.id, action === "block" ? "blocked" : "active");
-    return reply.text(`${action === "remove" ? "removed" : `${action}ed`} ${lora.name} (${lora.id.slice(0, 12)})`);
+    shape[spec.name] = spec.required ? schema : schema.optional();
   }
-  reply.error("usage: /lora add PATH · /lora block ID · /lora unblock ID · /lora remove ID");
+  const unknown = Object.keys(given).filter((key) => !(key in shape));
+  if (unknown.length > 0) throw new CommandInputError(`${label} has no option ${unknown[0]}; it takes ${specs.map((spec) => spec.name).join(", ") || "none"}`);
+  const parsed = z.strictObject(shape).safeParse(given);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const missing = issue.code === "invalid_type" && given[String(issue.path[0])] === undefined;
+    throw new CommandInputError(missing ? `${label} needs ${String(issue.path[0])}` : issue.message);
+  }
+  return parsed.data as Record<string, OptionValue>;
 }

@@ -22,7 +22,9 @@ export async function startServing(env: Record<string, string | undefined>, log:
   const adapters: ChatAdapter[] = [];
   try {
     for (const factory of host.plugins.chatAdapters) {
-      const adapter = factory.create({ context: host.context, generations: host.generations, dataDir: host.dataDir, config, log });
+      const adapter = factory.create({
+        core: host.core, context: host.context, secrets, generations: host.generations, dataDir: host.dataDir, config, log,
+      });
       if (!adapter) {
         log(`[host] chat adapter ${factory.name} is not configured; skipping it`);
         continue;
@@ -35,7 +37,8 @@ export async function startServing(env: Record<string, string | undefined>, log:
     await Promise.all(adapters.map((adapter) => adapter.stop()));
     await host.stop();
     const code = (error as NodeJS.ErrnoException).code;
-    throw code === "EADDRINUSE" ? new Error(`port ${config.web.port} is taken; set AUTOLORA_WEB__PORT to another`) : error;
+    throw code === "EADDRINUSE" ? new Error(`a port the chat adapters need is taken (web ${config.web.port}, slack ${config.slack.port}); ` +
+      "set AUTOLORA_WEB__PORT or AUTOLORA_SLACK__PORT to another") : error;
   }
   return {
     host, adapters,

@@ -41,7 +41,29 @@ export const configSchema = z.strictObject({
     host: z.string().min(1),
     port: z.int().min(0).max(65535),
   }),
-  admins: z.array(z.string().regex(/^[a-z]+:.+$/, 'expected "<adapter>:<user id>", e.g. "web:alice"')),
+  admins: z.array(z.string().regex(/^[a-z]+:.+$/, 'expected "<adapter>:<user id>" or "<adapter>:role:<role id>", e.g. "discord:80351110224678912"')),
+  chat: z.strictObject({
+    reactions: z.record(z.string().min(1).max(64), z.int().min(-5).max(5).refine((value) => value !== 0, "a rating cannot be 0"))
+      .refine((map) => Object.keys(map).length >= 1 && Object.keys(map).length <= 4, "give 1 to 4 reactions")
+      .refine((map) => new Set(Object.values(map)).size === Object.keys(map).length, "each reaction needs its own value"),
+    per_minute: z.int().min(0),
+    per_day: z.int().min(0),
+    max_prompt_chars: z.int().min(10).max(4000),
+    progress_interval_ms: z.int().min(0).max(60_000),
+    max_lora_mb: z.number().positive(),
+  }),
+  discord: z.strictObject({
+    guild_id: z.string().regex(/^\d*$/, "expected a numeric guild id, or empty for global commands"),
+    api_url: z.union([z.literal(""), z.url({ protocol: /^https?$/ })]),
+    upload_limit_mb: z.number().positive().max(500),
+  }),
+  slack: z.strictObject({
+    mode: z.enum(["http", "socket"]),
+    host: z.string().min(1),
+    port: z.int().min(0).max(65535),
+    path: z.string().regex(/^\/[\w/-]*$/, "expected a URL path such as /slack/events"),
+    api_url: z.union([z.literal(""), z.url({ protocol: /^https?$/ })]),
+  }),
   plugins: z.array(z.string().min(1)),
 }).refine((config) => config.queue.per_user <= config.queue.global, {
   message: "queue.per_user cannot exceed queue.global",

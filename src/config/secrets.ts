@@ -5,6 +5,7 @@ export const SECRET_VARIABLES = {
   discordToken: "DISCORD_TOKEN",
   slackBotToken: "SLACK_BOT_TOKEN",
   slackSigningSecret: "SLACK_SIGNING_SECRET",
+  slackAppToken: "SLACK_APP_TOKEN",
   civitaiApiKey: "CIVITAI_API_KEY",
   huggingfaceToken: "HF_TOKEN",
   workerToken: "AUTOLORA_WORKER_TOKEN",

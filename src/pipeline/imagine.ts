@@ -3,7 +3,7 @@
 import { randomInt, randomUUID } from "node:crypto";
 import { mkdir, rename, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
-import type { JobProgressEvent } from "../gpu/protocol.js";
+import { MAX_SEED, type JobProgressEvent } from "../gpu/protocol.js";
 import type { WorkerDispatcher } from "../gpu/dispatch.js";
 import type { LoraFilters, SearchHit } from "../pool/index.js";
 import type { LoraStore } from "../pool/store.js";
@@ -31,6 +31,13 @@ export interface ImagineOptions {
   fusion?: Fusion;
   /** First seed; the others follow it. Default: random. */
   seed?: number;
+  /** The seeds themselves (variations); overrides `seed`. */
+  seeds?: number[];
+  /** Use these LoRAs (ids) instead of retrieving; [] for none. */
+  loras?: string[];
+  /** Image size in pixels; default the model's. */
+  width?: number;
+  height?: number;
   signal?: AbortSignal;
   onUpdate?: (update: ImagineUpdate) => void;
 }
@@ -72,7 +79,10 @@ export class ImaginePipeline {
     const settings = this.deps.settings;
     const count = settings.seedsPerPrompt;
     const first = options.seed ?? randomInt(0, 2 ** 32);
-    const seeds = Array.from({ length: count }, (_, index) => first + index);
+    const seeds = options.seeds ?? Array.from({ length: count }, (_, index) => first + index);
+    if (seeds.length < 1 || seeds.length > 8 || seeds.some((seed) => !Number.isInteger(seed) || seed < 0 || seed > MAX_SEED)) {
+      throw new Error(`seeds must be 1-8 whole numbers from 0 to ${MAX_SEED}`);
+    }
     const id = randomUUID();
     const queuedAt = performance.now();
     const job = this.deps.queue.enqueue({
@@ -87,14 +97,17 @@ export class ImaginePipeline {
     queuedAt: number): Promise<ImagineResult> {
     const settings = this.deps.settings;
     const started = performance.now();
-    const { hits, timings } = await this.deps.retriever.retrieve(prompt, {
-      k: options.k ?? settings.k, minSimilarity: settings.minSimilarity, filters: settings.filters,
-    });
+    const { hits, timings } = options.loras
+      ? await this.deps.retriever.score(prompt, options.loras)
+      : await this.deps.retriever.retrieve(prompt, {
+        k: options.k ?? settings.k, minSimilarity: settings.minSimilarity, filters: settings.filters,
+      });
     options.onUpdate?.({ type: "retrieved", loras: hits });
     const fusion = options.fusion ?? settings.fusion;
     const workerStarted = performance.now();
     const end = await this.deps.dispatcher.generate({
       job_id: id, prompt, seeds, ...(settings.steps > 0 ? { steps: settings.steps } : {}),
+      ...(options.width ? { width: options.width } : {}), ...(options.height ? { height: options.height } : {}),
       loras: hits.map((hit) => ({ path: this.deps.store.pathOf(hit.lora.id), name: hit.lora.name })),
       fusion: hits.length > 0 ? fusion : "none", preview_every: 4,
     }, {
@@ -129,6 +142,7 @@ export class ImaginePipeline {
         queue_ms: started - queuedAt, encode_ms: timings.encode_ms, search_ms: timings.search_ms, worker_ms: workerMs,
         sampling_ms: end.timings.sampling_ms, compose_ms: composeMs, total_ms: performance.now() - queuedAt,
       },
+      ...(options.width && options.height ? { width: options.width, height: options.height } : {}),
       created_at: new Date().toISOString(),
     };
     await this.deps.generations.add(generation);

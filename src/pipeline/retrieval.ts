@@ -26,4 +26,31 @@ export class Retriever {
       : [];
     return { hits, timings: { encode_ms: encoded - started, search_ms: performance.now() - encoded } };
   }
+
+  /** The given LoRAs (ids), in that order, each with its similarity to the prompt: for LoRAs a user chose. */
+  async score(prompt: string, ids: string[]): Promise<Retrieval> {
+    const started = performance.now();
+    const [vector] = await this.encoder.embed([prompt]);
+    const encoded = performance.now();
+    const hits: SearchHit[] = [];
+    for (const id of ids) {
+      const record = await this.index.get(id);
+      if (!record) throw new Error(`the LoRA ${id.slice(0, 12)} is no longer in the pool`);
+      const { vector: loraVector, ...lora } = record;
+      hits.push({ lora, similarity: cosine(vector!, loraVector) });
+    }
+    return { hits, timings: { encode_ms: encoded - started, search_ms: performance.now() - encoded } };
+  }
+}
+
+function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let dot = 0;
+  let normA = 0;
+  let normB = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i]! * b[i]!;
+    normA += a[i]! * a[i]!;
+    normB += b[i]! * b[i]!;
+  }
+  return normA > 0 && normB > 0 ? dot / Math.sqrt(normA * normB) : 0;
 }

@@ -53,6 +53,8 @@ export interface LoraIndex {
   get(id: string): Promise<LoraRecord | undefined>;
   /** LoRAs whose sha256 starts with `prefix` (lower-case hex, 8+ characters), at most `limit` of them. */
   findByPrefix(prefix: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
+  /** LoRAs whose name contains `text` (case-insensitive), exact matches first, at most `limit`. */
+  findByName(text: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
   list(filters?: LoraFilters, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
   /** The k most similar LoRAs to `vector` passing the filters, at or above `minSimilarity`, best first. */
   search(vector: number[], k: number, filters?: LoraFilters, minSimilarity?: number): Promise<SearchHit[]>;

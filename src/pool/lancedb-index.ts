@@ -101,6 +101,15 @@ export class LanceLoraIndex implements LoraIndex {
     return (await this.table.query().where(`starts_with(id, '${prefix}')`).select(COLUMNS).limit(limit).toArray()).map(fromRow);
   }
 
+  async findByName(text: string, limit = 25): Promise<Array<Omit<LoraRecord, "vector">>> {
+    // LIKE's own wildcards and quotes are dropped from what was typed: a name search, not a pattern language.
+    const needle = text.toLowerCase().replace(/[%_'\\]/g, "").trim();
+    if (!this.table || !needle) return [];
+    const rows = (await this.table.query().where(`lower(name) LIKE '%${needle}%'`).select(COLUMNS).limit(Math.max(limit, 100)).toArray()).map(fromRow);
+    const rank = (name: string) => name.toLowerCase() === needle ? 0 : name.toLowerCase().startsWith(needle) ? 1 : 2;
+    return rows.sort((a, b) => rank(a.name) - rank(b.name) || a.name.localeCompare(b.name)).slice(0, limit);
+  }
+
   async list(filters: LoraFilters = {}, limit = 1000): Promise<Array<Omit<LoraRecord, "vector">>> {
     if (!this.table) return [];
     let query = this.table.query().select(COLUMNS).limit(limit);

@@ -3,7 +3,9 @@
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { builtinCommands, type CommandContext } from "../../src/bots/commands.js";
+import { BUILTIN_COMMANDS } from "../../src/bots/builtin-commands.js";
+import { CommandRegistry, type ChatSettings, type CommandContext } from "../../src/bots/commands.js";
+import { ChatCore } from "../../src/bots/core.js";
 import { WorkerDispatcher } from "../../src/gpu/dispatch.js";
 import { WorkerSupervisor } from "../../src/gpu/supervisor.js";
 import type { LoraRecord } from "../../src/pool/index.js";
@@ -17,11 +19,18 @@ import { TextEncoder } from "../../src/pipeline/text-encoder.js";
 
 const root = join(import.meta.dirname, "..", "..");
 
-export async function fakeHost() {
+export interface FakeHostOptions {
+  chat?: Partial<ChatSettings>;
+  queue?: { perUser: number; global: number };
+  /** The fake worker's time per step (ms). Default 30. */
+  stepMs?: number;
+}
+
+export async function fakeHost(options: FakeHostOptions = {}) {
   const data = await mkdtemp(join(tmpdir(), "autolora-fake-host-"));
   const encoder = await TextEncoder.load(join(root, "build", "text-encoder"));
   const supervisor = new WorkerSupervisor({
-    workers: [{ command: process.execPath, args: [join(root, "test", "fixtures", "fake-worker.mjs")], env: { FAKE_STEP_MS: "30" } }],
+    workers: [{ command: process.execPath, args: [join(root, "test", "fixtures", "fake-worker.mjs")], env: { FAKE_STEP_MS: String(options.stepMs ?? 30) } }],
     log: () => undefined,
   });
   await supervisor.start();
@@ -36,17 +45,29 @@ export async function fakeHost() {
   const store = new LoraStore(join(data, "pool"));
   const generations = await GenerationStore.open(join(data, "lancedb"));
   const retriever = new Retriever(encoder, index);
+  const queue = new FairQueue({ concurrency: 1, perUser: 3, global: 20, ...options.queue });
   const pipeline = new ImaginePipeline({
-    retriever, queue: new FairQueue({ concurrency: 1, perUser: 3, global: 20 }), dispatcher: new WorkerDispatcher(supervisor),
+    retriever, queue, dispatcher: new WorkerDispatcher(supervisor),
     store, generations, dataDir: data,
     settings: { k: 2, minSimilarity: 0.2, fusion: "gated", seedsPerPrompt: 4, steps: 0, filters: {} },
   });
+  const commands = new CommandRegistry();
+  for (const command of BUILTIN_COMMANDS) commands.add(command);
   const context: CommandContext = {
-    commands: builtinCommands(), pipeline, retriever, index, store, k: 2, minSimilarity: 0.2,
-    ingest: async () => { throw new Error("ingest is not part of this fake"); },
+    commands, pipeline, retriever, index, store, generations, dataDir: data, k: 2, minSimilarity: 0.2,
+    chat: {
+      admins: ["discord:role:100000000000000777", "slack:UADMIN"], reactions: { "👍": 1, "👎": -1, "⭐": 2 },
+      perMinute: 0, perDay: 0, maxPromptChars: 1000, progressIntervalMs: 0, ...options.chat,
+    },
+    addFromUrl: async () => { throw new Error("downloads are not part of this fake"); },
+    status: async () => ({
+      loras: await index.count({}), blocked: await index.count({ state: "blocked" }), lastCrawl: null,
+      queue: { waiting: queue.stats().waiting, running: queue.stats().running }, workers: [{ id: "fake", state: "ready" }],
+    }),
   };
+  const core = new ChatCore(context);
   return {
-    data, context, generations, index,
+    data, context, core, generations, index, queue,
     stop: async () => { await supervisor.stop(); await encoder.close(); },
   };
 }

@@ -12,14 +12,15 @@ export const PAGE = `<!doctype html>
   #messages { padding: 12px 16px 90px; }
   .message { margin: 10px 0; padding: 8px 12px; border-radius: 8px; background: #2b2d31; max-width: 760px; }
   .message.you { background: #35373c; }
-  .author { font-weight: 600; margin-right: 6px; }
-  .status { color: #949ba4; font-style: italic; }
+  .author { color: #949ba4; font-size: 12px; }
+  .text { white-space: pre-wrap; }
   .error { color: #f38b8b; }
-  .loras { color: #b5bac1; font-size: 13px; margin-top: 4px; }
+  .ephemeral { border-left: 3px solid #5865f2; }
+  code { background: #1e1f22; padding: 0 4px; border-radius: 3px; font-size: 13px; }
   img.grid { display: block; margin-top: 6px; width: 512px; max-width: 100%; image-rendering: pixelated; border-radius: 4px; }
   img.preview { width: 128px; image-rendering: pixelated; display: block; margin-top: 4px; }
   .actions button { margin: 6px 6px 0 0; background: #404249; color: #dbdee1; border: 0; border-radius: 4px; padding: 4px 10px; cursor: pointer; }
-  .actions button.chosen { background: #5865f2; }
+  .actions button.danger { background: #6d2e30; }
   form { position: fixed; bottom: 0; left: 0; right: 0; padding: 12px 16px; background: #2b2d31; display: flex; gap: 8px; }
   input { flex: 1; padding: 10px; border-radius: 6px; border: 0; background: #383a40; color: #dbdee1; font-size: 15px; }
 </style>
@@ -28,7 +29,7 @@ export const PAGE = `<!doctype html>
 <header><strong>AutoLoRA bot</strong><span id="me" data-testid="me"></span></header>
 <main id="messages" data-testid="messages"></main>
 <form id="form">
-  <input id="input" data-testid="input" autocomplete="off" placeholder="/imagine a red hexagon with stripes  ·  /loras …  ·  /help" autofocus>
+  <input id="input" data-testid="input" autocomplete="off" placeholder="/imagine a red hexagon with stripes  ·  /loras search:…  ·  /help" autofocus>
   <button type="submit">Send</button>
 </form>
 <script>
@@ -41,6 +42,16 @@ function el(tag, className, text) {
   if (text !== undefined) node.textContent = text;
   return node;
 }
+/** Bold (double stars) and code (backticks) as elements, the rest as text nodes: no HTML from a message runs. */
+const TICK = String.fromCharCode(96);
+const MARKUP = new RegExp("(\\*\\*[^*]+\\*\\*|" + TICK + "[^" + TICK + "]+" + TICK + ")");
+function rich(parent, text) {
+  for (const part of text.split(MARKUP)) {
+    if (part.startsWith("**") && part.endsWith("**") && part.length > 4) parent.appendChild(el("strong", "", part.slice(2, -2)));
+    else if (part.startsWith(TICK) && part.endsWith(TICK) && part.length > 2) parent.appendChild(el("code", "", part.slice(1, -1)));
+    else if (part) parent.appendChild(document.createTextNode(part));
+  }
+}
 function render(message) {
   let view = views.get(message.id);
   if (!view) {
@@ -50,39 +61,33 @@ function render(message) {
     list.appendChild(view);
   }
   view.replaceChildren();
-  view.dataset.done = message.done ? "true" : "false";
-  const line = el("div");
-  line.appendChild(el("span", "author", message.author === "you" ? "you" : "bot"));
-  if (message.text) line.appendChild(el("span", "text", message.text));
-  view.appendChild(line);
-  if (message.status) view.appendChild(el("div", "status", message.status));
-  if (message.error) view.appendChild(el("div", "error", message.error));
-  if (message.preview) { const img = el("img", "preview"); img.src = "data:image/png;base64," + message.preview; view.appendChild(img); }
-  if (message.loras && message.loras.length) {
-    const loras = el("div", "loras", "LoRAs: " + message.loras.map((l) => l.name + " (" + l.similarity.toFixed(2) + ")").join(", "));
-    loras.dataset.testid = "loras";
-    view.appendChild(loras);
-  }
-  if (message.images) {
-    const img = el("img", "grid");
-    img.alt = message.text || "generated image";
-    img.dataset.testid = "grid";
-    img.src = message.images.webp;
+  view.dataset.running = message.running ? "true" : "false";
+  view.classList.toggle("ephemeral", Boolean(message.ephemeral));
+  const author = el("div", "author", message.author === "you" ? "you" : "bot" + (message.ephemeral ? " · only you can see this" : ""));
+  view.appendChild(author);
+  const text = el("div", message.error ? "text error" : "text");
+  text.dataset.testid = "text";
+  rich(text, message.text || "");
+  view.appendChild(text);
+  if (message.image) {
+    const final = Boolean(message.buttons && message.buttons.length);
+    const img = el("img", final || !message.image.startsWith("data:") ? "grid" : "preview");
+    img.alt = "generated image";
+    img.dataset.testid = final ? "grid" : message.image.startsWith("data:") ? "preview" : "image";
+    img.src = message.image;
     view.appendChild(img);
+  }
+  for (const row of message.buttons || []) {
     const actions = el("div", "actions");
-    for (const [label, value] of [["👍", 1], ["👎", -1]]) {
-      const button = el("button", "", label);
-      button.dataset.testid = value > 0 ? "rate-up" : "rate-down";
-      button.onclick = async () => {
-        const response = await post("/api/rate", { generation: message.generation, value });
-        if (response.ok) { actions.querySelectorAll("button").forEach((b) => b.classList.remove("chosen")); button.classList.add("chosen"); }
-      };
-      actions.appendChild(button);
+    for (const button of row) {
+      const node = el("button", button.style === "danger" ? "danger" : "", button.label);
+      node.dataset.testid = "button-" + button.label;
+      node.onclick = () => post("/api/press", { message: message.id, button: button.id });
+      actions.appendChild(node);
     }
-    const png = el("a", "", "PNG"); png.href = message.images.grid; png.target = "_blank";
-    actions.appendChild(png);
     view.appendChild(actions);
-  } else if (!message.done && message.author === "bot") {
+  }
+  if (message.running && !(message.buttons && message.buttons.length)) {
     const actions = el("div", "actions");
     const cancel = el("button", "", "cancel");
     cancel.onclick = () => post("/api/cancel", { message: message.id });
@@ -104,7 +109,7 @@ document.getElementById("form").onsubmit = async (event) => {
   if (!text) return;
   input.value = "";
   const response = await post("/api/command", { text });
-  if (!response.ok) render({ id: "local-" + Date.now(), author: "bot", error: (await response.json()).error, done: true });
+  if (!response.ok) render({ id: "local-" + Date.now(), author: "bot", text: (await response.json()).error, error: true });
 };
 </script>
 </body>

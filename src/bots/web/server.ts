@@ -1,5 +1,6 @@
-// The local web chat, the embedded default adapter: a page on 127.0.0.1 where a person types the same commands
-// as on Discord and watches the answer arrive (Server-Sent Events). Each browser gets a session cookie; admin
+// The local web chat, the embedded default adapter: a page on 127.0.0.1 where people type the same commands as
+// on Discord and watch the answers arrive (Server-Sent Events). Like a channel, it is one room everybody sees;
+// answers only for the asker (refusals, ℹ️) go to that session alone. Each browser gets a session cookie; admin
 // rights come from a one-time link printed at start (like a notebook server's token), never from a name typed in.
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { createReadStream } from "node:fs";
@@ -7,18 +8,17 @@ import { stat } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import { z } from "zod";
-import type { GenerationStore } from "../../pipeline/generations.js";
-import type { ImagineUpdate, ImagineResult } from "../../pipeline/imagine.js";
-import type { SearchHit } from "../../pool/index.js";
-import { runCommand, type CommandContext, type Reply, type Requester } from "../commands.js";
+import { relative, sep } from "node:path";
+import type { Requester } from "../commands.js";
+import type { ChatCore, Conversation, MessageHandle } from "../core.js";
+import type { BotMessage } from "../messages.js";
 import type { ChatAdapter } from "../../plugins.js";
 import { PAGE } from "./page.js";
 
 export interface WebChatOptions {
   host: string;
   port: number;
-  context: CommandContext;
-  generations: GenerationStore;
+  core: ChatCore;
   dataDir: string;
   /** The admin link's secret. Default: random per start. */
   adminToken?: string;
@@ -29,25 +29,30 @@ export interface WebChatOptions {
 interface ChatMessage {
   id: string;
   author: "you" | "bot";
-  text?: string;
-  status?: string;
-  preview?: string;
-  error?: string;
-  loras?: Array<{ name: string; id: string; similarity: number }>;
-  images?: { grid: string; webp: string; singles: string[] };
-  generation?: string;
-  done?: boolean;
+  text: string;
+  /** A URL: /images/… for generated files, data: for previews. */
+  image?: string;
+  buttons?: Array<Array<{ id: string; label: string; style?: string }>>;
+  error?: boolean;
+  ephemeral?: boolean;
+  deleted?: boolean;
+  /** Set on a bot message while the command that wrote it still runs (the page offers "cancel"). */
+  running?: boolean;
+  /** The session that asked: only it may cancel. */
+  owner?: string;
+  /** Ephemeral messages: the only session that sees them. */
+  audience?: string;
 }
 
 interface Session {
+  id: string;
   requester: Requester;
-  messages: ChatMessage[];
   clients: Set<ServerResponse>;
-  running: Map<string, AbortController>;
 }
 
 const commandBody = z.strictObject({ text: z.string().min(1).max(2000) });
-const rateBody = z.strictObject({ generation: z.string().uuid(), value: z.union([z.literal(1), z.literal(-1)]) });
+const pressBody = z.strictObject({ message: z.string().min(1).max(100), button: z.string().min(1).max(100) });
+const reactBody = z.strictObject({ message: z.string().min(1).max(100), emoji: z.string().min(1).max(64), removed: z.boolean().optional() });
 const cancelBody = z.strictObject({ message: z.string().min(1).max(100) });
 const IMAGE_PATH = /^\/images\/([0-9a-f-]{36})\/(grid\.png|grid\.webp|\d\.png)$/;
 const MAX_MESSAGES = 200;
@@ -55,6 +60,9 @@ const MAX_MESSAGES = 200;
 export class WebChat implements ChatAdapter {
   readonly name = "web";
   private readonly sessions = new Map<string, Session>();
+  /** The room: the last MAX_MESSAGES messages, oldest first. */
+  private readonly messages: ChatMessage[] = [];
+  private readonly running = new Map<string, AbortController>();
   private readonly adminToken: string;
   private server: Server | undefined;
   /** Where it listens, once started. */
@@ -86,10 +94,8 @@ export class WebChat implements ChatAdapter {
   }
 
   async stop(): Promise<void> {
-    for (const session of this.sessions.values()) {
-      for (const controller of session.running.values()) controller.abort();
-      for (const client of session.clients) client.end();
-    }
+    for (const controller of this.running.values()) controller.abort();
+    for (const session of this.sessions.values()) for (const client of session.clients) client.end();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
@@ -119,15 +125,23 @@ export class WebChat implements ChatAdapter {
       this.command(session, body.data.text);
       return send(response, 202, { accepted: true });
     }
-    if (request.method === "POST" && url.pathname === "/api/rate") {
-      const body = rateBody.safeParse(await readJson(request));
-      if (!body.success) return send(response, 400, { error: "send {\"generation\": id, \"value\": 1 or -1}" });
-      const rated = await this.options.generations.rate(body.data.generation, session.requester.id, body.data.value);
-      return send(response, rated ? 200 : 404, rated ? { rated: body.data.value } : { error: "no such generation" });
+    if (request.method === "POST" && url.pathname === "/api/press") {
+      const body = pressBody.safeParse(await readJson(request));
+      const source = body.success ? this.messages.find((message) => message.id === body.data.message && message.author === "bot" && this.visible(message, session)) : undefined;
+      if (!body.success || !source) return send(response, 400, { error: "send {\"message\": id, \"button\": id} for a message of this chat" });
+      this.run(session, (conversation, signal) => this.options.core.press(body.data.button, session.requester, conversation, signal), source);
+      return send(response, 202, { accepted: true });
+    }
+    if (request.method === "POST" && url.pathname === "/api/react") {
+      const body = reactBody.safeParse(await readJson(request));
+      if (!body.success) return send(response, 400, { error: "send {\"message\": id, \"emoji\": \"👍\"}" });
+      const outcome = await this.options.core.react(`web:${body.data.message}`, session.requester, body.data.emoji, body.data.removed);
+      return send(response, outcome === "ignored" ? 404 : 200, { outcome });
     }
     if (request.method === "POST" && url.pathname === "/api/cancel") {
       const body = cancelBody.safeParse(await readJson(request));
-      const controller = body.success ? session.running.get(body.data.message) : undefined;
+      const owned = body.success ? this.messages.find((message) => message.id === body.data.message) : undefined;
+      const controller = owned && (owned.owner === session.id || session.requester.admin) ? this.running.get(owned.id) : undefined;
       controller?.abort();
       return send(response, controller ? 200 : 404, controller ? { cancelling: true } : { error: "nothing running under that message" });
     }
@@ -142,8 +156,7 @@ export class WebChat implements ChatAdapter {
     if (existing) return existing;
     const id = randomBytes(16).toString("hex");
     const session: Session = {
-      requester: { id: `web:${id.slice(0, 12)}`, name: `guest-${id.slice(0, 4)}`, admin: false },
-      messages: [], clients: new Set(), running: new Map(),
+      id, requester: this.options.core.requester({ adapter: "web", userId: id.slice(0, 12), name: `guest-${id.slice(0, 4)}` }), clients: new Set(),
     };
     this.sessions.set(id, session);
     response.setHeader("set-cookie", `autolora_session=${id}; HttpOnly; SameSite=Strict; Path=/`);
@@ -153,44 +166,73 @@ export class WebChat implements ChatAdapter {
   private events(session: Session, response: ServerResponse): void {
     response.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" });
     response.write(`event: me\ndata: ${JSON.stringify(session.requester)}\n\n`);
-    for (const message of session.messages) response.write(`data: ${JSON.stringify(message)}\n\n`);
+    for (const message of this.messages) if (this.visible(message, session)) response.write(`data: ${JSON.stringify(shown(message))}\n\n`);
     session.clients.add(response);
     response.on("close", () => session.clients.delete(response));
   }
 
-  private push(session: Session, message: ChatMessage): void {
-    if (!session.messages.includes(message)) {
-      session.messages.push(message);
-      if (session.messages.length > MAX_MESSAGES) session.messages.shift();
+  private visible(message: ChatMessage, session: Session): boolean {
+    return message.audience === undefined || message.audience === session.id;
+  }
+
+  /** Add or update a message and send it to every session that may see it. */
+  private push(message: ChatMessage): void {
+    if (!this.messages.includes(message)) {
+      this.messages.push(message);
+      if (this.messages.length > MAX_MESSAGES) this.messages.shift();
     }
-    for (const client of session.clients) client.write(`data: ${JSON.stringify(message)}\n\n`);
+    const data = `data: ${JSON.stringify(shown(message))}\n\n`;
+    for (const session of this.sessions.values()) {
+      if (this.visible(message, session)) for (const client of session.clients) client.write(data);
+    }
   }
 
   private command(session: Session, text: string): void {
-    const id = () => randomBytes(6).toString("hex");
-    this.push(session, { id: id(), author: "you", text, done: true });
-    const answer: ChatMessage = { id: id(), author: "bot", status: "working…" };
-    this.push(session, answer);
+    this.push({ id: randomBytes(6).toString("hex"), author: "you", text: `${session.requester.name}: ${text}`, owner: session.id });
+    this.run(session, (conversation, signal) => this.options.core.handleText(text, session.requester, conversation, signal));
+  }
+
+  /** Run a command or button press with a conversation that writes bot messages into this session. */
+  private run(session: Session, work: (conversation: Conversation, signal: AbortSignal) => Promise<void>, source?: ChatMessage): void {
     const controller = new AbortController();
-    session.running.set(answer.id, controller);
-    const update = (change: Partial<ChatMessage>) => this.push(session, Object.assign(answer, change));
-    const reply: Reply = {
-      text: (message) => update({ text: message, status: undefined, done: true }),
-      error: (message) => update({ error: message, status: undefined, preview: undefined, done: true }),
-      progress: (progress: ImagineUpdate) => update(describeProgress(progress)),
-      loras: (hits: SearchHit[]) => update({ loras: hits.map(summary), status: undefined, done: true,
-        text: hits.length ? undefined : "the pool has no LoRAs yet" }),
-      result: (result: ImagineResult) => {
-        const base = `/images/${result.generation.id}`;
-        update({
-          status: undefined, preview: undefined, done: true, generation: result.generation.id,
-          text: result.generation.prompt, loras: result.loras.map(summary),
-          images: { grid: `${base}/grid.png`, webp: `${base}/grid.webp`, singles: result.files.singles.map((_, i) => `${base}/${i + 1}.png`) },
-        });
+    const written: ChatMessage[] = [];
+    const conversation: Conversation = {
+      answer: async (message) => {
+        const posted: ChatMessage = {
+          id: randomBytes(6).toString("hex"), author: "bot", text: "", running: true, owner: session.id,
+          ...(message.ephemeral ? { audience: session.id } : {}),
+        };
+        written.push(posted);
+        this.running.set(posted.id, controller);
+        this.push(Object.assign(posted, this.render(message)));
+        const handle: MessageHandle = { key: `web:${posted.id}`, edit: async (next) => this.push(Object.assign(posted, this.render(next))) };
+        return handle;
+      },
+      removeSource: async () => {
+        if (source) this.push(Object.assign(source, { deleted: true, text: "(deleted)", image: undefined, buttons: undefined }));
       },
     };
-    void runCommand(text, session.requester, this.options.context, reply, controller.signal)
-      .finally(() => session.running.delete(answer.id));
+    void work(conversation, controller.signal).catch((error: unknown) => this.options.log?.(`[web] ${error instanceof Error ? error.message : String(error)}`))
+      .finally(() => {
+        for (const message of written) {
+          this.running.delete(message.id);
+          if (message.running) this.push(Object.assign(message, { running: false }));
+        }
+      });
+  }
+
+  /** A BotMessage as the page shows it: images as URLs the server serves, previews inline. */
+  private render(message: BotMessage): Omit<ChatMessage, "id" | "author"> {
+    let image: string | undefined;
+    if (message.image?.data) image = `data:image/png;base64,${message.image.data.toString("base64")}`;
+    else if (message.image?.path) {
+      const path = relative(join(this.options.dataDir, "generations"), message.image.path).split(sep).join("/");
+      image = `/images/${path}`;
+    }
+    return {
+      text: message.text, image, error: message.error || undefined, ephemeral: message.ephemeral || undefined,
+      buttons: message.buttons?.map((row) => row.map(({ id, label, style }) => ({ id, label, ...(style ? { style } : {}) }))),
+    };
   }
 
   private async image(generation: string, file: string, response: ServerResponse): Promise<void> {
@@ -202,18 +244,10 @@ export class WebChat implements ChatAdapter {
   }
 }
 
-function describeProgress(update: ImagineUpdate): Partial<ChatMessage> {
-  switch (update.type) {
-    case "queued": return { status: `waiting: ${update.position === 1 ? "next in line" : `number ${update.position} in line`}` };
-    case "started": return { status: "retrieving LoRAs…" };
-    case "retrieved": return { status: "drawing…", loras: update.loras.map(summary) };
-    case "progress": return { status: `drawing: step ${update.step} of ${update.total}`, ...(update.preview ? { preview: update.preview } : {}) };
-    case "retry": return { status: update.message };
-  }
-}
-
-function summary(hit: SearchHit) {
-  return { name: hit.lora.name, id: hit.lora.id, similarity: Math.round(hit.similarity * 1000) / 1000 };
+/** A message as sent to the page: who may cancel it is the server's business. */
+function shown(message: ChatMessage): Omit<ChatMessage, "owner" | "audience"> {
+  const { owner: _owner, audience: _audience, ...rest } = message;
+  return rest;
 }
 
 /** Browsers send Origin on POST; a request from another site (or with no Origin) must not act for the session. */

@@ -1,0 +1,165 @@
+// One /imagine as a chat sees it: an acknowledgement with the place in line, progress edits (step count and the
+// worker's low-res preview, no more often than the chat tolerates), then the grid with its buttons. Slash
+// commands, variations and rerolls all go through here.
+import type { GenerationRecord } from "../pipeline/generations.js";
+import type { ImagineResult, ImagineUpdate } from "../pipeline/imagine.js";
+import type { Fusion } from "../pipeline/imagine.js";
+import type { CommandContext, Reply } from "./commands.js";
+import { buttonId, type BotButton, type BotMessage } from "./messages.js";
+
+export interface ImagineRequest {
+  prompt: string;
+  user: string;
+  /** LoRA ids to use instead of retrieving; [] for none. */
+  loras?: string[];
+  k?: number;
+  fusion?: Fusion;
+  seed?: number;
+  seeds?: number[];
+  width?: number;
+  height?: number;
+  signal?: AbortSignal;
+  /** Shown above the prompt, e.g. "Variation 2 of …". */
+  title?: string;
+}
+
+export interface FlowSettings {
+  /** The least time between two progress edits of one message. */
+  progressIntervalMs: number;
+  /** Emoji → rating value, shown as rating buttons. */
+  reactions: Record<string, number>;
+}
+
+/** Queue the request and answer through `reply` until the grid is shown; resolves when it is. */
+export async function imagineInChat(request: ImagineRequest, context: CommandContext, reply: Reply,
+  settings: FlowSettings): Promise<ImagineResult> {
+  let position = 0;
+  const edits = new ProgressEdits(reply, settings.progressIntervalMs);
+  const heading = `${request.title ? `${request.title}: ` : ""}**${request.prompt}**`;
+  const job = context.pipeline.imagine(request.prompt, {
+    user: request.user, k: request.k, fusion: request.fusion, seed: request.seed, seeds: request.seeds,
+    loras: request.loras, width: request.width, height: request.height, signal: request.signal,
+    onUpdate: (update) => {
+      if (update.type === "queued") position = update.position;
+      edits.push(progressMessage(heading, update));
+    },
+  });
+  // The queue told us our place synchronously; the acknowledgement carries it.
+  try {
+    await edits.first({ text: `${heading}\n${position > 0 ? `⏳ queued: ${ordinal(position)} in line` : "⏳ starting…"}` });
+  } catch (error) {
+    job.cancel(); // nobody would see the result
+    job.result.catch(() => undefined);
+    throw error;
+  }
+  try {
+    const result = await job.result;
+    await edits.final(resultMessage(result.generation, result.loras.map((hit) => ({ name: hit.lora.name, similarity: hit.similarity })),
+      result.files.gridWebp, settings.reactions, request.title));
+    return result;
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    await edits.final({ text: `${heading}\n${code === "job-cancelled" ? "cancelled" : `❌ ${error instanceof Error ? error.message : String(error)}`}`, error: true });
+    // The message says what went wrong; callers need not say it again.
+    if (error instanceof Error) Object.assign(error, { shown: true });
+    throw error;
+  }
+}
+
+function progressMessage(heading: string, update: ImagineUpdate): BotMessage {
+  switch (update.type) {
+    case "queued": return { text: `${heading}\n⏳ queued: ${ordinal(update.position)} in line` };
+    case "started": return { text: `${heading}\n🔎 choosing LoRAs…` };
+    case "retrieved": return { text: `${heading}\n🎨 drawing with ${update.loras.length ? update.loras.map((hit) => hit.lora.name).join(", ") : "no LoRA"}…` };
+    case "progress": return {
+      text: `${heading}\n🎨 step ${update.step} of ${update.total}`,
+      ...(update.preview ? { image: { name: "preview.png", data: Buffer.from(update.preview, "base64") } } : {}),
+    };
+    case "retry": return { text: `${heading}\n⚠️ ${update.message}` };
+  }
+}
+
+/** The finished grid: caption, image and the U/V/🔄/ℹ️/rating/🗑 buttons, all naming the generation. */
+export function resultMessage(generation: GenerationRecord, loras: Array<{ name: string; similarity: number }>, grid: string,
+  reactions: Record<string, number>, title?: string): BotMessage {
+  const count = Math.min(4, generation.seeds.length);
+  const numbered = (action: "upscale" | "vary", letter: string): BotButton[] =>
+    Array.from({ length: count }, (_, index) => ({ id: buttonId(action, generation.id, String(index + 1)), label: `${letter}${index + 1}` }));
+  const ratings = Object.entries(reactions).slice(0, 4).map(([emoji, value]): BotButton =>
+    ({ id: buttonId("rate", generation.id, String(value)), label: emoji }));
+  const used = loras.length ? loras.map((lora) => `${lora.name} (${lora.similarity.toFixed(2)})`).join(", ") : "none";
+  return {
+    text: `${title ? `${title}: ` : ""}**${generation.prompt}**\nLoRAs: ${used} · fusion ${generation.fusion} · seed ${generation.seeds[0]}`,
+    image: { name: "grid.webp", path: grid },
+    generation: generation.id,
+    buttons: [
+      [...numbered("upscale", "U"), { id: buttonId("reroll", generation.id), label: "🔄" }],
+      [...numbered("vary", "V"), { id: buttonId("info", generation.id), label: "ℹ️" }],
+      [...ratings, { id: buttonId("delete", generation.id), label: "🗑", style: "danger" }],
+    ],
+  };
+}
+
+/** What ℹ️ shows. */
+export function infoText(generation: GenerationRecord): string {
+  const loras = generation.loras.length
+    ? generation.loras.map((lora) => `• ${lora.name} \`${lora.id.slice(0, 12)}\` similarity ${lora.similarity.toFixed(3)}`).join("\n")
+    : "• none";
+  const seconds = (generation.timings.total_ms ?? 0) / 1000;
+  return [
+    `**${generation.prompt}**`,
+    `seeds: ${generation.seeds.join(", ")}`,
+    `fusion: ${generation.fusion}${generation.width ? ` · size ${generation.width}×${generation.height}` : ""}`,
+    `LoRAs:\n${loras}`,
+    `model ${generation.model_version} · gates ${generation.gate_version ?? "none"}`,
+    `requested by ${generation.user} · ${generation.created_at} · ${seconds.toFixed(1)} s`,
+  ].join("\n");
+}
+
+function ordinal(position: number): string {
+  return position === 1 ? "next" : `#${position}`;
+}
+
+/**
+ * Serialises the edits of one message and drops intermediate progress that comes faster than the chat allows:
+ * the latest state always wins, and the final message waits for any edit in flight so it is never overwritten.
+ */
+class ProgressEdits {
+  private chain: Promise<void> = Promise.resolve();
+  private pending: BotMessage | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private lastSent = 0;
+  private opened = false;
+  private closed = false;
+
+  constructor(private readonly reply: Reply, private readonly intervalMs: number) {}
+
+  first(message: BotMessage): Promise<void> {
+    this.opened = true;
+    this.lastSent = Date.now();
+    this.chain = this.chain.then(() => this.reply.send(message));
+    return this.chain;
+  }
+
+  push(message: BotMessage): void {
+    if (this.closed) return;
+    this.pending = message;
+    if (!this.opened || this.timer) return;
+    const wait = Math.max(0, this.lastSent + this.intervalMs - Date.now());
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const next = this.pending;
+      this.pending = undefined;
+      if (!next || this.closed) return;
+      this.lastSent = Date.now();
+      this.chain = this.chain.then(() => this.reply.send(next)).catch(() => undefined);
+    }, wait);
+  }
+
+  async final(message: BotMessage): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.chain = this.chain.catch(() => undefined).then(() => this.reply.send(message));
+    await this.chain;
+  }
+}
