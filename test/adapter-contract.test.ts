@@ -2,7 +2,7 @@
 // against signed requests and a local fake Web API) must each pass the same adapter suite.
 import { afterAll, beforeAll, describe } from "vitest";
 import { adapterContract, type Harness } from "./helpers/adapter-contract.js";
-import { fakeHost } from "./helpers/fake-host.js";
+import { fakeHost } from "../src/testing/fake-host.js";
 import { discordHarness } from "./helpers/harness-discord.js";
 import { slackHarness } from "./helpers/harness-slack.js";
 import { webHarness } from "./helpers/harness-web.js";

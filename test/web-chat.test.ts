@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { chromium, type Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebChat } from "../src/bots/web/server.js";
-import { fakeHost } from "./helpers/fake-host.js";
+import { fakeHost } from "../src/testing/fake-host.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 let host: Awaited<ReturnType<typeof fakeHost>>;

@@ -1,4 +1,6 @@
 // `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N]`: the host's own costs, measured here.
+// `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack]`: a burst of /imagine through
+// the chat adapters against their local fakes (src/bench/burst.ts).
 // - retrieval: text encoding + LanceDB search latency (p50/p99) on synthetic pools of each size (an IVF-PQ index
 //   from 10 000 LoRAs, as the product builds it);
 // - ingest: MB/s of adding the bundle's LoRA files (validate, hash, store, embed on the real worker, index),
@@ -9,6 +11,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { runBurst, type BurstReport } from "./burst.js";
 import { loadConfig } from "../config/load.js";
 import { startWorkers } from "../host.js";
 import type { LoraRecord } from "../pool/index.js";
@@ -75,7 +78,15 @@ async function benchRetrieval(encoder: TextEncoder, size: number, runs: number, 
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" } } });
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" },
+      requests: { type: "string" }, users: { type: "string" }, via: { type: "string" },
+    },
+  });
+  if (positionals[0] === "burst") return burst(values);
+  if (positionals.length > 0) throw new Error(`unknown benchmark ${positionals[0]}; the one named benchmark is "burst"`);
   const sizes = (values.sizes ?? "1000,100000,1000000").split(",").map(Number);
   const runs = Number(values.runs ?? 200);
   const log = (line: string) => process.stderr.write(`${line}\n`);
@@ -136,6 +147,32 @@ async function main(): Promise<void> {
     await workers.stop();
     await encoder.close();
     await rm(data, { recursive: true, force: true });
+  }
+}
+
+/** Both adapters (or the one --via names); the top-level figures are the worse of the two. */
+async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string }): Promise<void> {
+  const requests = Number(values.requests ?? 200);
+  const users = Number(values.users ?? 20);
+  if (!(Number.isInteger(requests) && requests > 0 && Number.isInteger(users) && users > 0 && users <= requests)) {
+    throw new Error("--requests and --users must be whole numbers with 0 < users ≤ requests");
+  }
+  const vias = values.via ? [values.via] : ["discord", "slack"];
+  if (vias.some((via) => via !== "discord" && via !== "slack")) throw new Error("--via must be discord or slack");
+  const reports: BurstReport[] = [];
+  for (const via of vias as Array<"discord" | "slack">) reports.push(await runBurst({ via, requests, users }));
+  const summary = {
+    requests, users,
+    acked_within_3s: Math.min(...reports.map((report) => report.acked_within_3s)),
+    p99_ack_ms: Math.max(...reports.map((report) => report.p99_ack_ms)),
+    lost: Math.max(...reports.map((report) => report.lost)),
+    fairness: { max_position_gap: Math.max(...reports.map((report) => report.fairness.max_position_gap)) },
+    adapters: Object.fromEntries(reports.map(({ adapter, ...rest }) => [adapter, rest])),
+  };
+  if (values.json) return void process.stdout.write(`${JSON.stringify(summary)}\n`);
+  process.stdout.write("| adapter | requests | users | acked ≤ 3 s | p99 ack ms | lost | max position gap | seconds |\n|---|---|---|---|---|---|---|---|\n");
+  for (const report of reports) {
+    process.stdout.write(`| ${report.adapter} | ${report.requests} | ${report.users} | ${report.acked_within_3s} | ${report.p99_ack_ms} | ${report.lost} | ${report.fairness.max_position_gap} | ${report.seconds} |\n`);
   }
 }
 

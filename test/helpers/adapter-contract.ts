@@ -2,7 +2,7 @@
 // platform the way that platform would (HTTP and SSE for the web chat, a fake Discord gateway and REST API for
 // discord.js, signed requests and a fake Web API for Bolt) and reports the posts as the user would see them.
 import { expect, it } from "vitest";
-import type { fakeHost } from "./fake-host.js";
+import type { fakeHost } from "../../src/testing/fake-host.js";
 
 export type FakeHost = Awaited<ReturnType<typeof fakeHost>>;
 

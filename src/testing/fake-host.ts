@@ -1,21 +1,21 @@
-// A host for adapter tests: the real text encoder, LanceDB, queue, pipeline and sharp, three LoRAs whose
+// A host for adapter tests and the burst benchmark: the real text encoder, LanceDB, queue, pipeline and sharp, three LoRAs whose
 // embeddings sit where their names embed, and the protocol fake (fixtures/fake-worker.mjs) as the worker.
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BUILTIN_COMMANDS } from "../../src/bots/builtin-commands.js";
-import { CommandRegistry, type ChatSettings, type CommandContext } from "../../src/bots/commands.js";
-import { ChatCore } from "../../src/bots/core.js";
-import { WorkerDispatcher } from "../../src/gpu/dispatch.js";
-import { WorkerSupervisor } from "../../src/gpu/supervisor.js";
-import type { LoraRecord } from "../../src/pool/index.js";
-import { LanceLoraIndex } from "../../src/pool/lancedb-index.js";
-import { LoraStore } from "../../src/pool/store.js";
-import { GenerationStore } from "../../src/pipeline/generations.js";
-import { ImaginePipeline } from "../../src/pipeline/imagine.js";
-import { FairQueue } from "../../src/pipeline/queue.js";
-import { Retriever } from "../../src/pipeline/retrieval.js";
-import { TextEncoder } from "../../src/pipeline/text-encoder.js";
+import { BUILTIN_COMMANDS } from "../bots/builtin-commands.js";
+import { CommandRegistry, type ChatSettings, type CommandContext } from "../bots/commands.js";
+import { ChatCore } from "../bots/core.js";
+import { WorkerDispatcher } from "../gpu/dispatch.js";
+import { WorkerSupervisor } from "../gpu/supervisor.js";
+import type { LoraRecord } from "../pool/index.js";
+import { LanceLoraIndex } from "../pool/lancedb-index.js";
+import { LoraStore } from "../pool/store.js";
+import { GenerationStore } from "../pipeline/generations.js";
+import { ImaginePipeline } from "../pipeline/imagine.js";
+import { FairQueue } from "../pipeline/queue.js";
+import { Retriever } from "../pipeline/retrieval.js";
+import { TextEncoder } from "../pipeline/text-encoder.js";
 
 const root = join(import.meta.dirname, "..", "..");
 

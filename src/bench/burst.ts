@@ -1,0 +1,144 @@
+// The burst: many /imagine at once from many users, sent through the real Discord or Slack adapter to its local
+// fake (discord.js over the fake gateway, Bolt over signed HTTP), with the protocol-fake worker behind the real
+// queue and pipeline. Measures how fast each request was acknowledged, whether every one got its grid, and how
+// fairly the queue took turns.
+import { DiscordAdapter } from "../bots/discord/adapter.js";
+import { SlackAdapter } from "../bots/slack/adapter.js";
+import { fakeHost } from "../testing/fake-host.js";
+import { startFakeDiscord } from "../testing/fake-discord.js";
+import { DEFAULT_CHANNEL, startFakeSlack } from "../testing/fake-slack.js";
+
+export interface BurstOptions {
+  via: "discord" | "slack";
+  requests: number;
+  users: number;
+  /** The fake worker's time per sampling step. Default 2 ms. */
+  stepMs?: number;
+  /** How long to wait for every grid. Default 180 s. */
+  timeoutMs?: number;
+}
+
+export interface BurstReport {
+  adapter: string;
+  requests: number;
+  users: number;
+  acked_within_3s: number;
+  p99_ack_ms: number;
+  /** Requests that were never acknowledged or never got their grid. */
+  lost: number;
+  fairness: {
+    /**
+     * The most jobs started between two consecutive jobs of one user while both were waiting. With perfect turn
+     * taking it is users - 1, however many jobs each user queued.
+     */
+    max_position_gap: number;
+  };
+  seconds: number;
+}
+
+const ACK_WINDOW_MS = 3000;
+
+export async function runBurst(options: BurstOptions): Promise<BurstReport> {
+  const perUser = Math.ceil(options.requests / options.users);
+  const host = await fakeHost({
+    stepMs: options.stepMs ?? 2, queue: { perUser, global: options.requests },
+    chat: { perMinute: 0, perDay: 0, progressIntervalMs: 1000 },
+  });
+  // Watch the queue through the pipeline: when each user's job was queued and when it started.
+  const jobs: Array<{ user: string; queuedAt: number; startedAt?: number }> = [];
+  const imagine = host.context.pipeline.imagine.bind(host.context.pipeline);
+  host.context.pipeline.imagine = (prompt, imagineOptions) => {
+    const job: (typeof jobs)[number] = { user: imagineOptions.user, queuedAt: performance.now() };
+    jobs.push(job);
+    return imagine(prompt, {
+      ...imagineOptions,
+      onUpdate: (update) => {
+        if (update.type === "started") job.startedAt = performance.now();
+        imagineOptions.onUpdate?.(update);
+      },
+    });
+  };
+  const started = performance.now();
+  const userOf = (index: number) => Math.floor(index / perUser); // user-major: each user fires all theirs at once
+  let acks: number[] = [];
+  let finished = 0;
+  try {
+    const deadline = Date.now() + (options.timeoutMs ?? 180_000);
+    if (options.via === "discord") {
+      const fake = await startFakeDiscord();
+      const adapter = new DiscordAdapter({ token: "burst-token", core: host.core, stateDir: host.data, apiUrl: fake.apiUrl, guildId: fake.guildId });
+      try {
+        await adapter.start();
+        const sent = Array.from({ length: options.requests }, (_, index) => {
+          const at = performance.now();
+          const { id, token } = fake.slashCommand({
+            name: "imagine", userId: String(100000000000000000n + BigInt(userOf(index))),
+            options: [{ name: "prompt", type: 3, value: `a red hexagon, request ${index}` }],
+          });
+          return { at, path: `/interactions/${id}/${token}/callback` };
+        });
+        acks = await Promise.all(sent.map(async ({ at, path }) => {
+          const callback = await fake.waitForRequest((request) => request.path === path, 60_000).catch(() => undefined);
+          return callback ? callback.at - at : Infinity;
+        }));
+        const grids = () => [...fake.messages.values()].filter((message) => JSON.stringify(message.components).includes("autolora:upscale")).length;
+        while (grids() < options.requests && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+        finished = grids();
+      } finally {
+        await adapter.stop();
+        await fake.close();
+      }
+    } else {
+      const signingSecret = "burst-signing-secret";
+      const fake = await startFakeSlack({ signingSecret, botToken: "xoxb-burst" });
+      const adapter = new SlackAdapter({
+        core: host.core, botToken: "xoxb-burst", mode: "http", signingSecret, host: "127.0.0.1", port: 0, apiUrl: fake.apiUrl, retries: 0,
+      });
+      try {
+        const { url } = await adapter.start();
+        const answers = await Promise.all(Array.from({ length: options.requests }, (_, index) => fake.slashCommand(url!, {
+          command: "/imagine", text: `a red hexagon, request ${index}`, userId: `U${String(userOf(index)).padStart(8, "0")}`, channelId: DEFAULT_CHANNEL.id,
+        }).catch(() => undefined)));
+        acks = answers.map((answer) => answer?.status === 200 ? answer.ms : Infinity);
+        const grids = () => [...fake.messages.values()].filter((message) => JSON.stringify(message.blocks).includes("autolora:upscale")).length;
+        while (grids() < options.requests && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+        finished = grids();
+      } finally {
+        await adapter.stop();
+        await fake.close();
+      }
+    }
+    await host.queue.idle();
+  } finally {
+    await host.stop();
+  }
+  const sorted = [...acks].sort((a, b) => a - b);
+  const acked = acks.filter((ms) => ms <= ACK_WINDOW_MS).length;
+  return {
+    adapter: options.via, requests: options.requests, users: options.users, acked_within_3s: acked,
+    p99_ack_ms: round(sorted[Math.min(sorted.length - 1, Math.ceil(sorted.length * 0.99) - 1)] ?? Infinity),
+    lost: options.requests - Math.min(finished, acks.filter(Number.isFinite).length),
+    fairness: { max_position_gap: maxPositionGap(jobs) },
+    seconds: round((performance.now() - started) / 1000),
+  };
+}
+
+/** See BurstReport.fairness. */
+export function maxPositionGap(jobs: Array<{ user: string; queuedAt: number; startedAt?: number }>): number {
+  const order = jobs.filter((job) => job.startedAt !== undefined).sort((a, b) => a.startedAt! - b.startedAt!);
+  const position = new Map(order.map((job, index) => [job, index]));
+  let gap = 0;
+  const byUser = new Map<string, typeof order>();
+  for (const job of order) byUser.set(job.user, [...(byUser.get(job.user) ?? []), job]);
+  for (const own of byUser.values()) {
+    for (let i = 1; i < own.length; i++) {
+      // Only while the next job was already waiting when the previous one started: otherwise its user had nothing queued.
+      if (own[i]!.queuedAt <= own[i - 1]!.startedAt!) gap = Math.max(gap, position.get(own[i]!)! - position.get(own[i - 1]!)! - 1);
+    }
+  }
+  return gap;
+}
+
+function round(value: number): number {
+  return Number.isFinite(value) ? Math.round(value * 10) / 10 : value;
+}
