@@ -31,8 +31,8 @@ describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora serve
       expect(posted.status).toBe(202);
       const reader = events.body!.getReader();
       let buffer = "";
-      let answer: { images?: { webp: string; grid: string }; loras?: Array<{ name: string; similarity: number }>; error?: string } | undefined;
-      while (!answer?.images && !answer?.error) {
+      let answer: { text: string; image?: string; buttons?: unknown[]; error?: boolean } | undefined;
+      while (!answer?.buttons && !answer?.error) {
         const { value, done } = await reader.read();
         if (done) break;
         buffer += new TextDecoder().decode(value);
@@ -44,11 +44,13 @@ describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora serve
         buffer = buffer.slice(buffer.lastIndexOf("\n\n") + 2);
       }
       await reader.cancel();
-      expect(answer?.error).toBeUndefined();
-      expect(answer!.loras!.length).toBe(3);
-      expect(answer!.loras!.every((lora) => lora.similarity > 0.2)).toBe(true);
-      expect(answer!.loras!.some((lora) => /hexagon|striped/.test(lora.name))).toBe(true);
-      const image = await fetch(`${url}${answer!.images!.webp}`);
+      expect(answer?.error, answer?.text).toBeUndefined();
+      // "LoRAs: name (0.83), name (0.61), …" under the prompt
+      const loras = [...answer!.text.split("\n")[1]!.matchAll(/([\w -]+?) \((\d\.\d\d)\)/g)].map((match) => ({ name: match[1]!.trim(), similarity: Number(match[2]) }));
+      expect(loras.length).toBe(3);
+      expect(loras.every((lora) => lora.similarity > 0.2)).toBe(true);
+      expect(loras.some((lora) => /hexagon|striped/.test(lora.name))).toBe(true);
+      const image = await fetch(`${url}${answer!.image!}`);
       expect(image.headers.get("content-type")).toBe("image/webp");
       expect((await image.arrayBuffer()).byteLength).toBeGreaterThan(500);
     } finally {

@@ -29,6 +29,8 @@ afterAll(async () => {
 describe("web chat", () => {
   it("answers /imagine with the grid, the LoRAs used and rating buttons", async () => {
     const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on("pageerror", (error) => errors.push(error.message));
     await page.goto(urls.url);
     await page.getByTestId("input").fill("/imagine a red hexagon with diagonal stripes");
     await page.getByTestId("input").press("Enter");
@@ -42,6 +44,7 @@ describe("web chat", () => {
     await expect.poll(async () => (await host.generations.ratingsByLora()).length).toBe(2);
     await page.getByTestId("button-U1").last().click();
     await page.getByTestId("image").last().waitFor({ timeout: 10_000 });
+    expect(errors, "the page's script runs without errors").toEqual([]);
     await page.close();
   }, 60_000);
 

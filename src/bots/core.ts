@@ -94,7 +94,7 @@ export class ChatCore {
       this.log(`[chat] refused ${label} to ${requester.id} (not an admin)`);
       return void await conversation.answer({ text: `Sorry, ${label} is for the bot's admins only. Nothing was changed.`, ephemeral: true, error: true });
     }
-    const reply = this.reply(conversation);
+    const reply = this.reply(conversation, command.private === true);
     try {
       const options = validateOptions(optionsOf(command, input.subcommand), input.options, label);
       if (command.name === "imagine") await this.limiter.take(requester);
@@ -181,19 +181,31 @@ export class ChatCore {
     }
   }
 
-  /** A Reply on a conversation: the first send opens a message, later sends edit it; follow-ups open new ones. */
-  private reply(conversation: Conversation): Reply {
+  /**
+   * A Reply on a conversation: the first send opens a message, later sends edit it; follow-ups open new ones.
+   * A private command's messages are all ephemeral.
+   */
+  private reply(conversation: Conversation, private_ = false): Reply {
     let handle: MessageHandle | undefined;
     const link = async (posted: MessageHandle, message: BotMessage) => {
       if (message.generation && posted.key) await this.context.generations.linkPost(posted.key, message.generation);
     };
+    const shown = (message: BotMessage) => private_ ? { ...message, ephemeral: true } : message;
     return {
-      send: async (message) => {
-        if (!handle) handle = await conversation.answer(message);
-        else await handle.edit(message);
-        await link(handle, message);
+      send: async (given) => {
+        const message = shown(given);
+        if (!handle) {
+          handle = await conversation.answer(message);
+          return link(handle, message);
+        }
+        // Link before editing where the message keeps its key, so no reaction on the result can come first.
+        const before = handle.key;
+        if (before) await link(handle, message);
+        await handle.edit(message);
+        if (handle.key !== before) await link(handle, message);
       },
-      followUp: async (message) => {
+      followUp: async (given) => {
+        const message = shown(given);
         await link(await conversation.answer(message), message);
       },
     };

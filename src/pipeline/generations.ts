@@ -34,6 +34,8 @@ const RATINGS = new Schema([text("id"), text("generation"), text("user"), new Fi
 const POSTS = new Schema([text("id"), text("generation"), text("created_at")]);
 
 export class GenerationStore {
+  private readonly recentPosts = new Map<string, string>();
+
   private constructor(private readonly generations: lancedb.Table, private readonly ratings: lancedb.Table,
     private readonly posts: lancedb.Table) {}
 
@@ -101,6 +103,10 @@ export class GenerationStore {
 
   /** Remember that chat message `key` ("<adapter>:<message id>") shows `generation`. */
   async linkPost(key: string, generation: string, now = new Date()): Promise<void> {
+    // Known at once, before the write lands: a reaction can follow the post within milliseconds.
+    this.recentPosts.delete(key);
+    this.recentPosts.set(key, generation);
+    if (this.recentPosts.size > 10_000) this.recentPosts.delete(this.recentPosts.keys().next().value!);
     await this.posts.mergeInsert("id").whenMatchedUpdateAll().whenNotMatchedInsertAll().execute([{
       id: key, generation, created_at: now.toISOString(),
     }]);
@@ -108,6 +114,8 @@ export class GenerationStore {
 
   /** The generation a chat message shows, if it shows one. */
   async postedGeneration(key: string): Promise<string | undefined> {
+    const recent = this.recentPosts.get(key);
+    if (recent) return recent;
     const [row] = await this.posts.query().where(`id = '${quote(key)}'`).limit(1).toArray();
     return row?.generation;
   }

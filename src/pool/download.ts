@@ -102,11 +102,11 @@ function get(url: string, options: DownloadOptions): Promise<IncomingMessage> {
   } catch {
     throw new DownloadError("bad-url", `${JSON.stringify(url.slice(0, 200))} is not a URL`);
   }
-  const loopbackHttp = parsed.protocol === "http:" && options.allowLoopback;
+  const host = parsed.hostname.replace(/^\[|\]$/g, "");
+  const loopbackHttp = parsed.protocol === "http:" && options.allowLoopback && (host === "localhost" || host === "::1" || /^127\./.test(host));
   if (parsed.protocol !== "https:" && !loopbackHttp) throw new DownloadError("bad-url", `only https:// URLs are downloaded, not ${redact(url)}`);
   if (parsed.username || parsed.password) throw new DownloadError("bad-url", "URLs with a user name or password are refused");
-  const literal = isIP(parsed.hostname.replace(/^\[|\]$/g, ""));
-  if (literal && !allowedAddress(parsed.hostname.replace(/^\[|\]$/g, ""), options)) {
+  if (isIP(host) && !allowedAddress(host, options)) {
     throw new DownloadError("private-address", `${parsed.hostname} is a private or local address`);
   }
   const request = parsed.protocol === "https:" ? httpsRequest : httpRequest;

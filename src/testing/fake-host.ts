@@ -24,6 +24,8 @@ export interface FakeHostOptions {
   queue?: { perUser: number; global: number };
   /** The fake worker's time per step (ms). Default 30. */
   stepMs?: number;
+  /** Sampling steps per job; 0 (default) leaves it to the worker (4). */
+  steps?: number;
 }
 
 export async function fakeHost(options: FakeHostOptions = {}) {
@@ -49,7 +51,7 @@ export async function fakeHost(options: FakeHostOptions = {}) {
   const pipeline = new ImaginePipeline({
     retriever, queue, dispatcher: new WorkerDispatcher(supervisor),
     store, generations, dataDir: data,
-    settings: { k: 2, minSimilarity: 0.2, fusion: "gated", seedsPerPrompt: 4, steps: 0, filters: {} },
+    settings: { k: 2, minSimilarity: 0.2, fusion: "gated", seedsPerPrompt: 4, steps: options.steps ?? 0, filters: {} },
   });
   const commands = new CommandRegistry();
   for (const command of BUILTIN_COMMANDS) commands.add(command);

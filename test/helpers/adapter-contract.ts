@@ -111,13 +111,13 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     const result = await waitForPost(harness, isResult);
     const generation = result.buttons[0]!.id.split(":")[2]!;
     await harness.react("bob", result, "👍");
-    await expect.poll(() => host.generations.ratingsOf(generation)).toEqual([{ user: harness.idOf("bob"), value: 1 }]);
+    await expect.poll(() => host.generations.ratingsOf(generation), { timeout: 10_000 }).toEqual([{ user: harness.idOf("bob"), value: 1 }]);
     await harness.react("bob", result, "⭐");
-    await expect.poll(() => host.generations.ratingsOf(generation)).toEqual([{ user: harness.idOf("bob"), value: 2 }]);
+    await expect.poll(() => host.generations.ratingsOf(generation), { timeout: 10_000 }).toEqual([{ user: harness.idOf("bob"), value: 2 }]);
     await harness.react("bob", result, "⭐", true);
-    await expect.poll(() => host.generations.ratingsOf(generation)).toEqual([]);
+    await expect.poll(() => host.generations.ratingsOf(generation), { timeout: 10_000 }).toEqual([]);
     await harness.press("alice", result, "👎");
-    await expect.poll(() => host.generations.ratingsOf(generation)).toEqual([{ user: harness.idOf("alice"), value: -1 }]);
+    await expect.poll(() => host.generations.ratingsOf(generation), { timeout: 10_000 }).toEqual([{ user: harness.idOf("alice"), value: -1 }]);
   }, 30_000);
 
   it("🗑 is refused to others and deletes for the requester", async () => {
@@ -128,7 +128,7 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await waitForPost(harness, (post) => /Only the person who asked/.test(post.text), before);
     expect((await harness.posts()).find((post) => post.ref === result.ref)?.deleted).toBe(false);
     await harness.press("alice", result, "🗑");
-    await expect.poll(async () => (await harness.posts()).find((post) => post.ref === result.ref)?.deleted ?? true).toBe(true);
+    await expect.poll(async () => (await harness.posts()).find((post) => post.ref === result.ref)?.deleted ?? true, { timeout: 10_000 }).toBe(true);
   }, 30_000);
 
   it("admin commands: politely refused to others with nothing changed, done for admins", async () => {
@@ -142,7 +142,7 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await waitForPost(harness, (post) => /blocked \*\*hexagon shapes\*\*|blocked \*hexagon shapes\*/.test(post.text), before);
     expect((await host.index.list({ state: "blocked" })).map((lora) => lora.name)).toEqual(["hexagon shapes"]);
     await harness.command("admin", "/lora unblock hexagon shapes");
-    await expect.poll(() => host.index.count({ state: "blocked" })).toBe(0);
+    await expect.poll(() => host.index.count({ state: "blocked" }), { timeout: 10_000 }).toBe(0);
     await harness.command("alice", "/pool status");
     await waitForPost(harness, (post) => /Sorry, \/pool status is for the bot's admins only/.test(post.text), before);
     await harness.command("admin", "/pool status");

@@ -44,7 +44,7 @@ function el(tag, className, text) {
 }
 /** Bold (double stars) and code (backticks) as elements, the rest as text nodes: no HTML from a message runs. */
 const TICK = String.fromCharCode(96);
-const MARKUP = new RegExp("(\\*\\*[^*]+\\*\\*|" + TICK + "[^" + TICK + "]+" + TICK + ")");
+const MARKUP = new RegExp("([*][*][^*]+[*][*]|" + TICK + "[^" + TICK + "]+" + TICK + ")");
 function rich(parent, text) {
   for (const part of text.split(MARKUP)) {
     if (part.startsWith("**") && part.endsWith("**") && part.length > 4) parent.appendChild(el("strong", "", part.slice(2, -2)));

@@ -1,0 +1,99 @@
+// The command layer's own rules, apart from any chat: typed options parsed and checked with clear answers,
+// per-user limits with a restart-proof daily quota, admins by id or role, oversized images made to fit.
+import { randomBytes } from "node:crypto";
+import sharp from "sharp";
+import { describe, expect, it } from "vitest";
+import { BUILTIN_COMMANDS } from "../src/bots/builtin-commands.js";
+import { CommandRegistry, optionsOf, parseCommandText, validateOptions, type CommandContext } from "../src/bots/commands.js";
+import { ChatCore } from "../src/bots/core.js";
+import { RateLimiter } from "../src/bots/limits.js";
+import { buttonId, imageUnder, parseButtonId } from "../src/bots/messages.js";
+
+const registry = new CommandRegistry();
+for (const command of BUILTIN_COMMANDS) registry.add(command);
+
+const parse = (line: string) => {
+  const parsed = parseCommandText(line, registry);
+  return { command: parsed.command.name, subcommand: parsed.subcommand, options: parsed.options };
+};
+
+describe("typed commands", () => {
+  it("takes name:value and --name value anywhere, the rest as the prompt", () => {
+    expect(parse("/imagine a red hexagon k:2 with stripes --fusion direct seed:7")).toEqual({
+      command: "imagine", subcommand: undefined, options: { prompt: "a red hexagon with stripes", k: "2", fusion: "direct", seed: "7" },
+    });
+    expect(parse("/lora block hexagon shapes")).toEqual({ command: "lora", subcommand: "block", options: { lora: "hexagon shapes" } });
+    // A colon inside the prompt is not an option unless it names one.
+    expect(parse("/imagine ratio: a 16:9 sunset").options).toEqual({ prompt: "ratio: a 16:9 sunset" });
+  });
+
+  it("answers unknown commands, subcommands and options with what is accepted", () => {
+    expect(() => parse("/draw a cat")).toThrow("unknown command /draw; try /help");
+    expect(() => parse("/lora delete x")).toThrow("/lora needs one of: info, add, remove, block, unblock");
+    expect(() => parse("/imagine a cat --steps 9")).toThrow("unknown option --steps; /imagine takes prompt, loras, k, fusion, seed, size");
+  });
+
+  it("checks values against each option's spec", () => {
+    const specs = optionsOf(registry.get("imagine")!);
+    expect(validateOptions(specs, { prompt: "a cat", k: "3", seed: "12" }, "/imagine")).toEqual({ prompt: "a cat", k: 3, seed: 12 });
+    expect(() => validateOptions(specs, { prompt: "a cat", k: "9" }, "/imagine")).toThrow("k must be at most 5");
+    expect(() => validateOptions(specs, { prompt: "a cat", k: "two" }, "/imagine")).toThrow("k must be a whole number");
+    expect(() => validateOptions(specs, { prompt: "a cat", fusion: "magic" }, "/imagine")).toThrow("fusion must be one of direct, dare, klora, gated");
+    expect(() => validateOptions(specs, { k: "2" }, "/imagine")).toThrow("/imagine needs prompt");
+    expect(() => validateOptions(specs, { prompt: "x".repeat(1001) }, "/imagine")).toThrow("prompt is longer than 1000 characters; shorten it");
+  });
+
+  it("makes button ids that carry the generation and refuses ids it did not make", () => {
+    const id = buttonId("vary", "3f2a0c1e-1111-2222-3333-444455556666", "2");
+    expect(id.length).toBeLessThanOrEqual(100);
+    expect(parseButtonId(id)).toEqual({ action: "vary", generation: "3f2a0c1e-1111-2222-3333-444455556666", argument: "2" });
+    expect(parseButtonId("autolora:launch:abc")).toBeUndefined();
+    expect(parseButtonId("someone-else:vary:abc")).toBeUndefined();
+    expect(parseButtonId("autolora:vary:../../etc")).toBeUndefined();
+  });
+});
+
+describe("limits and admins", () => {
+  it("limits images per minute and per UTC day, counting the day's stored generations after a restart", async () => {
+    let now = Date.UTC(2026, 10, 29, 23, 50);
+    const limiter = new RateLimiter({ perMinute: 2, perDay: 5, countToday: async () => 2, now: () => now });
+    const ada = { id: "web:ada", name: "ada", admin: false };
+    await limiter.take(ada);
+    await limiter.take(ada);
+    await expect(limiter.take(ada)).rejects.toThrow(/at most 2 images a minute; try again in 60 s/);
+    now += 61_000;
+    await limiter.take(ada); // 2 stored + 3 now: the day's 5
+    now += 61_000;
+    await expect(limiter.take(ada)).rejects.toThrow(/used today's 5 images; the quota renews in 1 h \(00:00 UTC\)/);
+    await limiter.take({ ...ada, admin: true });
+    now = Date.UTC(2026, 10, 30, 0, 1); // a new day, counted afresh
+    await limiter.take(ada);
+  });
+
+  it("makes admins from configured user ids and roles, and refuses others politely", async () => {
+    const core = new ChatCore({
+      commands: registry, chat: { admins: ["discord:1", "discord:role:9", "slack:U7"], reactions: { "👍": 1 }, perMinute: 0, perDay: 0, maxPromptChars: 100, progressIntervalMs: 0 },
+    } as unknown as CommandContext);
+    expect(core.requester({ adapter: "discord", userId: "1", name: "a" }).admin).toBe(true);
+    expect(core.requester({ adapter: "discord", userId: "2", name: "b", roles: ["9"] }).admin).toBe(true);
+    expect(core.requester({ adapter: "slack", userId: "1", name: "c" }).admin).toBe(false); // ids are per chat
+    expect(core.requester({ adapter: "slack", userId: "U7", name: "d", roles: ["9"] }).admin).toBe(true);
+    const said: Array<{ text: string; ephemeral?: boolean }> = [];
+    await core.handleText("/retrain now", core.requester({ adapter: "discord", userId: "2", name: "b" }), {
+      answer: async (message) => { said.push(message); return { edit: async () => undefined }; },
+    });
+    expect(said).toEqual([{ text: "Sorry, /retrain now is for the bot's admins only. Nothing was changed.", ephemeral: true, error: true }]);
+  });
+});
+
+describe("images for chats with an upload limit", () => {
+  it("re-encodes and downscales an image until it fits, and leaves a small one alone", async () => {
+    const noise = await sharp(randomBytes(512 * 512 * 3), { raw: { width: 512, height: 512, channels: 3 } }).png().toBuffer();
+    expect(noise.length).toBeGreaterThan(200_000);
+    const fitted = await imageUnder({ name: "grid.png", data: noise }, 60_000);
+    expect(fitted.name).toBe("grid.webp");
+    expect(fitted.data.length).toBeLessThanOrEqual(60_000);
+    expect((await sharp(fitted.data).metadata()).format).toBe("webp");
+    expect((await imageUnder({ name: "grid.png", data: noise }, noise.length)).data).toBe(noise);
+  });
+});
