@@ -23,6 +23,13 @@ describe("typed commands", () => {
       command: "imagine", subcommand: undefined, options: { prompt: "a red hexagon with stripes", k: "2", fusion: "direct", seed: "7" },
     });
     expect(parse("/lora block hexagon shapes")).toEqual({ command: "lora", subcommand: "block", options: { lora: "hexagon shapes" } });
+    // Free-text options run to the next option; numbers and choices are one word.
+    expect(parse("/lora add url:https://example.com/neon.safetensors name:neon glow tags:city, night").options).toEqual({
+      url: "https://example.com/neon.safetensors", name: "neon glow", tags: "city, night",
+    });
+    expect(parse("/imagine a cat in the rain loras:hexagon shapes, diagonal stripes").options).toEqual({
+      prompt: "a cat in the rain", loras: "hexagon shapes, diagonal stripes",
+    });
     // A colon inside the prompt is not an option unless it names one.
     expect(parse("/imagine ratio: a 16:9 sunset").options).toEqual({ prompt: "ratio: a 16:9 sunset" });
   });

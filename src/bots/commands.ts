@@ -183,32 +183,48 @@ export class CommandInputError extends Error {
  */
 export function parseCommandText(line: string, registry: CommandRegistry): { command: ChatCommand; subcommand?: string; options: Record<string, string> } {
   const words = line.trim().split(/\s+/).filter(Boolean);
-  const name = (words.shift() ?? "/help").replace(/^\//, "");
-  const command = registry.get(name);
-  if (!command) throw new CommandInputError(`unknown command /${name}; try /help`);
+  const commandName = (words.shift() ?? "/help").replace(/^\//, "");
+  const command = registry.get(commandName);
+  if (!command) throw new CommandInputError(`unknown command /${commandName}; try /help`);
   let subcommand: string | undefined;
   if (command.subcommands) {
     subcommand = words.shift();
     if (!subcommand || !command.subcommands.some((sub) => sub.name === subcommand)) {
-      throw new CommandInputError(`/${name} needs one of: ${command.subcommands.map((sub) => sub.name).join(", ")}`);
+      throw new CommandInputError(`/${commandName} needs one of: ${command.subcommands.map((sub) => sub.name).join(", ")}`);
     }
   }
   const specs = optionsOf(command, subcommand);
   const known = new Set(specs.map((spec) => spec.name));
   const options: Record<string, string> = {};
   const rest: string[] = [];
+  // A free-text option (`name:neon glow`, `loras:hexagon shapes, stripes`) runs to the next option; numbers and
+  // choices are one word, after which words go back to the prompt.
+  let open: string | undefined;
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
     const colon = /^([a-z][a-z0-9_-]*):(.*)$/.exec(word);
-    if (colon && known.has(colon[1]!)) options[colon[1]!] = colon[2]!;
-    else if (word.startsWith("--") && known.has(word.slice(2)) && i + 1 < words.length) options[word.slice(2)] = words[++i]!;
-    else if (word.startsWith("--") && word.length > 2) {
-      throw new CommandInputError(`unknown option ${word}; /${name}${subcommand ? ` ${subcommand}` : ""} takes ${specs.map((spec) => spec.name).join(", ") || "no options"}`);
-    } else rest.push(word);
+    let name: string | undefined;
+    if (colon && known.has(colon[1]!)) {
+      name = colon[1]!;
+      options[name] = colon[2]!;
+    } else if (word.startsWith("--") && known.has(word.slice(2)) && i + 1 < words.length) {
+      name = word.slice(2);
+      options[name] = words[++i]!;
+    } else if (word.startsWith("--") && word.length > 2) {
+      throw new CommandInputError(`unknown option ${word}; /${commandName}${subcommand ? ` ${subcommand}` : ""} takes ${specs.map((spec) => spec.name).join(", ") || "no options"}`);
+    } else if (open) {
+      options[open] = `${options[open]} ${word}`.trim();
+      continue;
+    } else {
+      rest.push(word);
+      continue;
+    }
+    const spec = specs.find((entry) => entry.name === name)!;
+    open = spec.type === "string" && !spec.choices && !spec.rest ? name : undefined;
   }
   if (rest.length > 0) {
     const target = specs.find((spec) => spec.rest) ?? specs.find((spec) => spec.type === "string" && options[spec.name] === undefined);
-    if (!target) throw new CommandInputError(`/${name} does not take "${rest.join(" ")}"`);
+    if (!target) throw new CommandInputError(`/${commandName} does not take "${rest.join(" ")}"`);
     options[target.name] = [options[target.name], ...rest].filter(Boolean).join(" ");
   }
   return { command, subcommand, options };

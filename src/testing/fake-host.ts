@@ -1,6 +1,6 @@
 // A host for adapter tests and the burst benchmark: the real text encoder, LanceDB, queue, pipeline and sharp, three LoRAs whose
 // embeddings sit where their names embed, and the protocol fake (fixtures/fake-worker.mjs) as the worker.
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BUILTIN_COMMANDS } from "../bots/builtin-commands.js";
@@ -11,6 +11,8 @@ import { WorkerSupervisor } from "../gpu/supervisor.js";
 import type { LoraRecord } from "../pool/index.js";
 import { LanceLoraIndex } from "../pool/lancedb-index.js";
 import { LoraStore } from "../pool/store.js";
+import { download } from "../pool/download.js";
+import { ingestLora } from "../pool/ingest.js";
 import { GenerationStore } from "../pipeline/generations.js";
 import { ImaginePipeline } from "../pipeline/imagine.js";
 import { FairQueue } from "../pipeline/queue.js";
@@ -32,7 +34,7 @@ export async function fakeHost(options: FakeHostOptions = {}) {
   const data = await mkdtemp(join(tmpdir(), "autolora-fake-host-"));
   const encoder = await TextEncoder.load(join(root, "build", "text-encoder"));
   const supervisor = new WorkerSupervisor({
-    workers: [{ command: process.execPath, args: [join(root, "test", "fixtures", "fake-worker.mjs")], env: { FAKE_STEP_MS: String(options.stepMs ?? 30) } }],
+    workers: [{ command: process.execPath, args: [join(root, "test", "fixtures", "fake-worker.mjs")], env: { FAKE_STEP_MS: String(options.stepMs ?? 30), FAKE_EMBED_DIM: String(encoder.dimension) } }],
     log: () => undefined,
   });
   await supervisor.start();
@@ -47,9 +49,10 @@ export async function fakeHost(options: FakeHostOptions = {}) {
   const store = new LoraStore(join(data, "pool"));
   const generations = await GenerationStore.open(join(data, "lancedb"));
   const retriever = new Retriever(encoder, index);
+  const dispatcher = new WorkerDispatcher(supervisor);
   const queue = new FairQueue({ concurrency: 1, perUser: 3, global: 20, ...options.queue });
   const pipeline = new ImaginePipeline({
-    retriever, queue, dispatcher: new WorkerDispatcher(supervisor),
+    retriever, queue, dispatcher,
     store, generations, dataDir: data,
     settings: { k: 2, minSimilarity: 0.2, fusion: "gated", seedsPerPrompt: 4, steps: options.steps ?? 0, filters: {} },
   });
@@ -61,7 +64,15 @@ export async function fakeHost(options: FakeHostOptions = {}) {
       admins: ["discord:role:100000000000000777", "slack:UADMIN"], reactions: { "👍": 1, "👎": -1, "⭐": 2 },
       perMinute: 0, perDay: 0, maxPromptChars: 1000, progressIntervalMs: 0, ...options.chat,
     },
-    addFromUrl: async () => { throw new Error("downloads are not part of this fake"); },
+    // As the host does it, except that the test's own HTTP server on 127.0.0.1 is allowed.
+    addFromUrl: async (url, metadata) => {
+      const file = await download(url, { tempDir: join(data, "tmp"), maxBytes: 10e6, allowLoopback: true });
+      try {
+        return await ingestLora(file.path, metadata, { store, index, embed: (path) => dispatcher.embed(path) });
+      } finally {
+        await rm(file.path, { force: true });
+      }
+    },
     status: async () => ({
       loras: await index.count({}), blocked: await index.count({ state: "blocked" }), lastCrawl: null,
       queue: { waiting: queue.stats().waiting, running: queue.stats().running }, workers: [{ id: "fake", state: "ready" }],

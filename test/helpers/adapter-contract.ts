@@ -1,7 +1,10 @@
 // The adapter contract: what a person sees on any chat the bot lives on. Each adapter's harness drives its
 // platform the way that platform would (HTTP and SSE for the web chat, a fake Discord gateway and REST API for
 // discord.js, signed requests and a fake Web API for Bolt) and reports the posts as the user would see them.
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { expect, it } from "vitest";
+import { diffusersLora } from "./safetensors.js";
 import type { fakeHost } from "../../src/testing/fake-host.js";
 
 export type FakeHost = Awaited<ReturnType<typeof fakeHost>>;
@@ -147,7 +150,26 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await waitForPost(harness, (post) => /Sorry, \/pool status is for the bot's admins only/.test(post.text), before);
     await harness.command("admin", "/pool status");
     await waitForPost(harness, (post) => /Pool.*3 LoRAs/.test(post.text) && /Queue/.test(post.text), before);
-  }, 30_000);
+
+    // /lora add from a URL: refused to others (nothing downloaded), added for admins, then gone again.
+    const file = diffusersLora(192, 4, 1);
+    let downloads = 0;
+    const server = createServer((_request, response) => { downloads += 1; response.writeHead(200, { "content-length": file.length }).end(file); });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/neon-glow.safetensors`;
+    try {
+      await harness.command("bob", `/lora add url:${url} name:neon glow`);
+      await waitForPost(harness, (post) => /^Sorry, \/lora add is for the bot's admins only/.test(post.text), before);
+      expect([downloads, await host.index.count({})]).toEqual([0, 3]);
+      await harness.command("admin", `/lora add url:${url} name:neon glow`);
+      await waitForPost(harness, (post) => /✅ added: \*{1,2}neon glow\*{1,2} `[0-9a-f]{12}` \(diffusers, proving-ground\)/.test(post.text), before, 20_000);
+      expect(await host.index.count({})).toBe(4);
+      await harness.command("admin", "/lora remove neon glow");
+      await expect.poll(() => host.index.count({}), { timeout: 10_000 }).toBe(3);
+    } finally {
+      server.close();
+    }
+  }, 40_000);
 
   it("bad options and unknown LoRAs get a clear answer; /loras and /lora info answer", async () => {
     const { harness } = setup();
