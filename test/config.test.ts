@@ -29,6 +29,17 @@ describe("configuration", () => {
     expect(config.web).toEqual({ enabled: true, host: "127.0.0.1", port: 8787 });
     expect(config.retrieval.k).toBe(3);
     expect(config.workers.local).toEqual([{ device: "cpu", model: "proving-ground" }]);
+    expect(config.chat.reactions).toEqual({ "👍": 1, "👎": -1, "⭐": 2 });
+    expect(config.discord.guild_id).toBe("");
+    expect(config.slack).toMatchObject({ mode: "http", port: 3000, path: "/slack/events" });
+  });
+
+  it("checks the chat settings: reaction values, Slack's mode, Discord's ids", () => {
+    expect(problems({ AUTOLORA_CHAT__REACTIONS: '{"👍": 1, "🙂": 0}' })[0]).toMatch(/^chat\.reactions\.🙂: a rating cannot be 0/);
+    expect(problems({ AUTOLORA_CHAT__REACTIONS: '{"👍": 1, "🙂": 1}' })[0]).toMatch(/each reaction needs its own value/);
+    expect(problems({ AUTOLORA_SLACK__MODE: "websocket" })[0]).toMatch(/^slack\.mode: .*"socket"/);
+    expect(problems({ AUTOLORA_DISCORD__GUILD_ID: "my-server" })[0]).toMatch(/^discord\.guild_id: expected a numeric guild id/);
+    expect(loadConfig({ AUTOLORA_ADMINS: '["discord:role:1234", "slack:U01"]' }).config.admins).toEqual(["discord:role:1234", "slack:U01"]);
   });
 
   it("takes a file's keys, then environment variables, leaving the rest at their defaults", async () => {
