@@ -8,6 +8,7 @@ import type { ChatCore } from "./bots/core.js";
 import type { Config } from "./config/schema.js";
 import type { Secrets } from "./config/secrets.js";
 import type { GenerationStore } from "./pipeline/generations.js";
+import type { CrawlSource } from "./scheduler/source.js";
 import type { GenerationMetadata } from "./pipeline/images.js";
 
 /** A chat platform the bot talks on (web chat, Discord, Slack, …). */
@@ -35,12 +36,7 @@ export interface ChatAdapterFactory {
   create(environment: ChatAdapterEnvironment): ChatAdapter | undefined;
 }
 
-/** Where the scheduler finds new community LoRAs (Civitai, Hugging Face, …). */
-export interface CrawlSource {
-  name: string;
-  /** LoRA files published since `since`: where to download each and what the source says about it. */
-  list(since: Date, signal?: AbortSignal): AsyncIterable<{ url: string; name: string; tags?: string[]; nsfw?: boolean }>;
-}
+export type { CrawlCandidate, CrawlPage, CrawlSource } from "./scheduler/source.js";
 
 /** Changes each generated PNG before the grid is made (watermark, upscale, …). */
 export type PostProcessor = (image: Buffer, metadata: GenerationMetadata) => Promise<Buffer>;

@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { main } from "../src/cli/main.js";
 import { inspectLora } from "../src/pool/inspect.js";
 import { readSafetensorsHeader, validateSafetensorsBytes } from "../src/pool/safetensors.js";
-import { diffusersLora, safetensorsFile } from "./helpers/safetensors.js";
+import { diffusersLora, safetensorsFile } from "../src/testing/safetensors.js";
 
 interface PoolRecord { id: string; format: string; rank: number; subset: string; file: string }
 const bundle = join(import.meta.dirname, "..", "bundle");

@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import {
   DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, validateSafetensorsBytes,
 } from "../src/pool/safetensors.js";
-import { rawSafetensors, safetensorsFile } from "./helpers/safetensors.js";
+import { rawSafetensors, safetensorsFile } from "../src/testing/safetensors.js";
 
 function rejection(bytes: Buffer, limits = DEFAULT_LIMITS): InvalidLoraFileError {
   try {

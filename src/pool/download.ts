@@ -146,17 +146,18 @@ export function allowedAddress(address: string, options: { allowLoopback?: boole
     || v6.startsWith("fea") || v6.startsWith("feb") || v6.startsWith("ff") || v6.startsWith("::ffff:"));
 }
 
-function retryAfterMs(header: string | string[] | undefined): number | undefined {
+/** Retry-After as milliseconds: delta-seconds or an HTTP date. */
+export function retryAfterMs(header: string | string[] | null | undefined, now = Date.now()): number | undefined {
   const value = Array.isArray(header) ? header[0] : header;
-  if (!value) return undefined;
+  if (!value?.trim()) return undefined;
   const seconds = Number(value);
   if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
   const date = Date.parse(value);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
 
 /** A URL for messages: without its query string, which may hold a token. */
-function redact(url: string): string {
+export function redact(url: string): string {
   try {
     const parsed = new URL(url);
     return `${parsed.origin}${parsed.pathname}${parsed.search ? "?…" : ""}`;

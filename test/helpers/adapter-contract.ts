@@ -4,7 +4,7 @@
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { expect, it } from "vitest";
-import { diffusersLora } from "./safetensors.js";
+import { diffusersLora } from "../../src/testing/safetensors.js";
 import type { fakeHost } from "../../src/testing/fake-host.js";
 
 export type FakeHost = Awaited<ReturnType<typeof fakeHost>>;

@@ -1,6 +1,6 @@
-// Builders of safetensors files for tests: well-formed ones from tensor descriptions, and raw ones whose header
+// Builders of safetensors files for tests and the fake LoRA sites: well-formed ones from tensor descriptions, and raw ones whose header
 // and data section the test controls byte for byte.
-import { DTYPE_BYTES } from "../../src/pool/safetensors.js";
+import { DTYPE_BYTES } from "../pool/safetensors.js";
 
 export interface TensorSpec {
   name: string;
@@ -28,8 +28,8 @@ export function rawSafetensors(header: unknown, dataBytes: number): Buffer {
   return Buffer.concat([length, text, Buffer.alloc(dataBytes)]);
 }
 
-/** A diffusers-named LoRA of q/k/v in `doubleBlocks` double blocks of a model `hidden` wide. */
-export function diffusersLora(hidden: number, rank: number, doubleBlocks = 1): Buffer {
+/** A diffusers-named LoRA of q/k/v in `doubleBlocks` double blocks of a model `hidden` wide (metadata makes it unique). */
+export function diffusersLora(hidden: number, rank: number, doubleBlocks = 1, metadata?: Record<string, string>): Buffer {
   const tensors: TensorSpec[] = [];
   for (let block = 0; block < doubleBlocks; block++) {
     for (const projection of ["to_q", "to_k", "to_v"]) {
@@ -38,5 +38,5 @@ export function diffusersLora(hidden: number, rank: number, doubleBlocks = 1): B
       tensors.push({ name: `${stem}.lora_B.weight`, shape: [hidden, rank] });
     }
   }
-  return safetensorsFile(tensors);
+  return safetensorsFile(tensors, metadata);
 }
