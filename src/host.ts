@@ -14,6 +14,9 @@ import { CommandRegistry, type CommandContext, type PoolStatus } from "./bots/co
 import { ChatCore } from "./bots/core.js";
 import { download } from "./pool/download.js";
 import { rm } from "node:fs/promises";
+import { crawlSources, hostJobs, stateFile } from "./scheduler/jobs.js";
+import { Scheduler } from "./scheduler/scheduler.js";
+import type { JobState, StateFile } from "./scheduler/state.js";
 import { builtinPlugin } from "./builtins.js";
 import { PluginRegistry } from "./plugins.js";
 import { ingestLora, type IngestMetadata } from "./pool/ingest.js";
@@ -88,6 +91,8 @@ export interface Host {
   context: CommandContext;
   /** The conversation engine the chat adapters share. */
   core: ChatCore;
+  /** Crawl and maintenance on their schedules; `startServing` starts it. */
+  scheduler: Scheduler;
   generations: GenerationStore;
   plugins: PluginRegistry;
   dataDir: string;
@@ -110,6 +115,7 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file) });
     if (config.seed_pool_from_bundle && (await pool.index.count()) === 0) await seedFromBundle(resolve(config.bundle_dir), ingest, log);
     const retriever = new Retriever(encoder, pool.index);
+    const state = stateFile(config);
     const generations = await GenerationStore.open(config.lancedb_uri || join(dataDir, "lancedb"));
     const queue = new FairQueue({
       concurrency: Math.max(1, config.workers.local.length + config.workers.remote.length),
@@ -136,12 +142,17 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
           await rm(file.path, { force: true });
         }
       },
-      status: () => poolStatus(pool, queue, workers),
+      status: () => poolStatus(pool, queue, workers, state),
     };
     const core = new ChatCore(context, log);
+    const scheduler = new Scheduler({
+      state, log, timezone: config.scheduler.timezone || undefined,
+      jobs: hostJobs({ config, sources: crawlSources(config, secrets, plugins.crawlSources), state, ingest, index: pool.index, log }),
+    });
     return {
-      config, pool, workers, pipeline, context, core, generations, plugins, dataDir,
+      config, pool, workers, pipeline, context, core, scheduler, generations, plugins, dataDir,
       stop: async () => {
+        await scheduler.stop();
         await queue.idle().catch(() => undefined);
         await workers.stop();
         await encoder.close();
@@ -161,7 +172,7 @@ export function chatSettings(config: Config): CommandContext["chat"] {
   };
 }
 
-async function poolStatus(pool: Pool, queue: FairQueue, workers: Workers): Promise<PoolStatus> {
+async function poolStatus(pool: Pool, queue: FairQueue, workers: Workers, state: StateFile): Promise<PoolStatus> {
   const ready = workers.source.ready();
   const answering = await Promise.all(ready.map(async (worker) => {
     const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer in 3 s")), 3000).unref());
@@ -177,9 +188,15 @@ async function poolStatus(pool: Pool, queue: FairQueue, workers: Workers): Promi
   const stats = queue.stats();
   return {
     loras: await pool.index.count({}), blocked: await pool.index.count({ state: "blocked" }),
-    lastCrawl: null, // the scheduler records crawls; until it runs, there has been none
+    lastCrawl: lastCrawl((await state.read()).jobs.crawl),
     queue: { waiting: stats.waiting, running: stats.running }, workers: [...answering, ...others],
   };
+}
+
+function lastCrawl(job: JobState | undefined): string | null {
+  if (!job?.lastFinished) return null;
+  const outcome = job.lastOutcome === "ok" ? job.lastSummary : `${job.lastOutcome}: ${job.lastError}`;
+  return `${job.lastFinished} (${outcome})`;
 }
 
 /** The proving-ground bundle's pool into an empty index, with the preview captions the bundle records. */

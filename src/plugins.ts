@@ -38,6 +38,13 @@ export interface ChatAdapterFactory {
 
 export type { CrawlCandidate, CrawlPage, CrawlSource } from "./scheduler/source.js";
 
+export interface CrawlSourceFactory {
+  /** The name `scheduler.sources` uses. */
+  name: string;
+  /** The source as configured; `baseUrl` replaces the configured one (`autolora crawl --base-url`). */
+  create(environment: { config: Config; secrets: Secrets; baseUrl?: string }): CrawlSource;
+}
+
 /** Changes each generated PNG before the grid is made (watermark, upscale, …). */
 export type PostProcessor = (image: Buffer, metadata: GenerationMetadata) => Promise<Buffer>;
 
@@ -46,7 +53,7 @@ export interface PluginApi {
   log: (line: string) => void;
   addCommand(command: ChatCommand): void;
   addChatAdapter(factory: ChatAdapterFactory): void;
-  addCrawlSource(source: CrawlSource): void;
+  addCrawlSource(factory: CrawlSourceFactory): void;
   addPostProcessor(name: string, processor: PostProcessor): void;
 }
 
@@ -59,7 +66,7 @@ export interface Plugin {
 export class PluginRegistry {
   readonly commands: ChatCommand[] = [];
   readonly chatAdapters: ChatAdapterFactory[] = [];
-  readonly crawlSources: CrawlSource[] = [];
+  readonly crawlSources: CrawlSourceFactory[] = [];
   readonly postProcessors: Array<{ name: string; run: PostProcessor }> = [];
   readonly loaded: string[] = [];
 
@@ -74,7 +81,7 @@ export class PluginRegistry {
       log: (line) => this.log(`[${plugin.name}] ${line}`),
       addCommand: (command) => this.commands.push(command),
       addChatAdapter: (factory) => this.chatAdapters.push(factory),
-      addCrawlSource: (source) => this.crawlSources.push(source),
+      addCrawlSource: (factory) => this.crawlSources.push(factory),
       addPostProcessor: (name, run) => this.postProcessors.push({ name, run }),
     };
     try {

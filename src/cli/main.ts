@@ -1,6 +1,7 @@
 // The `autolora` command line. Each subcommand is a function of its arguments and two output streams, so tests
 // run it in-process; bin/autolora.js only wires it to the real process.
 import { ConfigError } from "../config/load.js";
+import { crawlCommand } from "./crawl.js";
 import { poolCommand } from "./pool.js";
 import { inspectCommand } from "./pool-inspect.js";
 import { imagineCommand, serveCommand } from "./serve.js";
@@ -22,6 +23,7 @@ const USAGE = [
   "  pool list [--family F] [--state active|blocked] [--tags a,b] [--json]",
   "  pool search TEXT [--k N] [--min-similarity S] [--family F] [--tags a,b] [--json]   LoRAs a prompt retrieves",
   "  pool remove|block|unblock ID  (ID: the sha256 or its first 8+ hex characters)",
+  "  crawl [--source NAME] [--base-url URL] [--limit N] [--json]   crawl the configured LoRA sources now",
 ].join("\n");
 
 /** Run one command line; resolves to the process exit code (0 ok, 2 bad input or usage). */
@@ -30,7 +32,8 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   if (group === "pool" && command === "inspect") return inspectCommand(rest, io);
   const run = group === "pool" && command !== undefined ? () => poolCommand(command, rest, io)
     : group === "serve" ? () => serveCommand(argv.slice(1), io)
-    : group === "imagine" ? () => imagineCommand(argv.slice(1), io) : undefined;
+    : group === "imagine" ? () => imagineCommand(argv.slice(1), io)
+    : group === "crawl" ? () => crawlCommand(argv.slice(1), io) : undefined;
   if (run) {
     try {
       return await run();

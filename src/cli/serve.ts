@@ -33,6 +33,7 @@ export async function startServing(env: Record<string, string | undefined>, log:
       adapters.push(adapter);
     }
     if (adapters.length === 0) throw new Error("no chat adapter is enabled (web.enabled is false and no other is configured)");
+    host.scheduler.start();
   } catch (error) {
     await Promise.all(adapters.map((adapter) => adapter.stop()));
     await host.stop();

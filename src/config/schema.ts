@@ -41,6 +41,26 @@ export const configSchema = z.strictObject({
     host: z.string().min(1),
     port: z.int().min(0).max(65535),
   }),
+  scheduler: z.strictObject({
+    crawl: z.string(),
+    maintenance: z.string(),
+    timezone: z.string(),
+    sources: z.array(z.string().regex(/^[a-z][a-z0-9-]*$/, "expected a source name such as civitai, huggingface or local")),
+    max_download_mb: z.number().positive(),
+    allow_loopback: z.boolean(),
+    civitai: z.strictObject({
+      base_url: z.url({ protocol: /^https?$/ }),
+      base_models: z.array(z.string().min(1)).min(1),
+      sort: z.string().min(1),
+      page_size: z.int().min(1).max(100),
+    }),
+    huggingface: z.strictObject({
+      base_url: z.url({ protocol: /^https?$/ }),
+      base_model: z.string().regex(/^[\w.-]+\/[\w.-]+$/, 'expected "owner/name", e.g. black-forest-labs/FLUX.1-dev'),
+      page_size: z.int().min(1).max(1000),
+    }),
+    local: z.strictObject({ folder: z.string().min(1) }),
+  }),
   admins: z.array(z.string().regex(/^[a-z]+:.+$/, 'expected "<adapter>:<user id>" or "<adapter>:role:<role id>", e.g. "discord:80351110224678912"')),
   chat: z.strictObject({
     reactions: z.record(z.string().min(1).max(64), z.int().min(-5).max(5).refine((value) => value !== 0, "a rating cannot be 0"))

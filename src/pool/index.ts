@@ -61,4 +61,6 @@ export interface LoraIndex {
   setState(id: string, state: LoraState): Promise<boolean>;
   remove(id: string): Promise<boolean>;
   count(filters?: LoraFilters): Promise<number>;
+  /** Periodic upkeep (compaction, index refresh); resolves to a one-line summary. */
+  maintain?(): Promise<string>;
 }

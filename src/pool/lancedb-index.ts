@@ -173,6 +173,18 @@ export class LanceLoraIndex implements LoraIndex {
     return this.table;
   }
 
+  /**
+   * Scheduled upkeep: compact the table's small fragments (every ingest adds one), fold unindexed rows into the
+   * ANN index, and drop table versions older than `keepDays`. Resolves to a one-line summary.
+   */
+  async maintain(keepDays = 7): Promise<string> {
+    if (!this.table) return "the pool is empty; nothing to do";
+    const stats = await this.table.optimize({ cleanupOlderThan: new Date(Date.now() - keepDays * 86_400_000) });
+    await this.maybeBuildAnnIndex();
+    return `${stats.compaction.fragmentsRemoved} fragments compacted into ${stats.compaction.fragmentsAdded}, ` +
+      `${stats.prune.oldVersionsRemoved} old versions (${Math.round(stats.prune.bytesRemoved / 1e6)} MB) removed`;
+  }
+
   /** Build the ANN index at the threshold; later, fold new rows into it (optimize) once they are a tenth of the
    *  table or 5 000 rows, and retrain it (new partitions) once the table has grown fourfold since it was trained. */
   private async maybeBuildAnnIndex(): Promise<void> {

@@ -23,6 +23,8 @@ export interface FakeSiteOptions {
   rateLimitFirstListing?: number;
   /** Require this bearer token on every request. */
   token?: string;
+  /** The bytes of LoRA n, instead of a generated one (e.g. the proving-ground bundle's real LoRAs). */
+  files?: (n: number) => Buffer;
 }
 
 export interface FakeSite {
@@ -56,7 +58,7 @@ async function serve(handler: (request: IncomingMessage, response: ServerRespons
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     requests,
-    file: (n) => loraBytes(n, site),
+    file: (n) => options.files?.(n) ?? loraBytes(n, site),
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
 }
@@ -67,8 +69,8 @@ function json(response: ServerResponse, body: unknown, headers: Record<string, s
 
 /** The file of LoRA n, with its faults; `stated` is what the listing says about it. */
 function fileOf(n: number, options: FakeSiteOptions, site: string): { bytes: Buffer; stated: { sha256: string; size: number } } {
-  const bytes = options.oversized?.includes(n) ? Buffer.concat([loraBytes(n, site), Buffer.alloc(options.oversizeBytes ?? 2_000_000)]) : loraBytes(n, site);
-  const real = loraBytes(n, site);
+  const real = options.files?.(n) ?? loraBytes(n, site);
+  const bytes = options.oversized?.includes(n) ? Buffer.concat([real, Buffer.alloc(options.oversizeBytes ?? 2_000_000)]) : real;
   return { bytes, stated: { sha256: options.wrongHash?.includes(n) ? sha256(Buffer.from(`not ${n}`)) : sha256(bytes), size: real.length } };
 }
 

@@ -1,7 +1,7 @@
 // A folder as a crawl source: drop .safetensors files in and the next crawl ingests them. A file is keyed by its
 // path, size and modification time, so a replaced file is taken again; a file still being copied in (changed in
 // the last few seconds) waits for the next crawl.
-import { readdir, stat } from "node:fs/promises";
+import { mkdir, readdir, stat } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { CrawlCandidate, CrawlPage, CrawlSource } from "../source.js";
@@ -20,10 +20,8 @@ export class LocalFolderSource implements CrawlSource {
 
   async page(): Promise<CrawlPage> {
     const root = resolve(this.options.folder);
-    const entries = await readdir(root, { recursive: true, withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
-      if (error.code === "ENOENT") throw new Error(`the local source's folder ${root} does not exist; create it or change scheduler.local.folder`);
-      throw error;
-    });
+    await mkdir(root, { recursive: true }); // the drop folder exists from the first crawl on
+    const entries = await readdir(root, { recursive: true, withFileTypes: true });
     const now = (this.options.now ?? Date.now)();
     const candidates: CrawlCandidate[] = [];
     for (const entry of entries) {
