@@ -108,6 +108,23 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
+def _gates(args) -> int:
+    import json
+
+    from .world.bundle import default_bundle_dir
+    from .world.retrain import evaluate_gates, train_candidate
+
+    bundle = args.bundle or default_bundle_dir()
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    if args.gates_command == "train":
+        result = train_candidate(bundle, args.out, steps=args.steps, seed=args.seed, init=args.init, device=args.device,
+                                 progress=say)
+    else:
+        result = evaluate_gates(bundle, args.gates, pairs=args.pairs, steps=args.steps, device=args.device, progress=say)
+    print(json.dumps(result) if args.json else "\n".join(f"{key}: {value}" for key, value in result.items()), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autolora_worker",
                                      description="AutoLoRA GPU worker: LoRA files, fusion, sampling.")
@@ -166,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--rank", type=int, default=16)
     fusion.add_argument("--repeats", type=int, default=3, help="timed repetitions per row (median reported)")
     fusion.set_defaults(run=_bench)
+
+    gates = commands.add_parser("gates", help="retrain the fusion gates, and measure gates on held-out LoRAs")
+    gate_commands = gates.add_subparsers(dest="gates_command", required=True)
+    train = gate_commands.add_parser("train", help="train a candidate gate file on the bundle's training LoRAs")
+    train.add_argument("--out", required=True, help="where to write the candidate (.safetensors)")
+    train.add_argument("--steps", type=int, default=300, help="training steps (0: save the starting gates as they are)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init", default=None, help="start from these gates (a fine-tune) instead of fresh ones")
+    evaluate = gate_commands.add_parser("eval", help="held-out loss and accuracy of a gate file")
+    evaluate.add_argument("--gates", required=True)
+    evaluate.add_argument("--pairs", type=int, default=6, help="held-out object + style pairs to draw")
+    evaluate.add_argument("--steps", type=int, default=8, help="sampling steps per image")
+    for command in (train, evaluate):
+        command.add_argument("--bundle", default=None, help="proving-ground bundle (default: the embedded bundle/)")
+        command.add_argument("--device", default="cuda" if _cuda() else "cpu")
+        command.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
+        command.set_defaults(run=_gates)
 
     from .world.cli import add_world_commands
 

@@ -72,6 +72,15 @@ class Engine:
     def inspect(self, path: str) -> dict:
         return inspect_lora_file(path)
 
+    def reload_gates(self, path: str) -> dict:
+        """Serve these gates from the next job on: loaded and checked first, then swapped in between jobs (a job
+        running now finishes with the gates it started with). A file that does not fit changes nothing."""
+        gates = GateBank.load(path, gate_dims(self.backbone.transformer), self.backbone.spec.name)
+        gates.to(self.backbone.device, self.backbone.dtype).requires_grad_(False)
+        with self._model_lock:
+            previous, self.gates = self.gates.info.version, gates
+        return {"gate_version": gates.info.version, "previous": previous}
+
     def embed(self, path: str) -> dict:
         """What ingest needs of a LoRA file: what `inspect` says, plus its LoRA-encoder embedding (a unit vector
         in the text encoder's space, for retrieval). The encoder loads on first use."""

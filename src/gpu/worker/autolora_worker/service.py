@@ -111,7 +111,8 @@ class WorkerHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self._authorised():
             return
-        routes = {"/generate": self._generate, "/inspect": self._inspect, "/embed": self._embed, "/cancel": self._cancel}
+        routes = {"/generate": self._generate, "/inspect": self._inspect, "/embed": self._embed, "/cancel": self._cancel,
+                  "/reload-gates": self._reload_gates}
         route = routes.get(self.path)
         if route is None:
             self._error(HTTPStatus.NOT_FOUND, "not-found", f"no route POST {self.path}")
@@ -139,6 +140,14 @@ class WorkerHandler(BaseHTTPRequestHandler):
         except OSError as error:
             self._error(HTTPStatus.UNPROCESSABLE_ENTITY, InvalidLoraFileError.code,
                         f"cannot read {request.path}: {error.strerror or error}")
+
+    def _reload_gates(self):
+        """Swap in promoted gates without a restart."""
+        request = parse(InspectRequest, self._body())
+        try:
+            self._send_json(HTTPStatus.OK, self.server.engine.reload_gates(request.path))
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid-gates", f"cannot use {request.path} as gates: {error}")
 
     def _cancel(self):
         request = parse(CancelRequest, self._body())

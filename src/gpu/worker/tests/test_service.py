@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from autolora_worker.__main__ import serve_encoder, serve_paths
+from autolora_worker.fusion import GateBank, gate_dims
 from autolora_worker.lora.formats import write_lora_file
 from autolora_worker.models import random_proving_ground
 
@@ -212,3 +213,21 @@ def test_a_worker_without_an_encoder_says_so():
     engine = Engine(random_proving_ground())
     with pytest.raises(ModelLoadError, match="no LoRA encoder; start it with --encoder"):
         engine.embed(str(BUNDLE / "pool" / "shape-hexagon-01.safetensors"))
+
+
+def test_reload_gates_swaps_them_without_a_restart_and_refuses_a_bad_file(worker, tmp_path):
+    url, _ = worker
+    before = json.load(call(url, "/health")[1])["gate_version"]
+    model = random_proving_ground().transformer
+    path = tmp_path / "promoted.safetensors"
+    GateBank(gate_dims(model), seed=5, family="proving-ground").save(path, version="gates-promoted-1")
+    status, response = call(url, "/reload-gates", {"path": str(path)})
+    assert status == 200 and json.load(response) == {"gate_version": "gates-promoted-1", "previous": before}
+    assert json.load(call(url, "/health")[1])["gate_version"] == "gates-promoted-1"
+    status, response = call(url, "/generate", {"job_id": "after-reload", "prompt": "a star", "seeds": [3], "steps": 2,
+                                               "fusion": "gated"})
+    assert status == 200 and list(events(response))[-1]["gate_version"] == "gates-promoted-1"
+    (tmp_path / "broken.safetensors").write_bytes(b"not gates")
+    status, response = call(url, "/reload-gates", {"path": str(tmp_path / "broken.safetensors")})
+    assert status == 422 and json.load(response)["error"]["code"] == "invalid-gates"
+    assert json.load(call(url, "/health")[1])["gate_version"] == "gates-promoted-1"
