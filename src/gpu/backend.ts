@@ -19,4 +19,6 @@ export interface WorkerBackend {
   embed(path: string, signal?: AbortSignal): Promise<EmbedResult>;
   /** Ask the worker to stop a job; false if it has no such job (already over). */
   cancel(jobId: string): Promise<boolean>;
+  /** Serve the gate file at `path` (one the worker can read) from its next job on; resolves to the new version. */
+  reloadGates(path: string): Promise<string>;
 }

@@ -77,6 +77,15 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     return parsed.data;
   }
 
+  async function reloadGates(path: string): Promise<string> {
+    // The swap waits for the job in hand, so allow a job's time.
+    const response = await call("/reload-gates", { method: "POST", body: JSON.stringify({ path }), signal: AbortSignal.timeout(jobTimeoutMs) });
+    if (!response.ok) throw await refusal(response);
+    const answer = await response.json().catch(() => undefined) as { gate_version?: unknown } | undefined;
+    if (typeof answer?.gate_version !== "string") throw new WorkerUnavailableError(`worker ${id} sent an invalid /reload-gates answer`);
+    return answer.gate_version;
+  }
+
   async function cancel(jobId: string): Promise<boolean> {
     const response = await call("/cancel", {
       method: "POST", body: JSON.stringify({ job_id: jobId }), signal: AbortSignal.timeout(requestTimeoutMs),
@@ -134,7 +143,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     }
   }
 
-  return { id, health, generate, embed, cancel };
+  return { id, health, generate, embed, cancel, reloadGates };
 }
 
 function describe(error: unknown): string {

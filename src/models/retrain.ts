@@ -1,0 +1,123 @@
+// Retraining the gates and deciding whether the result is served: a candidate is trained by the worker's Python
+// (`gates train`, starting from the served gates unless told otherwise), measured on held-out LoRAs (`gates
+// eval`), and promoted only if it is not worse than the served version on every chosen metric. Promotion swaps
+// the serving file and tells every ready worker to reload it, so no worker restarts.
+import { spawn } from "node:child_process";
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { WorkerBackend } from "../gpu/backend.js";
+import type { ModelRegistry } from "./registry.js";
+
+/** Metrics where lower is better; the others (accuracies) are better higher. */
+const LOWER_IS_BETTER = new Set(["heldout_loss"]);
+
+export interface RetrainOptions {
+  registry: ModelRegistry;
+  /** The Python with autolora_worker installed (the workers' own). */
+  python: string;
+  bundleDir: string;
+  /** Ready workers to reload after a promotion. */
+  workers: () => WorkerBackend[];
+  /** Training steps of a candidate. */
+  steps: number;
+  /** Start from the served gates (a fine-tune, default) or from fresh ones. */
+  init?: "serving" | "fresh" | string;
+  /** The metrics a candidate must not be worse on. Default ["heldout_loss"]. */
+  metrics?: string[];
+  /** Held-out pairs drawn for the accuracy metrics. Default 6. */
+  evalPairs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RetrainOutcome {
+  promoted: boolean;
+  candidate: { version: string; metrics: Record<string, number> };
+  serving: { version: string; metrics: Record<string, number> };
+  summary: string;
+}
+
+export async function retrainGates(options: RetrainOptions, signal?: AbortSignal): Promise<RetrainOutcome> {
+  const { registry } = options;
+  const metricNames = options.metrics ?? ["heldout_loss"];
+  const work = join(registry.dir, "work");
+  await mkdir(work, { recursive: true });
+  let serving = registry.serving();
+  if (!serving.metrics || metricNames.some((name) => !(name in serving.metrics!))) {
+    options.log?.(`[retrain] measuring the served gates ${serving.version}`);
+    await registry.setMetrics(serving.version, await evaluate(options, serving.file, signal));
+    serving = registry.serving();
+  }
+  const candidateFile = join(work, `candidate-${Date.now()}.safetensors`);
+  try {
+    const init = options.init === "fresh" ? [] : ["--init", options.init === undefined || options.init === "serving" ? serving.file : options.init];
+    options.log?.(`[retrain] training a candidate (${options.steps} steps${init.length ? `, from ${serving.version}` : ", fresh"})`);
+    const trained = await python(options, ["gates", "train", "--out", candidateFile, "--steps", String(options.steps),
+      "--seed", String(Date.now() % 100_000), ...init], signal);
+    const metrics = await evaluate(options, candidateFile, signal);
+    const servingMetrics = serving.metrics!;
+    const worse = metricNames.filter((name) => LOWER_IS_BETTER.has(name) ? metrics[name]! > servingMetrics[name]! : metrics[name]! < servingMetrics[name]!);
+    const comparison = metricNames.map((name) => `${name} ${round(servingMetrics[name]!)} → ${round(metrics[name]!)}`).join(", ");
+    const version = String(trained.version);
+    if (worse.length > 0) {
+      await registry.addCandidate(candidateFile, metrics, "refused", `worse on ${worse.join(", ")} than ${serving.version}`);
+      const summary = `kept ${serving.version}: candidate ${version} is worse (${comparison})`;
+      return { promoted: false, candidate: { version, metrics }, serving: { version: serving.version, metrics: servingMetrics }, summary };
+    }
+    await registry.addCandidate(candidateFile, metrics, "retired", `trained from ${init.length ? serving.version : "fresh gates"} for ${options.steps} steps`);
+    await registry.promote(version, `promoted over ${serving.version} (${comparison})`);
+    const reloaded = await reloadWorkers(registry, options.workers(), options.log);
+    const summary = `promoted ${version} over ${serving.version} (${comparison}); ${reloaded} worker(s) reloaded`;
+    return { promoted: true, candidate: { version, metrics }, serving: { version: serving.version, metrics: servingMetrics }, summary };
+  } finally {
+    await rm(candidateFile, { force: true });
+  }
+}
+
+/** Tell each worker to load the serving file; returns how many did. */
+export async function reloadWorkers(registry: ModelRegistry, workers: WorkerBackend[], log?: (line: string) => void): Promise<number> {
+  let reloaded = 0;
+  for (const worker of workers) {
+    try {
+      const version = await worker.reloadGates(registry.servingPath);
+      log?.(`[models] worker ${worker.id} now serves gates ${version}`);
+      reloaded += 1;
+    } catch (error) {
+      log?.(`[models] worker ${worker.id} could not reload the gates (it loads them when it restarts): ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+  return reloaded;
+}
+
+async function evaluate(options: RetrainOptions, file: string, signal?: AbortSignal): Promise<Record<string, number>> {
+  const result = await python(options, ["gates", "eval", "--gates", file, "--pairs", String(options.evalPairs ?? 6)], signal);
+  return Object.fromEntries(Object.entries(result).filter((entry): entry is [string, number] => typeof entry[1] === "number"));
+}
+
+/** Run `python -m autolora_worker … --json --bundle B`; resolves to its JSON answer, logs its progress. */
+function python(options: RetrainOptions, args: string[], signal?: AbortSignal): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(options.python, ["-m", "autolora_worker", ...args, "--bundle", options.bundleDir, "--json"], {
+      env: { ...process.env, PYTHONUNBUFFERED: "1" }, stdio: ["ignore", "pipe", "pipe"], signal,
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => { stdout += chunk.toString(); });
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+      for (const line of chunk.toString().split("\n").filter(Boolean)) options.log?.(`[retrain] ${line}`);
+    });
+    child.on("error", (error) => reject(new Error(`could not run ${options.python} -m autolora_worker ${args[0]} ${args[1]}: ${error.message}`)));
+    child.on("close", (code) => {
+      if (code !== 0) return reject(new Error(`autolora_worker ${args[0]} ${args[1]} failed (exit ${code}): ${stderr.trim().split("\n").at(-1) ?? ""}`));
+      try {
+        resolve(JSON.parse(stdout.trim().split("\n").at(-1)!) as Record<string, unknown>);
+      } catch {
+        reject(new Error(`autolora_worker ${args[0]} ${args[1]} printed no JSON`));
+      }
+    });
+  });
+}
+
+function round(value: number): string {
+  return Number.isFinite(value) ? value.toFixed(4) : String(value);
+}

@@ -1,0 +1,61 @@
+// Retraining and promotion with the real worker: a deliberately worse candidate (fresh, untrained gates) is
+// refused and the served gates stay; a better one is promoted and served by the running worker without a
+// restart; a rollback serves the earlier version again. Every version keeps the metrics it was judged on.
+import { existsSync } from "node:fs";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { WorkerSupervisor, pythonWorkerCommand } from "../src/gpu/supervisor.js";
+import { ModelRegistry } from "../src/models/registry.js";
+import { reloadWorkers, retrainGates } from "../src/models/retrain.js";
+
+const root = join(import.meta.dirname, "..");
+const python = join(root, ".venv", "bin", "python");
+const bundle = join(root, "bundle");
+const bundleGates = join(bundle, "gates", "gates.safetensors");
+let supervisor: WorkerSupervisor | undefined;
+afterAll(async () => supervisor?.stop());
+
+describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining and promotion", () => {
+  it("refuses a worse candidate, promotes a better one into the running worker, and rolls back", async () => {
+    const log: string[] = [];
+    const common = { python, bundleDir: bundle, steps: 0, evalPairs: 2, log: (line: string) => log.push(line) };
+
+    // Served: the bundle's trained gates. Candidate: fresh gates, untrained: worse on held-out loss.
+    const trained = await ModelRegistry.open(await mkdtemp(join(tmpdir(), "autolora-models-")), bundleGates);
+    const refused = await retrainGates({ ...common, registry: trained, workers: () => [], init: "fresh" });
+    expect(refused.promoted).toBe(false);
+    expect(refused.summary).toMatch(/^kept gates-0-300-\S+: candidate gates-\S+ is worse \(heldout_loss 0\.\d+ → 0\.\d+\)$/);
+    expect(refused.candidate.metrics.heldout_loss).toBeGreaterThan(refused.serving.metrics.heldout_loss!);
+    expect(trained.serving().version).toBe(refused.serving.version);
+    expect(trained.list().map((entry) => [entry.status, typeof entry.metrics?.heldout_loss])).toEqual([["serving", "number"], ["refused", "number"]]);
+
+    // Now serve those untrained gates, from a worker that is running, and offer the trained ones as the candidate.
+    const untrained = trained.get(refused.candidate.version)!;
+    const registry = await ModelRegistry.open(await mkdtemp(join(tmpdir(), "autolora-models-")), untrained.file);
+    supervisor = new WorkerSupervisor({
+      workers: [{ ...pythonWorkerCommand(python, "cpu", "proving-ground", registry.servingPath), env: { AUTOLORA_BUNDLE: bundle } }],
+      log: () => undefined,
+    });
+    await supervisor.start(120_000);
+    const worker = supervisor.ready()[0]!;
+    expect((await worker.health()).gate_version).toBe(untrained.version);
+    const promoted = await retrainGates({ ...common, registry, workers: () => supervisor!.ready(), init: bundleGates });
+    expect(promoted.promoted).toBe(true);
+    expect(promoted.summary).toMatch(/^promoted gates-\S+ over gates-\S+ \(heldout_loss .*\); 1 worker\(s\) reloaded$/);
+    expect((await worker.health()).gate_version).toBe(promoted.candidate.version);
+    const job = await worker.generate({ job_id: "after-promotion", prompt: "a red hexagon", seeds: [1], steps: 2, fusion: "gated" });
+    expect(job.gate_version).toBe(promoted.candidate.version);
+
+    // Rollback: the earlier version is served again, by the same worker process.
+    await registry.promote(untrained.version, "rolled back in a test");
+    expect(await reloadWorkers(registry, supervisor.ready())).toBe(1);
+    expect((await worker.health()).gate_version).toBe(untrained.version);
+    expect(registry.list().map((entry) => [entry.version, entry.status])).toEqual([
+      [untrained.version, "serving"], [promoted.candidate.version, "retired"]]);
+    // Another process's registry view sees the same.
+    const reopened = await ModelRegistry.open(registry.dir, bundleGates);
+    expect(reopened.serving().version).toBe(untrained.version);
+  }, 240_000);
+});
