@@ -16,6 +16,8 @@ import { download } from "./pool/download.js";
 import { rm } from "node:fs/promises";
 import { crawlSources, hostJobs, stateFile } from "./scheduler/jobs.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import { ModelRegistry } from "./models/registry.js";
+import { reloadWorkers, retrainGates } from "./models/retrain.js";
 import type { JobState, StateFile } from "./scheduler/state.js";
 import { builtinPlugin } from "./builtins.js";
 import { PluginRegistry } from "./plugins.js";
@@ -48,12 +50,26 @@ export interface Workers {
   stop(): Promise<void>;
 }
 
+/** The Python that runs local workers and the gate trainer. */
+export function workerPython(config: Config): string {
+  return config.workers.python || [join(REPO_ROOT, ".venv", "bin", "python")].find(existsSync) || "python3";
+}
+
+/** The gate versions (data/models), started from the bundle's gates; undefined when the bundle has none. */
+export async function openModels(config: Config): Promise<ModelRegistry | undefined> {
+  const bundleGates = join(resolve(config.bundle_dir), "gates", "gates.safetensors");
+  if (!existsSync(bundleGates)) return undefined;
+  return ModelRegistry.open(join(resolve(config.data_dir), "models"), bundleGates);
+}
+
 /** Start the configured workers and wait until they answer; `log` gets their stderr and supervision notes. */
-export async function startWorkers(config: Config, secrets: Secrets, log: (line: string) => void): Promise<Workers> {
-  const python = config.workers.python || [join(REPO_ROOT, ".venv", "bin", "python")].find(existsSync) || "python3";
+export async function startWorkers(config: Config, secrets: Secrets, log: (line: string) => void,
+  models?: ModelRegistry): Promise<Workers> {
+  const python = workerPython(config);
   const supervisor = new WorkerSupervisor({
     workers: config.workers.local.map(({ device, model }) => ({
-      ...pythonWorkerCommand(python, device, model),
+      // Proving-ground workers serve the promoted gates (the served file's path never changes).
+      ...pythonWorkerCommand(python, device, model, model === "proving-ground" ? models?.servingPath : undefined),
       env: { AUTOLORA_BUNDLE: resolve(config.bundle_dir), PYTHONUNBUFFERED: "1" },
     })),
     startupTimeoutMs: config.workers.startup_timeout_s * 1000,
@@ -109,7 +125,8 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
   for (const command of plugins.commands) commands.add(command);
   const pool = await openPool(config);
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
-  const workers = await startWorkers(config, secrets, log);
+  const models = await openModels(config);
+  const workers = await startWorkers(config, secrets, log, models);
   try {
     const ingest = (path: string, metadata: IngestMetadata) =>
       ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file) });
@@ -145,13 +162,32 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       status: () => poolStatus(pool, queue, workers, state),
     };
     const core = new ChatCore(context, log);
-    const scheduler = new Scheduler({
+    const retrain = models && (async (signal: AbortSignal) => (await retrainGates({
+      registry: models, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => workers.source.ready(),
+      steps: config.scheduler.retrain.steps, metrics: config.scheduler.retrain.metrics, evalPairs: config.scheduler.retrain.eval_pairs, log,
+    }, signal)).summary);
+    const scheduler: Scheduler = new Scheduler({
       state, log, timezone: config.scheduler.timezone || undefined,
-      jobs: hostJobs({ config, sources: crawlSources(config, secrets, plugins.crawlSources), state, ingest, index: pool.index, log }),
+      jobs: hostJobs({
+        config, sources: crawlSources(config, secrets, plugins.crawlSources), state, ingest, index: pool.index, log, retrain,
+        startRetrain: () => void scheduler.trigger("retrain"),
+      }),
     });
+    context.retrain = retrain && (async () => {
+      if (scheduler.isRunning("retrain")) return "retraining is already running; /pool status shows when it ends";
+      void scheduler.trigger("retrain", "manual");
+      return "retraining started: a candidate is trained, measured on held-out LoRAs and promoted only if it is not worse";
+    });
+    // Another process (`autolora models promote`, `autolora retrain`) may change what is served: follow it.
+    const following = models && setInterval(() => {
+      void models.refresh().then((changed) => changed ? reloadWorkers(models, workers.source.ready(), log) : 0)
+        .catch((error: unknown) => log(`[models] ${error instanceof Error ? error.message : String(error)}`));
+    }, 5000);
+    following?.unref();
     return {
       config, pool, workers, pipeline, context, core, scheduler, generations, plugins, dataDir,
       stop: async () => {
+        clearInterval(following);
         await scheduler.stop();
         await queue.idle().catch(() => undefined);
         await workers.stop();

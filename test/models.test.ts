@@ -6,6 +6,7 @@ import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { main } from "../src/cli/main.js";
 import { WorkerSupervisor, pythonWorkerCommand } from "../src/gpu/supervisor.js";
 import { ModelRegistry } from "../src/models/registry.js";
 import { reloadWorkers, retrainGates } from "../src/models/retrain.js";
@@ -58,4 +59,18 @@ describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining a
     const reopened = await ModelRegistry.open(registry.dir, bundleGates);
     expect(reopened.serving().version).toBe(untrained.version);
   }, 240_000);
+
+  it("lists and promotes versions from the command line, refusing unknown ones", async () => {
+    const env = { AUTOLORA_DATA_DIR: await mkdtemp(join(tmpdir(), "autolora-models-cli-")) };
+    const run = async (...argv: string[]) => {
+      const out: string[] = [];
+      const err: string[] = [];
+      const code = await main(argv, { stdout: (line) => out.push(line), stderr: (line) => err.push(line), env });
+      return { code, out, err };
+    };
+    const listed = await run("models", "list");
+    expect(listed.out).toEqual([expect.stringMatching(/^\* gates-0-300-\S+ {2}serving {2}not measured yet {2}from .*gates\.safetensors$/)]);
+    expect(await run("models", "promote", "gates-nope")).toMatchObject({ code: 2, err: ["no gate version gates-nope; `autolora models list` shows them"] });
+    expect((await run("models", "rollback")).code).toBe(2);
+  });
 });

@@ -2,6 +2,7 @@
 // run it in-process; bin/autolora.js only wires it to the real process.
 import { ConfigError } from "../config/load.js";
 import { crawlCommand } from "./crawl.js";
+import { modelsCommand, retrainCommand } from "./models.js";
 import { poolCommand } from "./pool.js";
 import { inspectCommand } from "./pool-inspect.js";
 import { imagineCommand, serveCommand } from "./serve.js";
@@ -24,6 +25,8 @@ const USAGE = [
   "  pool search TEXT [--k N] [--min-similarity S] [--family F] [--tags a,b] [--json]   LoRAs a prompt retrieves",
   "  pool remove|block|unblock ID  (ID: the sha256 or its first 8+ hex characters)",
   "  crawl [--source NAME] [--base-url URL] [--limit N] [--json]   crawl the configured LoRA sources now",
+  "  retrain [--json]             train a gate candidate, promote it if it is not worse on held-out LoRAs",
+  "  models list [--json] | models promote VERSION | models rollback VERSION   the gate versions",
 ].join("\n");
 
 /** Run one command line; resolves to the process exit code (0 ok, 2 bad input or usage). */
@@ -33,7 +36,9 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   const run = group === "pool" && command !== undefined ? () => poolCommand(command, rest, io)
     : group === "serve" ? () => serveCommand(argv.slice(1), io)
     : group === "imagine" ? () => imagineCommand(argv.slice(1), io)
-    : group === "crawl" ? () => crawlCommand(argv.slice(1), io) : undefined;
+    : group === "crawl" ? () => crawlCommand(argv.slice(1), io)
+    : group === "retrain" ? () => retrainCommand(argv.slice(1), io)
+    : group === "models" ? () => modelsCommand(argv.slice(1), io) : undefined;
   if (run) {
     try {
       return await run();

@@ -60,6 +60,13 @@ export const configSchema = z.strictObject({
       page_size: z.int().min(1).max(1000),
     }),
     local: z.strictObject({ folder: z.string().min(1) }),
+    retrain: z.strictObject({
+      schedule: z.string(),
+      after_new_loras: z.int().min(0),
+      steps: z.int().min(0).max(100_000),
+      metrics: z.array(z.enum(["heldout_loss", "both_correct", "shape_acc", "style_acc"])).min(1),
+      eval_pairs: z.int().min(1).max(100),
+    }),
   }),
   admins: z.array(z.string().regex(/^[a-z]+:.+$/, 'expected "<adapter>:<user id>" or "<adapter>:role:<role id>", e.g. "discord:80351110224678912"')),
   chat: z.strictObject({

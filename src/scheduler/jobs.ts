@@ -59,9 +59,43 @@ export function summarize(reports: Awaited<ReturnType<typeof crawlAll>>): string
     : `${report.source}: ${report.added} added, ${report.existed} already there, ${report.refused.length} refused, ${report.failed.length} to retry`).join("; ") || "no sources configured";
 }
 
-export function hostJobs(deps: CrawlJobDependencies & { index: LoraIndex }): Job[] {
-  return [
-    { name: "crawl", schedule: deps.config.scheduler.crawl, run: async (signal) => summarize(await crawlAll(deps, signal)) },
+export interface HostJobDependencies extends CrawlJobDependencies {
+  index: LoraIndex;
+  /** Retrain the gates; absent where there are none to retrain (no proving-ground bundle). */
+  retrain?: (signal: AbortSignal) => Promise<string>;
+  /** Start a retrain in the background (crawls did add enough LoRAs). */
+  startRetrain?: () => void;
+}
+
+export function hostJobs(deps: HostJobDependencies): Job[] {
+  const threshold = deps.config.scheduler.retrain.after_new_loras;
+  const jobs: Job[] = [
+    {
+      name: "crawl", schedule: deps.config.scheduler.crawl,
+      run: async (signal) => {
+        const reports = await crawlAll(deps, signal);
+        const added = reports.reduce((sum, report) => sum + ("added" in report ? report.added : 0), 0);
+        const state = await deps.state.update((saved) => {
+          saved.jobs.retrain = { ...saved.jobs.retrain, pendingLoras: (saved.jobs.retrain?.pendingLoras ?? 0) + added };
+        });
+        if (deps.retrain && threshold > 0 && (state.jobs.retrain?.pendingLoras ?? 0) >= threshold) {
+          deps.log?.(`[scheduler] ${state.jobs.retrain!.pendingLoras} new LoRAs since the last retrain: retraining`);
+          deps.startRetrain?.();
+        }
+        return summarize(reports);
+      },
+    },
     { name: "maintenance", schedule: deps.config.scheduler.maintenance, run: async () => deps.index.maintain?.() ?? "nothing to maintain" },
   ];
+  const retrain = deps.retrain;
+  if (retrain) {
+    jobs.push({
+      name: "retrain", schedule: deps.config.scheduler.retrain.schedule,
+      run: async (signal) => {
+        await deps.state.update((saved) => { saved.jobs.retrain = { ...saved.jobs.retrain, pendingLoras: 0 }; });
+        return retrain(signal);
+      },
+    });
+  }
+  return jobs;
 }

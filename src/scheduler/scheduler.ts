@@ -53,6 +53,11 @@ export class Scheduler {
     while (this.running.size > 0) await new Promise((resolve) => setTimeout(resolve, 20));
   }
 
+  /** Whether `name` runs in this process now. */
+  isRunning(name: string): boolean {
+    return this.running.has(name);
+  }
+
   /** Run a job now. A job already running (here or in another process) is not started twice: outcome "busy". */
   async trigger(name: string, reason: JobRun["reason"] = "manual"): Promise<JobRun> {
     const job = this.options.jobs.find((entry) => entry.name === name);

@@ -27,6 +27,8 @@ export interface JobState {
   lastError?: string;
   /** A short summary of the last run, e.g. "52 added, 3 refused". */
   lastSummary?: string;
+  /** Retrain: LoRAs crawls have added since it last ran. */
+  pendingLoras?: number;
 }
 
 export interface SchedulerState {
