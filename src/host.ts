@@ -18,6 +18,7 @@ import { crawlSources, hostJobs, stateFile } from "./scheduler/jobs.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { ModelRegistry } from "./models/registry.js";
 import { reloadWorkers, retrainGates } from "./models/retrain.js";
+import { reembedPool } from "./pool/reembed.js";
 import type { JobState, StateFile } from "./scheduler/state.js";
 import { builtinPlugin } from "./builtins.js";
 import { PluginRegistry } from "./plugins.js";
@@ -171,8 +172,20 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       jobs: hostJobs({
         config, sources: crawlSources(config, secrets, plugins.crawlSources), state, ingest, index: pool.index, log, retrain,
         startRetrain: () => void scheduler.trigger("retrain"),
+        reembed: async (signal) => {
+          const version = await encoderVersion(workers);
+          if (!version) return "no worker has a LoRA encoder; nothing to re-embed with";
+          const report = await reembedPool({ index: pool.index, store: pool.store, encoderVersion: version, embed: (file, abort) => workers.dispatcher.embed(file, abort), signal, log });
+          return `${report.reembedded} LoRAs re-embedded with ${version}${report.skipped.length ? `, ${report.skipped.length} skipped` : ""} in ${report.seconds} s`;
+        },
       }),
     });
+    const current = await encoderVersion(workers);
+    if (current && (await pool.index.embeddedByOther(current, 1)).length > 0) {
+      // The encoder changed since these LoRAs were embedded: bring them up to date, searching all the while.
+      log(`[pool] some LoRAs were embedded by another encoder than ${current}: re-embedding them in the background`);
+      void scheduler.trigger("reembed");
+    }
     context.retrain = retrain && (async () => {
       if (scheduler.isRunning("retrain")) return "retraining is already running; /pool status shows when it ends";
       void scheduler.trigger("retrain", "manual");
@@ -227,6 +240,12 @@ async function poolStatus(pool: Pool, queue: FairQueue, workers: Workers, state:
     lastCrawl: lastCrawl((await state.read()).jobs.crawl),
     queue: { waiting: stats.waiting, running: stats.running }, workers: [...answering, ...others],
   };
+}
+
+/** The LoRA encoder the workers embed with (the first ready one says). */
+async function encoderVersion(workers: Workers): Promise<string | null> {
+  const worker = workers.source.ready()[0];
+  return worker ? (await worker.health()).encoder_version ?? null : null;
 }
 
 function lastCrawl(job: JobState | undefined): string | null {

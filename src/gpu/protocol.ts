@@ -75,6 +75,8 @@ export const workerHealthSchema = z.object({
   device: z.string(),
   model_version: z.string(),
   gate_version: z.string().nullable(),
+  /** The LoRA encoder /embed uses; null when the worker has none. Older workers do not say. */
+  encoder_version: z.string().nullable().optional(),
   cached_loras: z.array(
     z.object({
       sha256: z.string(),

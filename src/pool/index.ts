@@ -61,6 +61,8 @@ export interface LoraIndex {
   setState(id: string, state: LoraState): Promise<boolean>;
   remove(id: string): Promise<boolean>;
   count(filters?: LoraFilters): Promise<number>;
+  /** LoRAs (any state) embedded by another encoder than `encoderVersion`: what a re-embed still has to do. */
+  embeddedByOther(encoderVersion: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
   /** Periodic upkeep (compaction, index refresh); resolves to a one-line summary. */
   maintain?(): Promise<string>;
 }

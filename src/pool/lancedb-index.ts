@@ -110,6 +110,12 @@ export class LanceLoraIndex implements LoraIndex {
     return rows.sort((a, b) => rank(a.name) - rank(b.name) || a.name.localeCompare(b.name)).slice(0, limit);
   }
 
+  async embeddedByOther(encoderVersion: string, limit = 100): Promise<Array<Omit<LoraRecord, "vector">>> {
+    if (!this.table) return [];
+    const where = `encoder_version != '${encoderVersion.replace(/'/g, "''")}'`;
+    return (await this.table.query().where(where).select(COLUMNS).limit(limit).toArray()).map(fromRow);
+  }
+
   async list(filters: LoraFilters = {}, limit = 1000): Promise<Array<Omit<LoraRecord, "vector">>> {
     if (!this.table) return [];
     let query = this.table.query().select(COLUMNS).limit(limit);

@@ -65,6 +65,8 @@ export interface HostJobDependencies extends CrawlJobDependencies {
   retrain?: (signal: AbortSignal) => Promise<string>;
   /** Start a retrain in the background (crawls did add enough LoRAs). */
   startRetrain?: () => void;
+  /** Re-embed LoRAs another encoder embedded; resolves to a summary. */
+  reembed?: (signal: AbortSignal) => Promise<string>;
 }
 
 export function hostJobs(deps: HostJobDependencies): Job[] {
@@ -87,6 +89,7 @@ export function hostJobs(deps: HostJobDependencies): Job[] {
     },
     { name: "maintenance", schedule: deps.config.scheduler.maintenance, run: async () => deps.index.maintain?.() ?? "nothing to maintain" },
   ];
+  if (deps.reembed) jobs.push({ name: "reembed", schedule: "", run: deps.reembed });
   const retrain = deps.retrain;
   if (retrain) {
     jobs.push({

@@ -81,6 +81,8 @@ export async function fakeHost(options: FakeHostOptions = {}) {
   const core = new ChatCore(context);
   return {
     data, context, core, generations, index, store, queue,
+    /** The fake worker's /embed. */
+    embed: (path: string, signal?: AbortSignal) => dispatcher.embed(path, signal),
     /** Ingest a local file as the host does (the fake worker embeds it). */
     ingest: (path: string, metadata: Parameters<typeof ingestLora>[1]) => ingestLora(path, metadata, { store, index, embed: (file) => dispatcher.embed(file) }),
     stop: async () => { await supervisor.stop(); await encoder.close(); },

@@ -65,12 +65,24 @@ class Engine:
             "device": str(self.backbone.device),
             "model_version": self.backbone.version,
             "gate_version": self.gates.info.version,
+            "encoder_version": self._encoder_version(),
             "cached_loras": self.cache.describe(),
             "busy": self._model_lock.locked(),
         }
 
     def inspect(self, path: str) -> dict:
         return inspect_lora_file(path)
+
+    def _encoder_version(self) -> str | None:
+        """The LoRA encoder's version, from its encoder.json (the encoder itself loads on first /embed)."""
+        if self._encoder_path is None:
+            return None
+        try:
+            import json
+
+            return json.loads((self._encoder_path / "encoder.json").read_text()).get("version")
+        except (OSError, ValueError):
+            return None
 
     def reload_gates(self, path: str) -> dict:
         """Serve these gates from the next job on: loaded and checked first, then swapped in between jobs (a job
