@@ -17,7 +17,7 @@ import { rm } from "node:fs/promises";
 import { crawlSources, hostJobs, stateFile } from "./scheduler/jobs.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { ModelRegistry } from "./models/registry.js";
-import { reloadWorkers, retrainGates } from "./models/retrain.js";
+import { reloadWorkers, retrainGates, writeRatedExamples } from "./models/retrain.js";
 import { reembedPool } from "./pool/reembed.js";
 import type { JobState, StateFile } from "./scheduler/state.js";
 import { builtinPlugin } from "./builtins.js";
@@ -166,6 +166,7 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
     const retrain = models && (async (signal: AbortSignal) => (await retrainGates({
       registry: models, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => workers.source.ready(),
       steps: config.scheduler.retrain.steps, metrics: config.scheduler.retrain.metrics, evalPairs: config.scheduler.retrain.eval_pairs, log,
+      ratedExamples: (folder) => writeRatedExamples(generations, pool.store, dataDir, folder, config.scheduler.retrain.rated_min_score),
     }, signal)).summary);
     const scheduler: Scheduler = new Scheduler({
       state, log, timezone: config.scheduler.timezone || undefined,

@@ -74,3 +74,32 @@ describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining a
     expect((await run("models", "rollback")).code).toBe(2);
   });
 });
+
+describe("ratings feed retraining", () => {
+  it("lists the highly rated generations' prompts, images and LoRA files for the trainer", async () => {
+    const { fakeHost } = await import("../src/testing/fake-host.js");
+    const { writeRatedExamples } = await import("../src/models/retrain.js");
+    const { readFile, writeFile: write } = await import("node:fs/promises");
+    const { diffusersLora } = await import("../src/testing/safetensors.js");
+    const host = await fakeHost({ stepMs: 1 });
+    try {
+      const file = join(host.data, "neon.safetensors");
+      await write(file, diffusersLora(192, 4, 1, { name: "neon" }));
+      const { lora } = await host.ingest(file, { name: "neon glow" });
+      const liked = await host.context.pipeline.imagine("a neon hexagon", { user: "web:a", loras: [lora.id] }).result;
+      const disliked = await host.context.pipeline.imagine("a dull square", { user: "web:a", loras: [lora.id] }).result;
+      await host.generations.rate(liked.generation.id, "web:b", 2);
+      await host.generations.rate(liked.generation.id, "web:c", 1);
+      await host.generations.rate(disliked.generation.id, "web:b", -1);
+      await host.generations.rate(disliked.generation.id, "web:c", 2); // 1 in all: under the bar
+      expect(await writeRatedExamples(host.generations, host.store, host.data, host.data, 4)).toBeUndefined();
+      const path = await writeRatedExamples(host.generations, host.store, host.data, host.data, 2);
+      const { examples } = JSON.parse(await readFile(path!, "utf8"));
+      expect(examples).toEqual([{
+        prompt: "a neon hexagon", generation: liked.generation.id, loras: [host.store.pathOf(lora.id)], images: liked.files.singles,
+      }]);
+    } finally {
+      await host.stop();
+    }
+  }, 60_000);
+});

@@ -1,11 +1,12 @@
 // `autolora models list|promote|rollback VERSION` and `autolora retrain`: the gate versions, by hand. A running
 // `autolora serve` notices a change of the served version within seconds and has its workers reload it.
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
-import { openModels, workerPython } from "../host.js";
+import { openModels, openPool, workerPython } from "../host.js";
+import { GenerationStore } from "../pipeline/generations.js";
 import { ModelError } from "../models/registry.js";
-import { retrainGates } from "../models/retrain.js";
+import { retrainGates, writeRatedExamples } from "../models/retrain.js";
 import { stateFile } from "../scheduler/jobs.js";
 import { JobBusyError } from "../scheduler/state.js";
 import type { CliIo } from "./main.js";
@@ -57,12 +58,15 @@ export async function retrainCommand(args: string[], io: CliIo): Promise<number>
     return 2;
   }
   const state = stateFile(config);
+  const dataDir = resolve(config.data_dir);
   try {
     // No workers here: a running `serve` follows the registry and reloads its own.
     const outcome = await state.exclusive("retrain", () => retrainGates({
       registry, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => [],
       steps: config.scheduler.retrain.steps, metrics: config.scheduler.retrain.metrics, evalPairs: config.scheduler.retrain.eval_pairs,
       log: values.json ? undefined : io.stderr,
+      ratedExamples: async (folder) => writeRatedExamples(await GenerationStore.open(config.lancedb_uri || join(dataDir, "lancedb")),
+        (await openPool(config)).store, dataDir, folder, config.scheduler.retrain.rated_min_score),
     }));
     await state.update((saved) => {
       saved.jobs.retrain = { ...saved.jobs.retrain, lastFinished: new Date().toISOString(), lastOutcome: "ok", lastSummary: outcome.summary, pendingLoras: 0 };

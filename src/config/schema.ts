@@ -66,6 +66,7 @@ export const configSchema = z.strictObject({
       steps: z.int().min(0).max(100_000),
       metrics: z.array(z.enum(["heldout_loss", "both_correct", "shape_acc", "style_acc"])).min(1),
       eval_pairs: z.int().min(1).max(100),
+      rated_min_score: z.int().min(1),
     }),
   }),
   admins: z.array(z.string().regex(/^[a-z]+:.+$/, 'expected "<adapter>:<user id>" or "<adapter>:role:<role id>", e.g. "discord:80351110224678912"')),

@@ -3,9 +3,12 @@
 // eval`), and promoted only if it is not worse than the served version on every chosen metric. Promotion swaps
 // the serving file and tells every ready worker to reload it, so no worker restarts.
 import { spawn } from "node:child_process";
-import { mkdir, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { WorkerBackend } from "../gpu/backend.js";
+import type { GenerationStore } from "../pipeline/generations.js";
+import type { LoraStore } from "../pool/store.js";
 import type { ModelRegistry } from "./registry.js";
 
 /** Metrics where lower is better; the others (accuracies) are better higher. */
@@ -26,6 +29,8 @@ export interface RetrainOptions {
   metrics?: string[];
   /** Held-out pairs drawn for the accuracy metrics. Default 6. */
   evalPairs?: number;
+  /** Writes the manifest of highly rated generations to train on too, returning its path (undefined: none). */
+  ratedExamples?: (folder: string) => Promise<string | undefined>;
   log?: (line: string) => void;
 }
 
@@ -34,6 +39,21 @@ export interface RetrainOutcome {
   candidate: { version: string; metrics: Record<string, number> };
   serving: { version: string; metrics: Record<string, number> };
   summary: string;
+}
+
+/** The manifest `gates train --examples` reads: each highly rated generation's prompt, images and LoRA files. */
+export async function writeRatedExamples(generations: GenerationStore, store: LoraStore, dataDir: string, folder: string,
+  minScore: number): Promise<string | undefined> {
+  const examples = [];
+  for (const { generation } of await generations.highlyRated(minScore)) {
+    const loras = generation.loras.map((lora) => store.pathOf(lora.id)).filter((path) => existsSync(path));
+    const images = generation.seeds.map((_, index) => join(dataDir, generation.images, `${index + 1}.png`)).filter((path) => existsSync(path));
+    if (loras.length > 0 && images.length > 0) examples.push({ prompt: generation.prompt, images, loras, generation: generation.id });
+  }
+  if (examples.length === 0) return undefined;
+  const path = join(folder, "rated-examples.json");
+  await writeFile(path, JSON.stringify({ examples }));
+  return path;
 }
 
 export async function retrainGates(options: RetrainOptions, signal?: AbortSignal): Promise<RetrainOutcome> {
@@ -51,8 +71,9 @@ export async function retrainGates(options: RetrainOptions, signal?: AbortSignal
   try {
     const init = options.init === "fresh" ? [] : ["--init", options.init === undefined || options.init === "serving" ? serving.file : options.init];
     options.log?.(`[retrain] training a candidate (${options.steps} steps${init.length ? `, from ${serving.version}` : ", fresh"})`);
+    const examples = await options.ratedExamples?.(work);
     const trained = await python(options, ["gates", "train", "--out", candidateFile, "--steps", String(options.steps),
-      "--seed", String(Date.now() % 100_000), ...init], signal);
+      "--seed", String(Date.now() % 100_000), ...init, ...(examples ? ["--examples", examples] : [])], signal);
     const metrics = await evaluate(options, candidateFile, signal);
     const servingMetrics = serving.metrics!;
     const worse = metricNames.filter((name) => LOWER_IS_BETTER.has(name) ? metrics[name]! > servingMetrics[name]! : metrics[name]! < servingMetrics[name]!);
@@ -63,7 +84,8 @@ export async function retrainGates(options: RetrainOptions, signal?: AbortSignal
       const summary = `kept ${serving.version}: candidate ${version} is worse (${comparison})`;
       return { promoted: false, candidate: { version, metrics }, serving: { version: serving.version, metrics: servingMetrics }, summary };
     }
-    await registry.addCandidate(candidateFile, metrics, "retired", `trained from ${init.length ? serving.version : "fresh gates"} for ${options.steps} steps`);
+    await registry.addCandidate(candidateFile, metrics, "retired", `trained from ${init.length ? serving.version : "fresh gates"} for ${options.steps} steps` +
+      `${trained.rated_examples ? ` with ${String(trained.rated_examples)} rated generations` : ""}`);
     await registry.promote(version, `promoted over ${serving.version} (${comparison})`);
     const reloaded = await reloadWorkers(registry, options.workers(), options.log);
     const summary = `promoted ${version} over ${serving.version} (${comparison}); ${reloaded} worker(s) reloaded`;

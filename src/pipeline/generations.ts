@@ -95,6 +95,21 @@ export class GenerationStore {
     return true;
   }
 
+  /** Generations whose ratings add up to at least `minScore`, best first (at most `limit`). */
+  async highlyRated(minScore: number, limit = 500): Promise<Array<{ generation: GenerationRecord; score: number }>> {
+    const totals = new Map<string, number>();
+    for (const rating of await this.ratings.query().select(["generation", "value"]).toArray()) {
+      totals.set(rating.generation, (totals.get(rating.generation) ?? 0) + rating.value);
+    }
+    const best = [...totals.entries()].filter(([, score]) => score >= minScore).sort((a, b) => b[1] - a[1]).slice(0, limit);
+    const found: Array<{ generation: GenerationRecord; score: number }> = [];
+    for (const [id, score] of best) {
+      const generation = await this.get(id);
+      if (generation) found.push({ generation, score });
+    }
+    return found;
+  }
+
   /** Each user's rating of one generation. */
   async ratingsOf(generation: string): Promise<Array<{ user: string; value: number }>> {
     const rows = await this.ratings.query().where(`generation = '${quote(generation)}'`).toArray();

@@ -118,7 +118,7 @@ def _gates(args) -> int:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.gates_command == "train":
         result = train_candidate(bundle, args.out, steps=args.steps, seed=args.seed, init=args.init, device=args.device,
-                                 progress=say)
+                                 examples=args.examples, progress=say)
     else:
         result = evaluate_gates(bundle, args.gates, pairs=args.pairs, steps=args.steps, device=args.device, progress=say)
     print(json.dumps(result) if args.json else "\n".join(f"{key}: {value}" for key, value in result.items()), flush=True)
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=300, help="training steps (0: save the starting gates as they are)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init", default=None, help="start from these gates (a fine-tune) instead of fresh ones")
+    train.add_argument("--examples", default=None,
+                       help="JSON of highly rated generations ({examples: [{prompt, images, loras}]}) to train on too")
     evaluate = gate_commands.add_parser("eval", help="held-out loss and accuracy of a gate file")
     evaluate.add_argument("--gates", required=True)
     evaluate.add_argument("--pairs", type=int, default=6, help="held-out object + style pairs to draw")

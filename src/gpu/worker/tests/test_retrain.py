@@ -29,3 +29,30 @@ def test_candidates_are_trained_and_measured_on_held_out_loras(tmp_path):
     assert untrained["version"] == fresh["version"]
     assert untrained["heldout_loss"] > trained["heldout_loss"]
     assert set(trained) == {"version", "heldout_loss", "both_correct", "shape_acc", "style_acc", "pairs", "images"}
+
+
+def test_highly_rated_generations_join_the_training(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    pool = sorted((BUNDLE / "pool").glob("*.safetensors"))[:2]
+    images = []
+    for n in range(2):
+        path = tmp_path / f"{n}.png"
+        Image.fromarray(np.full((64, 64, 3), 40 * n, dtype=np.uint8)).save(path)
+        images.append(str(path))
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    manifest = tmp_path / "rated.json"
+    manifest.write_text(json.dumps({"examples": [
+        {"prompt": "a red hexagon", "images": images, "loras": [str(p) for p in pool]},
+        {"prompt": "a wrong size", "images": [str(tmp_path / "small.png")], "loras": [str(pool[0])]},
+        {"prompt": "a lost LoRA", "images": images, "loras": [str(tmp_path / "gone.safetensors")]},
+    ]}))
+    said = []
+    result = train_candidate(BUNDLE, tmp_path / "rated.safetensors", steps=2, batch=2, examples=manifest,
+                             examples_share=1.0, progress=said.append)
+    assert result["rated_examples"] == 1  # the 32×32 one and the one whose LoRA is gone are left out
+    assert "[gates] 1 highly rated generations join the training data" in said
+    assert result["final_loss"] > 0

@@ -45,9 +45,51 @@ def _loras(bundle: Path, records: list[dict]):
     return {r["id"]: read_lora_file(bundle / r["file"]) for r in records}
 
 
+def rated_examples(path: str | Path, size: int) -> list[tuple[list, torch.Tensor, str]]:
+    """Users' highly rated generations, from the host's manifest `{"examples": [{"prompt", "images": [png…],
+    "loras": [safetensors…]}]}`: (LoRAs, images (N, 3, H, W) in [-1, 1], prompt). Examples whose images are not
+    `size` square or whose LoRA files are gone are left out."""
+    import json
+
+    from PIL import Image
+
+    from ..errors import InvalidLoraFileError
+    from .render import to_tensor
+
+    kept = []
+    for example in json.loads(Path(path).read_text()).get("examples", []):
+        try:
+            pixels = [np.asarray(Image.open(image).convert("RGB")) for image in example["images"]]
+            loras = [read_lora_file(file) for file in example["loras"]]
+        except (OSError, KeyError, ValueError, InvalidLoraFileError):
+            continue
+        pixels = [p for p in pixels if p.shape[:2] == (size, size)]
+        if pixels and loras and example.get("prompt"):
+            kept.append((loras, to_tensor(np.stack(pixels)), str(example["prompt"])))
+    return kept
+
+
+def with_rated(draw_pair, examples: list, share: float):
+    """Eq. 10's draws, a `share` of them replaced by a rated generation: its LoRAs fused, its images the target,
+    its prompt the caption. What users liked becomes what the gates should reproduce."""
+    if not examples or share <= 0:
+        return draw_pair
+
+    def draw(rng: np.random.Generator, batch: int):
+        if rng.random() >= share:
+            return draw_pair(rng, batch)
+        loras, images, prompt = examples[int(rng.integers(len(examples)))]
+        picks = rng.integers(images.shape[0], size=batch)
+        target, interference = loras[0], loras[1] if len(loras) > 1 else loras[0]
+        return target, interference, images[torch.from_numpy(picks)], [prompt] * batch, [""] * batch
+    return draw
+
+
 def train_candidate(bundle: str | Path, out: str | Path, *, steps: int, seed: int = 0, init: str | Path | None = None,
-                    batch: int = 8, lr: float = 1e-2, device: str = "cpu", progress=print) -> dict:
-    """Train gates on the bundle's training object/style LoRAs and save them to `out`; returns version and loss."""
+                    batch: int = 8, lr: float = 1e-2, device: str = "cpu", examples: str | Path | None = None,
+                    examples_share: float = 0.25, progress=print) -> dict:
+    """Train gates on the bundle's training object/style LoRAs (and, a share of the steps, on users' highly rated
+    generations listed in `examples`) and save them to `out`; returns version, loss and what it trained on."""
     bundle = Path(bundle)
     paths, backbone, records = _world(bundle, device)
     training = [r for r in records if r["split"] == "train" and r["kind"] in ("object", "style")]
@@ -56,8 +98,12 @@ def train_candidate(bundle: str | Path, out: str | Path, *, steps: int, seed: in
     dims = gate_dims(backbone.transformer)
     gates = GateBank.load(init, dims, "proving-ground") if init else GateBank(dims, seed=seed, family="proving-ground")
     history = {"loss": []}
+    rated = rated_examples(examples, backbone.spec.default_size) if examples else []
+    if rated:
+        progress(f"[gates] {len(rated)} highly rated generations join the training data")
     if steps > 0:
-        history = train_gates(backbone, gates, gate_pair_sampler(training, _loras(bundle, training)), steps=steps,
+        draw = with_rated(gate_pair_sampler(training, _loras(bundle, training)), rated, examples_share)
+        history = train_gates(backbone, gates, draw, steps=steps,
                               batch=batch, lr=lr, seed=seed, hinge=False, global_lora=True, progress=progress,
                               log_every=max(1, steps // 4))
     gates.requires_grad_(False)
@@ -66,7 +112,7 @@ def train_candidate(bundle: str | Path, out: str | Path, *, steps: int, seed: in
     gates.save(out, version=version)
     losses = history.get("loss") or []
     return {"version": version, "steps": steps, "final_loss": float(np.mean(losses[-20:])) if losses else None,
-            "train_loras": len(training)}
+            "train_loras": len(training), "rated_examples": len(rated)}
 
 
 def evaluate_gates(bundle: str | Path, gates_path: str | Path, *, pairs: int = 6, seeds: tuple[int, ...] = (11, 22),
