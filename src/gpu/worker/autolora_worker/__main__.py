@@ -125,6 +125,23 @@ def _gates(args) -> int:
     return 0
 
 
+def _encoder(args) -> int:
+    import json
+
+    from .world.bundle import default_bundle_dir
+    from .world.retrain import evaluate_encoder, train_encoder_candidate
+
+    bundle = args.bundle or default_bundle_dir()
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    if args.encoder_command == "train":
+        result = train_encoder_candidate(bundle, args.out, steps=args.steps, seed=args.seed, init=args.init,
+                                         extra=args.extra, device=args.device, progress=say)
+    else:
+        result = evaluate_encoder(bundle, args.encoder, device=args.device)
+    print(json.dumps(result) if args.json else "\n".join(f"{key}: {value}" for key, value in result.items()), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autolora_worker",
                                      description="AutoLoRA GPU worker: LoRA files, fusion, sampling.")
@@ -202,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--device", default="cuda" if _cuda() else "cpu")
         command.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
         command.set_defaults(run=_gates)
+
+    encoder = commands.add_parser("encoder", help="retrain the LoRA encoder, and measure retrieval on held-out LoRAs")
+    encoder_commands = encoder.add_subparsers(dest="encoder_command", required=True)
+    encoder_train = encoder_commands.add_parser("train", help="train a candidate encoder (a folder)")
+    encoder_train.add_argument("--out", required=True, help="folder to write encoder.json + encoder.safetensors to")
+    encoder_train.add_argument("--steps", type=int, default=300)
+    encoder_train.add_argument("--seed", type=int, default=0)
+    encoder_train.add_argument("--init", default=None, help="fine-tune this encoder folder instead of a fresh one")
+    encoder_train.add_argument("--extra", default=None,
+                               help="JSON of crawled LoRAs with captions ({examples: [{lora, captions}]}) to train on too")
+    encoder_eval = encoder_commands.add_parser("eval", help="recall@1/@3 and MRR of held-out LoRAs")
+    encoder_eval.add_argument("--encoder", required=True, help="encoder folder")
+    for command in (encoder_train, encoder_eval):
+        command.add_argument("--bundle", default=None, help="proving-ground bundle (default: the embedded bundle/)")
+        command.add_argument("--device", default="cuda" if _cuda() else "cpu")
+        command.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
+        command.set_defaults(run=_encoder)
 
     from .world.cli import add_world_commands
 

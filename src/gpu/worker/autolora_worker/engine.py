@@ -84,6 +84,17 @@ class Engine:
         except (OSError, ValueError):
             return None
 
+    def reload_encoder(self, path: str) -> dict:
+        """Embed with the encoder in folder `path` from now on; it is loaded and checked against this model first,
+        so a folder that does not fit changes nothing."""
+        from .world.encoder import load_encoder
+
+        encoder = load_encoder(path, model=self.backbone.transformer)
+        with self._encoder_lock:
+            previous = self._encoder_version()
+            self._encoder_path, self._encoder = Path(path), encoder
+        return {"encoder_version": encoder.version, "previous": previous}
+
     def reload_gates(self, path: str) -> dict:
         """Serve these gates from the next job on: loaded and checked first, then swapped in between jobs (a job
         running now finishes with the gates it started with). A file that does not fit changes nothing."""

@@ -112,7 +112,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
         if not self._authorised():
             return
         routes = {"/generate": self._generate, "/inspect": self._inspect, "/embed": self._embed, "/cancel": self._cancel,
-                  "/reload-gates": self._reload_gates}
+                  "/reload-gates": self._reload_gates, "/reload-encoder": self._reload_encoder}
         route = routes.get(self.path)
         if route is None:
             self._error(HTTPStatus.NOT_FOUND, "not-found", f"no route POST {self.path}")
@@ -148,6 +148,14 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK, self.server.engine.reload_gates(request.path))
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             self._error(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid-gates", f"cannot use {request.path} as gates: {error}")
+
+    def _reload_encoder(self):
+        """Swap in a promoted LoRA encoder without a restart."""
+        request = parse(InspectRequest, self._body())
+        try:
+            self._send_json(HTTPStatus.OK, self.server.engine.reload_encoder(request.path))
+        except (OSError, ValueError, KeyError, RuntimeError, ModelLoadError) as error:
+            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid-encoder", f"cannot use {request.path} as the LoRA encoder: {error}")
 
     def _cancel(self):
         request = parse(CancelRequest, self._body())

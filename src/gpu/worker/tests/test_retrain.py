@@ -56,3 +56,20 @@ def test_highly_rated_generations_join_the_training(tmp_path):
     assert result["rated_examples"] == 1  # the 32×32 one and the one whose LoRA is gone are left out
     assert "[gates] 1 highly rated generations join the training data" in said
     assert result["final_loss"] > 0
+
+
+def test_encoder_candidates_are_trained_and_measured_on_held_out_retrieval(tmp_path):
+    import json
+
+    from autolora_worker.world.retrain import evaluate_encoder, train_encoder_candidate
+
+    pool = sorted((BUNDLE / "pool").glob("*.safetensors"))[:1]
+    extra = tmp_path / "crawled.json"
+    extra.write_text(json.dumps({"examples": [{"lora": str(pool[0]), "captions": ["a crawled caption"]},
+                                              {"lora": str(tmp_path / "gone.safetensors"), "captions": ["x"]}]}))
+    fresh = train_encoder_candidate(BUNDLE, tmp_path / "fresh", steps=0, extra=extra, progress=lambda line: None)
+    assert fresh["crawled_loras"] == 1 and (tmp_path / "fresh" / "encoder.json").exists()
+    served = evaluate_encoder(BUNDLE, BUNDLE / "encoder", queries_per_concept=1)
+    untrained = evaluate_encoder(BUNDLE, tmp_path / "fresh", queries_per_concept=1)
+    assert untrained["version"] == fresh["version"]
+    assert served["mrr"] > untrained["mrr"] and served["recall_at_1"] > 0.8

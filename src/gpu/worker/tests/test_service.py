@@ -231,3 +231,12 @@ def test_reload_gates_swaps_them_without_a_restart_and_refuses_a_bad_file(worker
     status, response = call(url, "/reload-gates", {"path": str(tmp_path / "broken.safetensors")})
     assert status == 422 and json.load(response)["error"]["code"] == "invalid-gates"
     assert json.load(call(url, "/health")[1])["gate_version"] == "gates-promoted-1"
+
+
+def test_reload_encoder_swaps_it_and_refuses_a_folder_that_does_not_fit(worker, tmp_path):
+    url, _ = worker
+    before = json.load(call(url, "/health")[1])["encoder_version"]
+    assert before == json.loads((BUNDLE / "encoder" / "encoder.json").read_text())["version"]
+    status, response = call(url, "/reload-encoder", {"path": str(tmp_path / "missing")})
+    assert status == 422 and json.load(response)["error"]["code"] == "invalid-encoder"
+    assert json.load(call(url, "/health")[1])["encoder_version"] == before

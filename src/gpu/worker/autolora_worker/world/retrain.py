@@ -166,3 +166,99 @@ def evaluate_gates(bundle: str | Path, gates_path: str | Path, *, pairs: int = 6
     return {"version": gates.info.version, "heldout_loss": float(np.mean(losses)), "both_correct": mean(hits["both"]),
             "shape_acc": mean(hits["shape"]), "style_acc": mean(hits["style"]), "pairs": pairs,
             "images": len(hits["both"])}
+
+
+# --- the LoRA encoder -------------------------------------------------------------------------------------------
+
+
+def _encoder_examples(bundle: Path, records: list[dict], seed: int, extra: str | Path | None):
+    """(LoRA, captions) for the bundle's training LoRAs (their preview captions plus fresh ones naming the concept,
+    as the bundle's own encoder was trained) and, from `extra`, crawled LoRAs with the captions their source gave
+    ({"examples": [{"lora": path, "captions": [...]}]}); one contrastive group per concept or per crawled LoRA."""
+    import json
+
+    from ..errors import InvalidLoraFileError
+    from .build import concept_scenes
+    from .render import SHAPES, captions, random_scene
+
+    rng = np.random.default_rng([seed, 11])
+    examples, groups = [], []
+    for record in records:
+        if record["split"] != "train":
+            continue  # held-out LoRAs never reach the encoder
+        lora = read_lora_file(bundle / record["file"])
+        lora.name = record["id"]
+        shapes, styles = concept_scenes({"shape" if record["concept"] in SHAPES else "style": record["concept"]})
+        texts = [preview["caption"] for preview in record["previews"]]
+        for _ in range(6):
+            texts.extend(captions(random_scene(rng, shapes=shapes, styles=styles), rng, leave_out=False).values())
+        examples.append((lora, texts))
+        groups.append(record["concept"])
+    crawled = 0
+    for example in (json.loads(Path(extra).read_text()).get("examples", []) if extra else []):
+        texts = [str(text) for text in example.get("captions", []) if str(text).strip()]
+        try:
+            lora = read_lora_file(example["lora"])
+        except (OSError, KeyError, InvalidLoraFileError):
+            continue
+        if texts and lora.family in (None, "proving-ground"):
+            examples.append((lora, texts))
+            groups.append(f"crawled:{example['lora']}")
+            crawled += 1
+    return examples, groups, crawled
+
+
+def train_encoder_candidate(bundle: str | Path, out: str | Path, *, steps: int, seed: int = 0,
+                            init: str | Path | None = None, extra: str | Path | None = None, batch: int = 8,
+                            device: str = "cpu", progress=print) -> dict:
+    """Train (or fine-tune from `init`) the LoRA encoder on the bundle's training LoRAs and crawled, captioned
+    LoRAs from `extra`; saves it to the folder `out`."""
+    from .encoder import LoraEncoder, layer_table, load_encoder, save_encoder, train_encoder
+
+    bundle = Path(bundle)
+    paths, backbone, records = _world(bundle, device)
+    examples, groups, crawled = _encoder_examples(bundle, records, seed, extra)
+    if init:
+        encoder = load_encoder(init, model=backbone.transformer, device=device)
+        encoder.train().requires_grad_(True)
+    else:
+        encoder = LoraEncoder(layer_table(backbone.transformer), seed=seed).to(device)
+    history = {"loss": []}
+    if steps > 0:
+        history = train_encoder(encoder, examples, steps=steps, batch=min(batch, len(set(groups))), seed=seed,
+                                groups=groups, text_encoder=backbone.text_encoder, progress=progress,
+                                log_every=max(1, steps // 4))
+    encoder.eval().requires_grad_(False)
+    version = f"enc-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-s{seed}-{steps}"
+    save_encoder(encoder, out, version, {"train_loras": len(examples), "crawled_loras": crawled})
+    losses = history.get("loss") or []
+    return {"version": version, "steps": steps, "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "train_loras": len(examples), "crawled_loras": crawled}
+
+
+def evaluate_encoder(bundle: str | Path, encoder_dir: str | Path, *, queries_per_concept: int = 4, device: str = "cpu") -> dict:
+    """Retrieval of held-out LoRAs by held-out prompt templates: recall@1, recall@3 and MRR (the proving ground's
+    retrieval benchmark), for one encoder."""
+    from .benchmark import concept_of, rank_metrics
+    from .encoder import embed_loras, load_encoder
+    from .render import SHAPES
+
+    bundle = Path(bundle)
+    paths, backbone, records = _world(bundle, device)
+    encoder = load_encoder(encoder_dir, model=backbone.transformer, device=device)
+    candidates = [r for r in records if r["split"] == "heldout"]
+    truths = [concept_of(r) for r in candidates]
+    rng = np.random.default_rng([5, 17])
+    queries, wanted = [], []
+    for concept in sorted({c for c in truths if c is not None}):
+        for _ in range(queries_per_concept):
+            queries.append(prompt_for(**({"shape": concept} if concept in SHAPES else {"style": concept}), rng=rng,
+                                      held_out_template=True))
+            wanted.append(concept)
+    relevant = np.array([[truth == concept for truth in truths] for concept in wanted])
+    with torch.no_grad():
+        text = backbone.text_encoder(queries).pooled.float()
+        loras = embed_loras(encoder, [read_lora_file(bundle / r["file"]) for r in candidates]).float()
+    recall1, recall3, mrr = rank_metrics((text @ loras.T).cpu().numpy(), relevant)
+    return {"version": encoder.version, "recall_at_1": recall1, "recall_at_3": recall3, "mrr": mrr,
+            "queries": len(queries), "candidates": len(candidates)}
