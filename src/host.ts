@@ -16,8 +16,8 @@ import { download } from "./pool/download.js";
 import { rm } from "node:fs/promises";
 import { crawlSources, hostJobs, stateFile } from "./scheduler/jobs.js";
 import { Scheduler } from "./scheduler/scheduler.js";
-import { ModelRegistry } from "./models/registry.js";
-import { reloadWorkers, retrainGates, writeRatedExamples } from "./models/retrain.js";
+import { ENCODER, GATES, ModelRegistry } from "./models/registry.js";
+import { reloadWorkers, retrainModel, writeCaptionedLoras, writeRatedExamples } from "./models/retrain.js";
 import { reembedPool } from "./pool/reembed.js";
 import type { JobState, StateFile } from "./scheduler/state.js";
 import { builtinPlugin } from "./builtins.js";
@@ -56,21 +56,33 @@ export function workerPython(config: Config): string {
   return config.workers.python || [join(REPO_ROOT, ".venv", "bin", "python")].find(existsSync) || "python3";
 }
 
-/** The gate versions (data/models), started from the bundle's gates; undefined when the bundle has none. */
-export async function openModels(config: Config): Promise<ModelRegistry | undefined> {
-  const bundleGates = join(resolve(config.bundle_dir), "gates", "gates.safetensors");
-  if (!existsSync(bundleGates)) return undefined;
-  return ModelRegistry.open(join(resolve(config.data_dir), "models"), bundleGates);
+export interface Models {
+  gates?: ModelRegistry;
+  encoder?: ModelRegistry;
+}
+
+/** The versions of the gates and the LoRA encoder (data/models), each started from the bundle's; a kind the
+ *  bundle does not have is absent. */
+export async function openModels(config: Config): Promise<Models> {
+  const bundle = resolve(config.bundle_dir);
+  const root = join(resolve(config.data_dir), "models");
+  const gates = join(bundle, "gates", "gates.safetensors");
+  const encoder = join(bundle, "encoder", "encoder.json");
+  return {
+    gates: existsSync(gates) ? await ModelRegistry.open(root, gates, GATES) : undefined,
+    encoder: existsSync(encoder) ? await ModelRegistry.open(root, join(bundle, "encoder"), ENCODER) : undefined,
+  };
 }
 
 /** Start the configured workers and wait until they answer; `log` gets their stderr and supervision notes. */
 export async function startWorkers(config: Config, secrets: Secrets, log: (line: string) => void,
-  models?: ModelRegistry): Promise<Workers> {
+  models: Models = {}): Promise<Workers> {
   const python = workerPython(config);
   const supervisor = new WorkerSupervisor({
     workers: config.workers.local.map(({ device, model }) => ({
       // Proving-ground workers serve the promoted gates (the served file's path never changes).
-      ...pythonWorkerCommand(python, device, model, model === "proving-ground" ? models?.servingPath : undefined),
+      ...pythonWorkerCommand(python, device, model, model === "proving-ground" ? models.gates?.servingPath : undefined,
+        model === "proving-ground" ? models.encoder?.servingPath : undefined),
       env: { AUTOLORA_BUNDLE: resolve(config.bundle_dir), PYTHONUNBUFFERED: "1" },
     })),
     startupTimeoutMs: config.workers.startup_timeout_s * 1000,
@@ -163,15 +175,28 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       status: () => poolStatus(pool, queue, workers, state),
     };
     const core = new ChatCore(context, log);
-    const retrain = models && (async (signal: AbortSignal) => (await retrainGates({
-      registry: models, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => workers.source.ready(),
-      steps: config.scheduler.retrain.steps, metrics: config.scheduler.retrain.metrics, evalPairs: config.scheduler.retrain.eval_pairs, log,
-      ratedExamples: (folder) => writeRatedExamples(generations, pool.store, dataDir, folder, config.scheduler.retrain.rated_min_score),
+    const retrainOptions = (registry: ModelRegistry, settings: { steps: number; metrics: string[] }) => ({
+      registry, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => workers.source.ready(),
+      steps: settings.steps, metrics: settings.metrics, evalPairs: config.scheduler.retrain.eval_pairs, log,
+    });
+    const gates = models.gates;
+    const retrain = gates && (async (signal: AbortSignal) => (await retrainModel({
+      ...retrainOptions(gates, config.scheduler.retrain),
+      extras: (folder) => writeRatedExamples(generations, pool.store, dataDir, folder, config.scheduler.retrain.rated_min_score),
     }, signal)).summary);
+    const encoderModels = models.encoder;
+    const retrainEncoder = encoderModels && (async (signal: AbortSignal) => {
+      const outcome = await retrainModel({
+        ...retrainOptions(encoderModels, { steps: config.scheduler.retrain.encoder_steps, metrics: config.scheduler.retrain.encoder_metrics }),
+        extras: (folder) => writeCaptionedLoras(pool.index, pool.store, folder),
+      }, signal);
+      if (outcome.promoted) void scheduler.trigger("reembed"); // the new encoder's embeddings, in the background
+      return outcome.summary;
+    });
     const scheduler: Scheduler = new Scheduler({
       state, log, timezone: config.scheduler.timezone || undefined,
       jobs: hostJobs({
-        config, sources: crawlSources(config, secrets, plugins.crawlSources), state, ingest, index: pool.index, log, retrain,
+        config, sources: crawlSources(config, secrets, plugins.crawlSources), state, ingest, index: pool.index, log, retrain, retrainEncoder,
         startRetrain: () => void scheduler.trigger("retrain"),
         reembed: async (signal) => {
           const version = await encoderVersion(workers);
@@ -193,11 +218,16 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       return "retraining started: a candidate is trained, measured on held-out LoRAs and promoted only if it is not worse";
     });
     // Another process (`autolora models promote`, `autolora retrain`) may change what is served: follow it.
-    const following = models && setInterval(() => {
-      void models.refresh().then((changed) => changed ? reloadWorkers(models, workers.source.ready(), log) : 0)
-        .catch((error: unknown) => log(`[models] ${error instanceof Error ? error.message : String(error)}`));
+    const following = setInterval(() => {
+      for (const registry of [models.gates, models.encoder]) {
+        void registry?.refresh().then(async (changed) => {
+          if (!changed) return;
+          await reloadWorkers(registry, workers.source.ready(), log);
+          if (registry.kind.name === "encoder") void scheduler.trigger("reembed");
+        }).catch((error: unknown) => log(`[models] ${error instanceof Error ? error.message : String(error)}`));
+      }
     }, 5000);
-    following?.unref();
+    following.unref();
     return {
       config, pool, workers, pipeline, context, core, scheduler, generations, plugins, dataDir,
       stop: async () => {

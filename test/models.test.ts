@@ -8,8 +8,8 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { main } from "../src/cli/main.js";
 import { WorkerSupervisor, pythonWorkerCommand } from "../src/gpu/supervisor.js";
-import { ModelRegistry } from "../src/models/registry.js";
-import { reloadWorkers, retrainGates } from "../src/models/retrain.js";
+import { ENCODER, ModelRegistry } from "../src/models/registry.js";
+import { reloadWorkers, retrainGates, retrainModel } from "../src/models/retrain.js";
 
 const root = join(import.meta.dirname, "..");
 const python = join(root, ".venv", "bin", "python");
@@ -34,9 +34,17 @@ describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining a
 
     // Now serve those untrained gates, from a worker that is running, and offer the trained ones as the candidate.
     const untrained = trained.get(refused.candidate.version)!;
-    const registry = await ModelRegistry.open(await mkdtemp(join(tmpdir(), "autolora-models-")), untrained.file);
+    const root = await mkdtemp(join(tmpdir(), "autolora-models-"));
+    const registry = await ModelRegistry.open(root, untrained.file);
+    // The encoder too: serve an untrained one (trained for 0 steps), offer the bundle's.
+    const freshEncoder = join(root, "fresh-encoder");
+    const encoders = await (async () => {
+      const { execFileSync } = await import("node:child_process");
+      execFileSync(python, ["-m", "autolora_worker", "encoder", "train", "--out", freshEncoder, "--steps", "0", "--bundle", bundle, "--json"], { stdio: "ignore" });
+      return ModelRegistry.open(root, freshEncoder, ENCODER);
+    })();
     supervisor = new WorkerSupervisor({
-      workers: [{ ...pythonWorkerCommand(python, "cpu", "proving-ground", registry.servingPath), env: { AUTOLORA_BUNDLE: bundle } }],
+      workers: [{ ...pythonWorkerCommand(python, "cpu", "proving-ground", registry.servingPath, encoders.servingPath), env: { AUTOLORA_BUNDLE: bundle } }],
       log: () => undefined,
     });
     await supervisor.start(120_000);
@@ -56,9 +64,19 @@ describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining a
     expect(registry.list().map((entry) => [entry.version, entry.status])).toEqual([
       [untrained.version, "serving"], [promoted.candidate.version, "retired"]]);
     // Another process's registry view sees the same.
-    const reopened = await ModelRegistry.open(registry.dir, bundleGates);
+    const reopened = await ModelRegistry.open(root, bundleGates);
     expect(reopened.serving().version).toBe(untrained.version);
-  }, 240_000);
+
+    // A better encoder is promoted on held-out retrieval and embeds from then on, without a restart.
+    const freshVersion = encoders.serving().version;
+    expect((await worker.health()).encoder_version).toBe(freshVersion);
+    const encoderOutcome = await retrainModel({ ...common, registry: encoders, workers: () => supervisor!.ready(), init: join(bundle, "encoder") });
+    expect(encoderOutcome.summary).toMatch(/^promoted enc-\S+ over enc-\S+ \(recall_at_1 0\.\d+ → 0\.\d+, mrr 0\.\d+ → 0\.\d+\); 1 worker\(s\) reloaded$/);
+    expect(encoderOutcome.candidate.metrics.recall_at_1).toBeGreaterThan(encoderOutcome.serving.metrics.recall_at_1!);
+    expect((await worker.health()).encoder_version).toBe(encoderOutcome.candidate.version);
+    const embedded = await worker.embed(join(bundle, "pool", "shape-hexagon-01.safetensors"));
+    expect(embedded.encoder_version).toBe(encoderOutcome.candidate.version);
+  }, 300_000);
 
   it("lists and promotes versions from the command line, refusing unknown ones", async () => {
     const env = { AUTOLORA_DATA_DIR: await mkdtemp(join(tmpdir(), "autolora-models-cli-")) };
@@ -69,8 +87,10 @@ describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining a
       return { code, out, err };
     };
     const listed = await run("models", "list");
-    expect(listed.out).toEqual([expect.stringMatching(/^\* gates-0-300-\S+ {2}serving {2}not measured yet {2}from .*gates\.safetensors$/)]);
-    expect(await run("models", "promote", "gates-nope")).toMatchObject({ code: 2, err: ["no gate version gates-nope; `autolora models list` shows them"] });
+    expect(listed.out).toEqual([
+      expect.stringMatching(/^\* gates gates-0-300-\S+ {2}serving {2}not measured yet {2}from .*gates\.safetensors$/),
+      expect.stringMatching(/^\* encoder enc-0-1500 {2}serving {2}not measured yet {2}from .*encoder$/)]);
+    expect(await run("models", "promote", "gates-nope")).toMatchObject({ code: 2, err: ["no version gates-nope; `autolora models list` shows them"] });
     expect((await run("models", "rollback")).code).toBe(2);
   });
 });

@@ -25,8 +25,8 @@ const USAGE = [
   "  pool search TEXT [--k N] [--min-similarity S] [--family F] [--tags a,b] [--json]   LoRAs a prompt retrieves",
   "  pool remove|block|unblock ID  (ID: the sha256 or its first 8+ hex characters)",
   "  crawl [--source NAME] [--base-url URL] [--limit N] [--json]   crawl the configured LoRA sources now",
-  "  retrain [--json]             train a gate candidate, promote it if it is not worse on held-out LoRAs",
-  "  models list [--json] | models promote VERSION | models rollback VERSION   the gate versions",
+  "  retrain [--encoder] [--json]  train a gate (or encoder) candidate; promote it if not worse on held-out LoRAs",
+  "  models list [--json] | models promote VERSION | models rollback VERSION   gate and encoder versions",
 ].join("\n");
 
 /** Run one command line; resolves to the process exit code (0 ok, 2 bad input or usage). */

@@ -1,12 +1,13 @@
-// `autolora models list|promote|rollback VERSION` and `autolora retrain`: the gate versions, by hand. A running
-// `autolora serve` notices a change of the served version within seconds and has its workers reload it.
+// `autolora models list|promote|rollback VERSION` and `autolora retrain [--encoder]`: the versions of the gates
+// and the LoRA encoder, by hand. A running `autolora serve` notices a change of a served version within seconds,
+// has its workers reload it, and re-embeds the pool after an encoder change.
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { openModels, openPool, workerPython } from "../host.js";
+import { ModelError, type ModelRegistry } from "../models/registry.js";
+import { retrainModel, writeCaptionedLoras, writeRatedExamples } from "../models/retrain.js";
 import { GenerationStore } from "../pipeline/generations.js";
-import { ModelError } from "../models/registry.js";
-import { retrainGates, writeRatedExamples } from "../models/retrain.js";
 import { stateFile } from "../scheduler/jobs.js";
 import { JobBusyError } from "../scheduler/state.js";
 import type { CliIo } from "./main.js";
@@ -15,25 +16,31 @@ export async function modelsCommand(args: string[], io: CliIo): Promise<number> 
   const { values, positionals } = parseArgs({ args, allowPositionals: true, strict: true, options: { json: { type: "boolean" } } });
   const [action, version, ...extra] = positionals;
   const { config } = loadConfig(io.env ?? process.env);
-  const registry = await openModels(config);
-  if (!registry) {
-    io.stderr(`the bundle (${config.bundle_dir}) has no gates, so there are no gate versions to manage`);
+  const models = await openModels(config);
+  const registries = [models.gates, models.encoder].filter((registry): registry is ModelRegistry => registry !== undefined);
+  if (registries.length === 0) {
+    io.stderr(`the bundle (${config.bundle_dir}) has no gates or encoder, so there are no versions to manage`);
     return 2;
   }
   if (action === "list" && !version) {
-    const versions = registry.list();
+    const versions = registries.flatMap((registry) => registry.list().map((entry) => ({ kind: registry.kind.name, ...entry })));
     if (values.json) io.stdout(JSON.stringify(versions));
     for (const entry of values.json ? [] : versions) {
-      const metrics = Object.entries(entry.metrics ?? {}).filter(([name]) => name !== "pairs" && name !== "images")
+      const metrics = Object.entries(entry.metrics ?? {}).filter(([name]) => !["pairs", "images", "queries", "candidates"].includes(name))
         .map(([name, value]) => `${name} ${Number(value).toFixed(4)}`).join(", ");
-      io.stdout(`${entry.status === "serving" ? "*" : " "} ${entry.version}  ${entry.status}  ${metrics || "not measured yet"}  ${entry.note ?? ""}`.trimEnd());
+      io.stdout(`${entry.status === "serving" ? "*" : " "} ${entry.kind} ${entry.version}  ${entry.status}  ${metrics || "not measured yet"}  ${entry.note ?? ""}`.trimEnd());
     }
     return 0;
   }
   if ((action === "promote" || action === "rollback") && version && extra.length === 0) {
+    const registry = registries.find((candidate) => candidate.get(version));
+    if (!registry) {
+      io.stderr(`no version ${version}; \`autolora models list\` shows them`);
+      return 2;
+    }
     try {
       const entry = await registry.promote(version, `${action === "promote" ? "promoted" : "rolled back to"} by hand`);
-      io.stdout(`serving ${entry.version}; a running \`autolora serve\` has its workers reload it within seconds`);
+      io.stdout(`serving ${registry.kind.name} ${entry.version}; a running \`autolora serve\` has its workers reload it within seconds`);
       return 0;
     } catch (error) {
       if (!(error instanceof ModelError)) throw error;
@@ -46,30 +53,38 @@ export async function modelsCommand(args: string[], io: CliIo): Promise<number> 
 }
 
 export async function retrainCommand(args: string[], io: CliIo): Promise<number> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, strict: true, options: { json: { type: "boolean" } } });
+  const { values, positionals } = parseArgs({
+    args, allowPositionals: true, strict: true, options: { json: { type: "boolean" }, encoder: { type: "boolean" } },
+  });
   if (positionals.length > 0) {
-    io.stderr("usage: autolora retrain [--json]");
+    io.stderr("usage: autolora retrain [--encoder] [--json]");
     return 2;
   }
   const { config } = loadConfig(io.env ?? process.env);
-  const registry = await openModels(config);
+  const models = await openModels(config);
+  const registry = values.encoder ? models.encoder : models.gates;
   if (!registry) {
-    io.stderr(`the bundle (${config.bundle_dir}) has no gates to retrain`);
+    io.stderr(`the bundle (${config.bundle_dir}) has no ${values.encoder ? "LoRA encoder" : "gates"} to retrain`);
     return 2;
   }
   const state = stateFile(config);
   const dataDir = resolve(config.data_dir);
+  const settings = config.scheduler.retrain;
+  const job = values.encoder ? "retrain-encoder" : "retrain";
   try {
     // No workers here: a running `serve` follows the registry and reloads its own.
-    const outcome = await state.exclusive("retrain", () => retrainGates({
+    const outcome = await state.exclusive(job, async () => retrainModel({
       registry, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => [],
-      steps: config.scheduler.retrain.steps, metrics: config.scheduler.retrain.metrics, evalPairs: config.scheduler.retrain.eval_pairs,
-      log: values.json ? undefined : io.stderr,
-      ratedExamples: async (folder) => writeRatedExamples(await GenerationStore.open(config.lancedb_uri || join(dataDir, "lancedb")),
-        (await openPool(config)).store, dataDir, folder, config.scheduler.retrain.rated_min_score),
+      steps: values.encoder ? settings.encoder_steps : settings.steps, metrics: values.encoder ? settings.encoder_metrics : settings.metrics,
+      evalPairs: settings.eval_pairs, log: values.json ? undefined : io.stderr,
+      extras: async (folder) => {
+        const pool = await openPool(config);
+        if (values.encoder) return writeCaptionedLoras(pool.index, pool.store, folder);
+        return writeRatedExamples(await GenerationStore.open(config.lancedb_uri || join(dataDir, "lancedb")), pool.store, dataDir, folder, settings.rated_min_score);
+      },
     }));
     await state.update((saved) => {
-      saved.jobs.retrain = { ...saved.jobs.retrain, lastFinished: new Date().toISOString(), lastOutcome: "ok", lastSummary: outcome.summary, pendingLoras: 0 };
+      saved.jobs[job] = { ...saved.jobs[job], lastFinished: new Date().toISOString(), lastOutcome: "ok", lastSummary: outcome.summary, ...(values.encoder ? {} : { pendingLoras: 0 }) };
     });
     io.stdout(values.json ? JSON.stringify(outcome) : outcome.summary);
     return 0;

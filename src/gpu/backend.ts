@@ -21,4 +21,6 @@ export interface WorkerBackend {
   cancel(jobId: string): Promise<boolean>;
   /** Serve the gate file at `path` (one the worker can read) from its next job on; resolves to the new version. */
   reloadGates(path: string): Promise<string>;
+  /** Embed with the LoRA encoder in folder `path` from now on; resolves to its version. */
+  reloadEncoder(path: string): Promise<string>;
 }

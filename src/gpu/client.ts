@@ -86,6 +86,14 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     return answer.gate_version;
   }
 
+  async function reloadEncoder(path: string): Promise<string> {
+    const response = await call("/reload-encoder", { method: "POST", body: JSON.stringify({ path }), signal: AbortSignal.timeout(jobTimeoutMs) });
+    if (!response.ok) throw await refusal(response);
+    const answer = await response.json().catch(() => undefined) as { encoder_version?: unknown } | undefined;
+    if (typeof answer?.encoder_version !== "string") throw new WorkerUnavailableError(`worker ${id} sent an invalid /reload-encoder answer`);
+    return answer.encoder_version;
+  }
+
   async function cancel(jobId: string): Promise<boolean> {
     const response = await call("/cancel", {
       method: "POST", body: JSON.stringify({ job_id: jobId }), signal: AbortSignal.timeout(requestTimeoutMs),
@@ -143,7 +151,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     }
   }
 
-  return { id, health, generate, embed, cancel, reloadGates };
+  return { id, health, generate, embed, cancel, reloadGates, reloadEncoder };
 }
 
 function describe(error: unknown): string {

@@ -42,11 +42,12 @@ export interface WorkerStatus {
 }
 
 /** The Python worker of this repository, serving `model` on `device` from the given venv's interpreter. */
-export function pythonWorkerCommand(python: string, device: string, model: string, gates?: string): WorkerCommand {
+export function pythonWorkerCommand(python: string, device: string, model: string, gates?: string, encoder?: string): WorkerCommand {
   const family = model === "flux" || model === "proving-ground" ? ["--family", model] : ["--family", "flux", "--model-path", model];
   return {
     command: python,
-    args: ["-m", "autolora_worker", "serve", "--host", "127.0.0.1", "--port", "0", "--device", device, ...family, ...(gates ? ["--gates", gates] : [])],
+    args: ["-m", "autolora_worker", "serve", "--host", "127.0.0.1", "--port", "0", "--device", device, ...family,
+      ...(gates ? ["--gates", gates] : []), ...(encoder ? ["--encoder", encoder] : [])],
   };
 }
 

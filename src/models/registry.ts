@@ -1,15 +1,28 @@
-// Versions of the fusion gates: every candidate ever trained, with the metrics it was judged on and what became
-// of it, and the one being served. The served file always sits at one path (data/models/gates/serving.safetensors,
-// replaced by rename), so workers started or restarted at any time load the promoted version, and running ones
-// are told to reload it. The registry is one JSON file, written atomically; other processes (`autolora models
-// promote`) change it and `serve` notices.
-import { copyFile, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+// Versions of a trained model (the fusion gates, the LoRA encoder): every candidate ever trained, with the
+// metrics it was judged on and what became of it, and the one being served. The served copy always sits at one
+// path (data/models/<kind>/serving…, replaced by rename), so workers started or restarted at any time load the
+// promoted version, and running ones are told to reload it. Each kind's registry is one JSON file, written
+// atomically; other processes (`autolora models promote`) change it and `serve` notices.
+import { copyFile, cp, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { readSafetensorsHeader } from "../pool/safetensors.js";
 
+/** What a kind of model is stored as, and how its version is read. */
+export interface ModelKind {
+  name: "gates" | "encoder";
+  /** The served copy's name inside the kind's folder. */
+  servingName: string;
+  /** A version's copy is a file with this extension, or a folder ("" ). */
+  extension: string;
+  versionOf(path: string): Promise<string>;
+}
+
+export const GATES: ModelKind = { name: "gates", servingName: "serving.safetensors", extension: ".safetensors", versionOf: gateVersion };
+export const ENCODER: ModelKind = { name: "encoder", servingName: "serving", extension: "", versionOf: encoderVersion };
+
 export type VersionStatus = "serving" | "retired" | "refused";
 
-export interface GateVersion {
+export interface ModelVersion {
   version: string;
   /** The version's own copy, under data/models/gates/. */
   file: string;
@@ -23,7 +36,7 @@ export interface GateVersion {
 }
 
 interface RegistryFile {
-  gates: GateVersion[];
+  versions: ModelVersion[];
 }
 
 export class ModelError extends Error {
@@ -32,26 +45,27 @@ export class ModelError extends Error {
 }
 
 export class ModelRegistry {
-  private constructor(readonly dir: string, private data: RegistryFile) {}
+  private constructor(readonly dir: string, readonly kind: ModelKind, private data: RegistryFile) {}
 
-  /** Open (or start) the registry in `dir`, serving `initialGates` (the bundle's) when it is new. */
-  static async open(dir: string, initialGates: string): Promise<ModelRegistry> {
-    await mkdir(join(dir, "gates"), { recursive: true });
-    const registry = new ModelRegistry(dir, await readRegistry(join(dir, "registry.json")));
-    if (registry.data.gates.length === 0) {
-      const version = await gateVersion(initialGates);
-      const file = join(dir, "gates", `${safe(version)}.safetensors`);
-      await copyFile(initialGates, file);
-      registry.data.gates.push({ version, file, status: "serving", created_at: new Date().toISOString(), promoted_at: new Date().toISOString(), note: `from ${initialGates}` });
+  /** Open (or start) the registry of `kind` under `root`, serving `initial` (the bundle's) when it is new. */
+  static async open(root: string, initial: string, kind: ModelKind = GATES): Promise<ModelRegistry> {
+    const dir = join(root, kind.name);
+    await mkdir(join(dir, "versions"), { recursive: true });
+    const registry = new ModelRegistry(dir, kind, await readRegistry(join(dir, "registry.json")));
+    if (registry.data.versions.length === 0) {
+      const version = await kind.versionOf(initial);
+      const file = join(dir, "versions", `${safe(version)}${kind.extension}`);
+      await copyArtifact(initial, file);
+      registry.data.versions.push({ version, file, status: "serving", created_at: new Date().toISOString(), promoted_at: new Date().toISOString(), note: `from ${initial}` });
       await registry.save();
       await registry.publish(file);
     }
     return registry;
   }
 
-  /** The file workers load: always the serving version. */
+  /** What workers load: always the serving version. */
   get servingPath(): string {
-    return join(this.dir, "gates", "serving.safetensors");
+    return join(this.dir, this.kind.servingName);
   }
 
   /** Re-read the file (another process may have promoted); true if the serving version changed. */
@@ -61,18 +75,18 @@ export class ModelRegistry {
     return this.serving().version !== before;
   }
 
-  list(): GateVersion[] {
-    return this.data.gates.map((entry) => ({ ...entry }));
+  list(): ModelVersion[] {
+    return this.data.versions.map((entry) => ({ ...entry }));
   }
 
-  serving(): GateVersion {
-    const serving = this.data.gates.find((entry) => entry.status === "serving");
-    if (!serving) throw new ModelError(`${join(this.dir, "registry.json")} names no serving gates; promote a version`);
+  serving(): ModelVersion {
+    const serving = this.data.versions.find((entry) => entry.status === "serving");
+    if (!serving) throw new ModelError(`${join(this.dir, "registry.json")} names no serving ${this.kind.name}; promote a version`);
     return serving;
   }
 
-  get(version: string): GateVersion | undefined {
-    return this.data.gates.find((entry) => entry.version === version);
+  get(version: string): ModelVersion | undefined {
+    return this.data.versions.find((entry) => entry.version === version);
   }
 
   async setMetrics(version: string, metrics: Record<string, number>): Promise<void> {
@@ -82,24 +96,24 @@ export class ModelRegistry {
   }
 
   /** Keep a candidate's file and metrics; it is served only once promoted. */
-  async addCandidate(file: string, metrics: Record<string, number>, status: "refused" | "retired", note: string): Promise<GateVersion> {
-    const version = await gateVersion(file);
-    if (this.get(version)) throw new ModelError(`a gate version ${version} is already registered`);
-    const kept = join(this.dir, "gates", `${safe(version)}.safetensors`);
-    await copyFile(file, kept);
-    const entry: GateVersion = { version, file: kept, status, metrics, created_at: new Date().toISOString(), note };
-    this.data.gates.push(entry);
+  async addCandidate(file: string, metrics: Record<string, number>, status: "refused" | "retired", note: string): Promise<ModelVersion> {
+    const version = await this.kind.versionOf(file);
+    if (this.get(version)) throw new ModelError(`a ${this.kind.name} version ${version} is already registered`);
+    const kept = join(this.dir, "versions", `${safe(version)}${this.kind.extension}`);
+    await copyArtifact(file, kept);
+    const entry: ModelVersion = { version, file: kept, status, metrics, created_at: new Date().toISOString(), note };
+    this.data.versions.push(entry);
     await this.save();
     return entry;
   }
 
   /** Serve `version` (promotion, or a rollback to an earlier one); the one served before is retired. */
-  async promote(version: string, note?: string): Promise<GateVersion> {
+  async promote(version: string, note?: string): Promise<ModelVersion> {
     const entry = this.require(version);
     if (entry.status === "serving") return entry;
     await stat(entry.file).catch(() => { throw new ModelError(`the file of ${version} (${entry.file}) is gone; it cannot be served`); });
     await this.publish(entry.file);
-    for (const other of this.data.gates) if (other.status === "serving") other.status = "retired";
+    for (const other of this.data.versions) if (other.status === "serving") other.status = "retired";
     entry.status = "serving";
     entry.promoted_at = new Date().toISOString();
     if (note) entry.note = note;
@@ -107,17 +121,25 @@ export class ModelRegistry {
     return entry;
   }
 
-  private require(version: string): GateVersion {
+  private require(version: string): ModelVersion {
     const entry = this.get(version);
-    if (!entry) throw new ModelError(`no gate version ${version}; \`autolora models list\` shows them`);
+    if (!entry) throw new ModelError(`no ${this.kind.name} version ${version}; \`autolora models list\` shows them`);
     return entry;
   }
 
-  /** Put `file` at the serving path by rename, so a worker never reads half a file. */
+  /** Put `file` at the serving path by rename, so a worker never reads half of it. */
   private async publish(file: string): Promise<void> {
     const temporary = `${this.servingPath}.${process.pid}.tmp`;
-    await copyFile(file, temporary);
+    await rm(temporary, { recursive: true, force: true });
+    await copyArtifact(file, temporary);
+    if (this.kind.extension) return rename(temporary, this.servingPath);
+    // A folder cannot be renamed over another: move the old one aside first (for the blink between, a worker
+    // loading the encoder would retry; none is loading it then but for a restart).
+    const old = `${this.servingPath}.old`;
+    await rm(old, { recursive: true, force: true });
+    await rename(this.servingPath, old).catch((error: NodeJS.ErrnoException) => { if (error.code !== "ENOENT") throw error; });
     await rename(temporary, this.servingPath);
+    await rm(old, { recursive: true, force: true });
   }
 
   private async save(): Promise<void> {
@@ -129,9 +151,9 @@ export class ModelRegistry {
 async function readRegistry(path: string): Promise<RegistryFile> {
   try {
     const parsed = JSON.parse(await readFile(path, "utf8")) as Partial<RegistryFile>;
-    return { gates: Array.isArray(parsed.gates) ? parsed.gates : [] };
+    return { versions: Array.isArray(parsed.versions) ? parsed.versions : [] };
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { gates: [] };
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { versions: [] };
     throw new ModelError(`${path} is unreadable (${error instanceof Error ? error.message : String(error)})`);
   }
 }
@@ -140,6 +162,22 @@ async function writeAtomically(path: string, text: string): Promise<void> {
   const temporary = `${path}.${process.pid}.tmp`;
   await writeFile(temporary, text);
   await rename(temporary, path);
+}
+
+async function copyArtifact(from: string, to: string): Promise<void> {
+  if ((await stat(from)).isDirectory()) await cp(from, to, { recursive: true });
+  else await copyFile(from, to);
+}
+
+/** The version an encoder folder records in its encoder.json. */
+export async function encoderVersion(folder: string): Promise<string> {
+  try {
+    const version = (JSON.parse(await readFile(join(folder, "encoder.json"), "utf8")) as { version?: unknown }).version;
+    if (typeof version === "string" && version) return version;
+  } catch (error) {
+    throw new ModelError(`${folder} is not an encoder folder: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  throw new ModelError(`${folder}/encoder.json records no version`);
 }
 
 /** The version a gate file records in its safetensors metadata. */

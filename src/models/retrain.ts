@@ -8,11 +8,28 @@ import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { WorkerBackend } from "../gpu/backend.js";
 import type { GenerationStore } from "../pipeline/generations.js";
+import type { LoraIndex } from "../pool/index.js";
 import type { LoraStore } from "../pool/store.js";
 import type { ModelRegistry } from "./registry.js";
 
-/** Metrics where lower is better; the others (accuracies) are better higher. */
+/** Metrics where lower is better; the others (accuracies, recall, MRR) are better higher. */
 const LOWER_IS_BETTER = new Set(["heldout_loss"]);
+
+/** How the worker's Python trains and measures each kind, and how a running worker takes a new version. */
+const TRAINING = {
+  gates: {
+    defaultMetrics: ["heldout_loss"],
+    train: (out: string, extras?: string) => ["gates", "train", "--out", out, ...(extras ? ["--examples", extras] : [])],
+    evaluate: (file: string, options: RetrainOptions) => ["gates", "eval", "--gates", file, "--pairs", String(options.evalPairs ?? 6)],
+    reload: (worker: WorkerBackend, path: string) => worker.reloadGates(path),
+  },
+  encoder: {
+    defaultMetrics: ["recall_at_1", "mrr"],
+    train: (out: string, extras?: string) => ["encoder", "train", "--out", out, ...(extras ? ["--extra", extras] : [])],
+    evaluate: (folder: string) => ["encoder", "eval", "--encoder", folder],
+    reload: (worker: WorkerBackend, path: string) => worker.reloadEncoder(path),
+  },
+} as const;
 
 export interface RetrainOptions {
   registry: ModelRegistry;
@@ -29,8 +46,9 @@ export interface RetrainOptions {
   metrics?: string[];
   /** Held-out pairs drawn for the accuracy metrics. Default 6. */
   evalPairs?: number;
-  /** Writes the manifest of highly rated generations to train on too, returning its path (undefined: none). */
-  ratedExamples?: (folder: string) => Promise<string | undefined>;
+  /** Writes the manifest of extra training data (gates: highly rated generations; encoder: crawled LoRAs with
+   *  captions) into `folder`, returning its path (undefined: none). */
+  extras?: (folder: string) => Promise<string | undefined>;
   log?: (line: string) => void;
 }
 
@@ -39,6 +57,19 @@ export interface RetrainOutcome {
   candidate: { version: string; metrics: Record<string, number> };
   serving: { version: string; metrics: Record<string, number> };
   summary: string;
+}
+
+/** The manifest `encoder train --extra` reads: crawled LoRAs of the pool with the captions their source gave. */
+export async function writeCaptionedLoras(index: LoraIndex, store: LoraStore, folder: string, limit = 5000): Promise<string | undefined> {
+  const examples = [];
+  for (const lora of await index.list({}, limit)) {
+    if (lora.captions.length === 0 || lora.source === "bundle" || !existsSync(store.pathOf(lora.id))) continue;
+    examples.push({ lora: store.pathOf(lora.id), captions: lora.captions.slice(0, 20) });
+  }
+  if (examples.length === 0) return undefined;
+  const path = join(folder, "captioned-loras.json");
+  await writeFile(path, JSON.stringify({ examples }));
+  return path;
 }
 
 /** The manifest `gates train --examples` reads: each highly rated generation's prompt, images and LoRA files. */
@@ -56,24 +87,26 @@ export async function writeRatedExamples(generations: GenerationStore, store: Lo
   return path;
 }
 
-export async function retrainGates(options: RetrainOptions, signal?: AbortSignal): Promise<RetrainOutcome> {
+/** Train a candidate of the registry's kind, judge it against the served version, promote it if not worse. */
+export async function retrainModel(options: RetrainOptions, signal?: AbortSignal): Promise<RetrainOutcome> {
   const { registry } = options;
-  const metricNames = options.metrics ?? ["heldout_loss"];
+  const kind = TRAINING[registry.kind.name];
+  const metricNames = options.metrics ?? [...kind.defaultMetrics];
   const work = join(registry.dir, "work");
   await mkdir(work, { recursive: true });
   let serving = registry.serving();
   if (!serving.metrics || metricNames.some((name) => !(name in serving.metrics!))) {
-    options.log?.(`[retrain] measuring the served gates ${serving.version}`);
+    options.log?.(`[retrain] measuring the served ${registry.kind.name} ${serving.version}`);
     await registry.setMetrics(serving.version, await evaluate(options, serving.file, signal));
     serving = registry.serving();
   }
-  const candidateFile = join(work, `candidate-${Date.now()}.safetensors`);
+  const candidateFile = join(work, `candidate-${Date.now()}${registry.kind.extension}`);
   try {
     const init = options.init === "fresh" ? [] : ["--init", options.init === undefined || options.init === "serving" ? serving.file : options.init];
-    options.log?.(`[retrain] training a candidate (${options.steps} steps${init.length ? `, from ${serving.version}` : ", fresh"})`);
-    const examples = await options.ratedExamples?.(work);
-    const trained = await python(options, ["gates", "train", "--out", candidateFile, "--steps", String(options.steps),
-      "--seed", String(Date.now() % 100_000), ...init, ...(examples ? ["--examples", examples] : [])], signal);
+    options.log?.(`[retrain] training a ${registry.kind.name} candidate (${options.steps} steps${init.length ? `, from ${serving.version}` : ", fresh"})`);
+    const extras = await options.extras?.(work);
+    const trained = await python(options, [...kind.train(candidateFile, extras), "--steps", String(options.steps),
+      "--seed", String(Date.now() % 100_000), ...init], signal);
     const metrics = await evaluate(options, candidateFile, signal);
     const servingMetrics = serving.metrics!;
     const worse = metricNames.filter((name) => LOWER_IS_BETTER.has(name) ? metrics[name]! > servingMetrics[name]! : metrics[name]! < servingMetrics[name]!);
@@ -84,34 +117,39 @@ export async function retrainGates(options: RetrainOptions, signal?: AbortSignal
       const summary = `kept ${serving.version}: candidate ${version} is worse (${comparison})`;
       return { promoted: false, candidate: { version, metrics }, serving: { version: serving.version, metrics: servingMetrics }, summary };
     }
-    await registry.addCandidate(candidateFile, metrics, "retired", `trained from ${init.length ? serving.version : "fresh gates"} for ${options.steps} steps` +
-      `${trained.rated_examples ? ` with ${String(trained.rated_examples)} rated generations` : ""}`);
+    await registry.addCandidate(candidateFile, metrics, "retired", `trained from ${init.length ? serving.version : "scratch"} for ${options.steps} steps` +
+      `${trained.rated_examples ? ` with ${String(trained.rated_examples)} rated generations` : ""}` +
+      `${trained.crawled_loras ? ` with ${String(trained.crawled_loras)} crawled LoRAs` : ""}`);
     await registry.promote(version, `promoted over ${serving.version} (${comparison})`);
     const reloaded = await reloadWorkers(registry, options.workers(), options.log);
     const summary = `promoted ${version} over ${serving.version} (${comparison}); ${reloaded} worker(s) reloaded`;
     return { promoted: true, candidate: { version, metrics }, serving: { version: serving.version, metrics: servingMetrics }, summary };
   } finally {
-    await rm(candidateFile, { force: true });
+    await rm(candidateFile, { recursive: true, force: true });
   }
 }
 
-/** Tell each worker to load the serving file; returns how many did. */
+/** The gates' retraining (the common case, kept by name). */
+export const retrainGates = retrainModel;
+
+/** Tell each worker to load the serving copy; returns how many did. */
 export async function reloadWorkers(registry: ModelRegistry, workers: WorkerBackend[], log?: (line: string) => void): Promise<number> {
   let reloaded = 0;
+  const kind = registry.kind.name;
   for (const worker of workers) {
     try {
-      const version = await worker.reloadGates(registry.servingPath);
-      log?.(`[models] worker ${worker.id} now serves gates ${version}`);
+      const version = await TRAINING[kind].reload(worker, registry.servingPath);
+      log?.(`[models] worker ${worker.id} now serves ${kind} ${version}`);
       reloaded += 1;
     } catch (error) {
-      log?.(`[models] worker ${worker.id} could not reload the gates (it loads them when it restarts): ${error instanceof Error ? error.message : String(error)}`);
+      log?.(`[models] worker ${worker.id} could not reload the ${kind} (it loads it when it restarts): ${error instanceof Error ? error.message : String(error)}`);
     }
   }
   return reloaded;
 }
 
 async function evaluate(options: RetrainOptions, file: string, signal?: AbortSignal): Promise<Record<string, number>> {
-  const result = await python(options, ["gates", "eval", "--gates", file, "--pairs", String(options.evalPairs ?? 6)], signal);
+  const result = await python(options, TRAINING[options.registry.kind.name].evaluate(file, options), signal);
   return Object.fromEntries(Object.entries(result).filter((entry): entry is [string, number] => typeof entry[1] === "number"));
 }
 

@@ -65,6 +65,8 @@ export interface HostJobDependencies extends CrawlJobDependencies {
   retrain?: (signal: AbortSignal) => Promise<string>;
   /** Start a retrain in the background (crawls did add enough LoRAs). */
   startRetrain?: () => void;
+  /** Retrain the LoRA encoder (less often than the gates); absent without one. */
+  retrainEncoder?: (signal: AbortSignal) => Promise<string>;
   /** Re-embed LoRAs another encoder embedded; resolves to a summary. */
   reembed?: (signal: AbortSignal) => Promise<string>;
 }
@@ -90,6 +92,7 @@ export function hostJobs(deps: HostJobDependencies): Job[] {
     { name: "maintenance", schedule: deps.config.scheduler.maintenance, run: async () => deps.index.maintain?.() ?? "nothing to maintain" },
   ];
   if (deps.reembed) jobs.push({ name: "reembed", schedule: "", run: deps.reembed });
+  if (deps.retrainEncoder) jobs.push({ name: "retrain-encoder", schedule: deps.config.scheduler.retrain.encoder_schedule, run: deps.retrainEncoder });
   const retrain = deps.retrain;
   if (retrain) {
     jobs.push({
