@@ -228,10 +228,22 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
       }
     }, 5000);
     following.unref();
+    // Enough new ratings are a reason to retrain too (checked every ten minutes).
+    const ratingsWatch = retrain && config.scheduler.retrain.after_new_ratings > 0 ? setInterval(() => {
+      void (async () => {
+        const job = (await state.read()).jobs.retrain;
+        const since = new Date(job?.lastRun ?? 0);
+        if (scheduler.isRunning("retrain") || (await generations.ratingsSince(since)) < config.scheduler.retrain.after_new_ratings) return;
+        log(`[scheduler] ${config.scheduler.retrain.after_new_ratings}+ new ratings since the last retrain: retraining`);
+        await scheduler.trigger("retrain");
+      })().catch((error: unknown) => log(`[scheduler] ratings check: ${error instanceof Error ? error.message : String(error)}`));
+    }, 600_000) : undefined;
+    ratingsWatch?.unref();
     return {
       config, pool, workers, pipeline, context, core, scheduler, generations, plugins, dataDir,
       stop: async () => {
         clearInterval(following);
+        clearInterval(ratingsWatch);
         await scheduler.stop();
         await queue.idle().catch(() => undefined);
         await workers.stop();

@@ -29,8 +29,9 @@ describe("crawling Civitai", () => {
   it("pages to the end, waits out a 429, refuses bad files for their reason, and a re-crawl adds nothing", async () => {
     const site = await startFakeCivitai({
       count: 25, pageSize: 10, wrongHash: [5], oversized: [7], oversizeBytes: 2_000_000, privateUrl: [11], httpUrl: [12],
-      rateLimitFirstListing: 2, token: "civitai-key",
+      rateLimitFirstListing: 2, rateLimitDownloads: [3], token: "civitai-key",
     });
+    const downloadWaits: number[] = [];
     const waits: number[] = [];
     const source = new CivitaiSource({
       baseUrl: site.url, baseModels: ["Flux.1 D"], apiKey: "civitai-key", retry: { sleep: async (ms) => { waits.push(ms); } },
@@ -38,8 +39,9 @@ describe("crawling Civitai", () => {
     const state = await freshState();
     const before = await host.index.count({});
     try {
-      const report = await crawl(source, options(state));
-      expect(waits).toEqual([2000]);
+      const report = await crawl(source, options(state, { sleep: async (ms) => { downloadWaits.push(ms); } }));
+      expect(waits).toEqual([2000]); // the listing's 429
+      expect(downloadWaits).toEqual([3000]); // a download's 429
       expect(report).toMatchObject({ pages: 3, listed: 25, added: 21, existed: 0, skipped: 0, failed: [], reachedEnd: true });
       expect(Object.fromEntries(report.refused.map((entry) => [entry.key, entry.reason]))).toEqual({
         "civitai:version:9005": expect.stringMatching(/has sha256 .*, but the source says/),
@@ -57,7 +59,7 @@ describe("crawling Civitai", () => {
       const again = await crawl(source, options(state));
       expect(again).toMatchObject({ added: 0, existed: 0, skipped: 25, refused: [], reachedEnd: true });
       expect(await host.index.count({})).toBe(before + 21);
-      expect(site.requests.filter((request) => request.startsWith("GET /files/")).length).toBe(21 + 2); // none twice (+ the wrong-hash and oversized ones, once)
+      expect(site.requests.filter((request) => request.startsWith("GET /files/")).length).toBe(21 + 2 + 1); // none twice, but the wrong-hash and oversized ones once and the 429 retried once
     } finally {
       await site.close();
     }

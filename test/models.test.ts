@@ -112,6 +112,7 @@ describe("ratings feed retraining", () => {
       await host.generations.rate(liked.generation.id, "web:c", 1);
       await host.generations.rate(disliked.generation.id, "web:b", -1);
       await host.generations.rate(disliked.generation.id, "web:c", 2); // 1 in all: under the bar
+      expect(await host.generations.ratingsSince(new Date(0))).toBe(4); // what "after_new_ratings" counts
       expect(await writeRatedExamples(host.generations, host.store, host.data, host.data, 4)).toBeUndefined();
       const path = await writeRatedExamples(host.generations, host.store, host.data, host.data, 2);
       const { examples } = JSON.parse(await readFile(path!, "utf8"));

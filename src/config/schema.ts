@@ -63,6 +63,7 @@ export const configSchema = z.strictObject({
     retrain: z.strictObject({
       schedule: z.string(),
       after_new_loras: z.int().min(0),
+      after_new_ratings: z.int().min(0),
       steps: z.int().min(0).max(100_000),
       metrics: z.array(z.enum(["heldout_loss", "both_correct", "shape_acc", "style_acc"])).min(1),
       eval_pairs: z.int().min(1).max(100),

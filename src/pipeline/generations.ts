@@ -95,6 +95,11 @@ export class GenerationStore {
     return true;
   }
 
+  /** Ratings given (or changed) since `since`. */
+  async ratingsSince(since: Date): Promise<number> {
+    return this.ratings.countRows(`created_at > '${since.toISOString()}'`);
+  }
+
   /** Generations whose ratings add up to at least `minScore`, best first (at most `limit`). */
   async highlyRated(minScore: number, limit = 500): Promise<Array<{ generation: GenerationRecord; score: number }>> {
     const totals = new Map<string, number>();

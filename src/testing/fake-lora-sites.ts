@@ -21,6 +21,8 @@ export interface FakeSiteOptions {
   httpUrl?: number[];
   /** Answer the first listing request with 429 and this Retry-After (seconds). */
   rateLimitFirstListing?: number;
+  /** LoRA numbers whose first download answers 429 with Retry-After: 3. */
+  rateLimitDownloads?: number[];
   /** Require this bearer token on every request. */
   token?: string;
   /** The bytes of LoRA n, instead of a generated one (e.g. the proving-ground bundle's real LoRAs). */
@@ -89,6 +91,7 @@ function limitedOnce(options: FakeSiteOptions) {
 export async function startFakeCivitai(options: FakeSiteOptions): Promise<FakeSite> {
   const pageSize = options.pageSize ?? 10;
   const rateLimited = limitedOnce(options);
+  const limitedDownloads = new Set<number>();
   let base = "";
   const site = await serve((_request, response, url) => {
     if (url.pathname === "/api/v1/models") {
@@ -124,6 +127,10 @@ export async function startFakeCivitai(options: FakeSiteOptions): Promise<FakeSi
     const download = /^\/api\/download\/models\/(\d+)$/.exec(url.pathname);
     if (download) return void response.writeHead(307, { location: `${base}/files/${Number(download[1]) - 9000}.safetensors` }).end();
     const file = /^\/files\/(\d+)\.safetensors$/.exec(url.pathname);
+    if (file && options.rateLimitDownloads?.includes(Number(file[1])) && !limitedDownloads.has(Number(file[1]))) {
+      limitedDownloads.add(Number(file[1]));
+      return void response.writeHead(429, { "retry-after": "3" }).end();
+    }
     if (file) {
       const { bytes } = fileOf(Number(file[1]), options, "civitai");
       return void response.writeHead(200, { "content-type": "application/octet-stream", "content-length": bytes.length }).end(bytes);
