@@ -76,8 +76,10 @@ export async function openModels(config: Config): Promise<Models> {
 
 /** Start the configured workers and wait until they answer; `log` gets their stderr and supervision notes. */
 export async function startWorkers(config: Config, secrets: Secrets, log: (line: string) => void,
-  models: Models = {}): Promise<Workers> {
+  given?: Models): Promise<Workers> {
   const python = workerPython(config);
+  // Every process's workers (serve, crawl, pool add) embed and draw with the served versions.
+  const models = given ?? await openModels(config);
   const supervisor = new WorkerSupervisor({
     workers: config.workers.local.map(({ device, model }) => ({
       // Proving-ground workers serve the promoted gates (the served file's path never changes).
@@ -270,7 +272,10 @@ async function poolStatus(pool: Pool, queue: FairQueue, workers: Workers, state:
     const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer in 3 s")), 3000).unref());
     try {
       const health = await Promise.race([worker.health(), timeout]);
-      return { id: worker.id, state: "ready", model: health.family, modelVersion: health.model_version, gateVersion: health.gate_version };
+      return {
+        id: worker.id, state: "ready", model: health.family, modelVersion: health.model_version, gateVersion: health.gate_version,
+        encoderVersion: health.encoder_version ?? null,
+      };
     } catch (error) {
       return { id: worker.id, state: `not answering (${error instanceof Error ? error.message : String(error)})` };
     }

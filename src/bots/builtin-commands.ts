@@ -131,7 +131,7 @@ const pool: ChatCommand = {
     const status = await context.status();
     const workers = status.workers.map((worker) =>
       `• ${worker.id}: ${worker.state}${worker.model ? ` · ${worker.model}` : ""}${worker.modelVersion ? ` ${worker.modelVersion}` : ""}` +
-      `${worker.gateVersion ? ` · gates ${worker.gateVersion}` : ""}`).join("\n") || "• none";
+      `${worker.gateVersion ? ` · gates ${worker.gateVersion}` : ""}${worker.encoderVersion ? ` · encoder ${worker.encoderVersion}` : ""}`).join("\n") || "• none";
     await reply.send({
       text: [
         `**Pool**: ${status.loras} LoRAs (${status.blocked} blocked) · last crawl ${status.lastCrawl ?? "never"}`,

@@ -68,7 +68,7 @@ export interface PoolStatus {
   blocked: number;
   lastCrawl: string | null;
   queue: { waiting: number; running: number };
-  workers: Array<{ id: string; state: string; model?: string; modelVersion?: string; gateVersion?: string | null }>;
+  workers: Array<{ id: string; state: string; model?: string; modelVersion?: string; gateVersion?: string | null; encoderVersion?: string | null }>;
 }
 
 /** How the bot behaves in chat, from the config's `chat` section. */
