@@ -77,21 +77,14 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     return parsed.data;
   }
 
-  async function reloadGates(path: string): Promise<string> {
+  /** POST /reload-gates or /reload-encoder; resolves to the version the worker now serves. */
+  async function reload(route: "/reload-gates" | "/reload-encoder", field: "gate_version" | "encoder_version", path: string): Promise<string> {
     // The swap waits for the job in hand, so allow a job's time.
-    const response = await call("/reload-gates", { method: "POST", body: JSON.stringify({ path }), signal: AbortSignal.timeout(jobTimeoutMs) });
+    const response = await call(route, { method: "POST", body: JSON.stringify({ path }), signal: AbortSignal.timeout(jobTimeoutMs) });
     if (!response.ok) throw await refusal(response);
-    const answer = await response.json().catch(() => undefined) as { gate_version?: unknown } | undefined;
-    if (typeof answer?.gate_version !== "string") throw new WorkerUnavailableError(`worker ${id} sent an invalid /reload-gates answer`);
-    return answer.gate_version;
-  }
-
-  async function reloadEncoder(path: string): Promise<string> {
-    const response = await call("/reload-encoder", { method: "POST", body: JSON.stringify({ path }), signal: AbortSignal.timeout(jobTimeoutMs) });
-    if (!response.ok) throw await refusal(response);
-    const answer = await response.json().catch(() => undefined) as { encoder_version?: unknown } | undefined;
-    if (typeof answer?.encoder_version !== "string") throw new WorkerUnavailableError(`worker ${id} sent an invalid /reload-encoder answer`);
-    return answer.encoder_version;
+    const answer = await response.json().catch(() => undefined) as Record<string, unknown> | undefined;
+    if (typeof answer?.[field] !== "string") throw new WorkerUnavailableError(`worker ${id} sent an invalid ${route} answer`);
+    return answer[field] as string;
   }
 
   async function cancel(jobId: string): Promise<boolean> {
@@ -151,7 +144,11 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     }
   }
 
-  return { id, health, generate, embed, cancel, reloadGates, reloadEncoder };
+  return {
+    id, health, generate, embed, cancel,
+    reloadGates: (path: string) => reload("/reload-gates", "gate_version", path),
+    reloadEncoder: (path: string) => reload("/reload-encoder", "encoder_version", path),
+  };
 }
 
 function describe(error: unknown): string {
