@@ -75,6 +75,10 @@ describe("limits and admins", () => {
     await limiter.take({ ...ada, admin: true });
     now = Date.UTC(2026, 10, 30, 0, 1); // a new day, counted afresh
     await limiter.take(ada);
+    await limiter.take(ada);
+    limiter.refund(ada); // that one was refused by a full queue: it does not count
+    await limiter.take(ada);
+    await expect(limiter.take(ada)).rejects.toThrow(/at most 2 images a minute/);
   });
 
   it("makes admins from configured user ids and roles, and refuses others politely", async () => {

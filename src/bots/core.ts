@@ -95,11 +95,17 @@ export class ChatCore {
       return void await conversation.answer({ text: `Sorry, ${label} is for the bot's admins only. Nothing was changed.`, ephemeral: true, error: true });
     }
     const reply = this.reply(conversation, command.private === true);
+    let counted = false;
     try {
       const options = validateOptions(optionsOf(command, input.subcommand), input.options, label);
-      if (command.name === "imagine") await this.limiter.take(requester);
+      if (command.name === "imagine") {
+        await this.limiter.take(requester);
+        counted = true;
+      }
       await command.run({ command: command.name, subcommand: input.subcommand, options, requester, signal }, this.context, reply);
     } catch (error) {
+      // Nothing was made: a refused job does not count against the user's limits.
+      if (counted && (error instanceof QueueFullError || error instanceof CommandInputError)) this.limiter.refund(requester);
       await this.fail(reply, error, label);
     }
   }

@@ -27,6 +27,7 @@ export class RateLimiter {
   private readonly recent = new Map<string, number[]>();
   private readonly daily = new Map<string, { day: number; count: number }>();
   private readonly now: () => number;
+  private readonly lastTaken = new Map<string, number>();
 
   constructor(private readonly options: RateLimiterOptions) {
     this.now = options.now ?? Date.now;
@@ -58,9 +59,23 @@ export class RateLimiter {
     if (times.length > 0) this.recent.set(requester.id, times.slice(-Math.max(perMinute, 1)));
     const today = this.daily.get(requester.id);
     if (today) today.count += 1;
+    this.lastTaken.set(requester.id, now);
     // Users idle for a minute need no window: keep the map from growing with every user ever seen.
+    if (this.lastTaken.size > 10_000) this.lastTaken.clear();
     if (this.recent.size > 10_000) {
       for (const [user, entries] of this.recent) if (entries.at(-1)! <= now - MINUTE) this.recent.delete(user);
     }
+  }
+
+  /** Give back what `take` just counted, when the job it was for was refused (the queue was full). */
+  refund(requester: Requester): void {
+    const taken = this.lastTaken.get(requester.id);
+    if (requester.admin || taken === undefined) return;
+    this.lastTaken.delete(requester.id);
+    const times = this.recent.get(requester.id) ?? [];
+    const index = times.lastIndexOf(taken);
+    if (index >= 0) times.splice(index, 1);
+    const today = this.daily.get(requester.id);
+    if (today && today.count > 0) today.count -= 1;
   }
 }
