@@ -95,7 +95,8 @@ const lora: ChatCommand = {
       if (!url) throw new CommandInputError("give url:https://… or attach a .safetensors file");
       await reply.send({ text: `⏳ downloading and checking ${file?.name ?? url}…` });
       const tags = (call.options.tags as string | undefined)?.split(",").map((tag) => tag.trim()).filter(Boolean);
-      const name = (call.options.name as string | undefined) ?? file?.name.replace(/\.safetensors$/i, "");
+      // Without a name, the file's: the attachment's, or the last part of the URL (not the download's temporary name).
+      const name = (call.options.name as string | undefined) ?? (file?.name ?? fileNameOf(url)).replace(/\.safetensors$/i, "");
       const result = await context.addFromUrl(url, { name, tags, source: `admin ${call.requester.id}`, url: file ? "" : url });
       return reply.send({
         text: `${result.status === "added" ? "✅ added" : "already in the pool"}: **${result.lora.name}** ` +
@@ -208,6 +209,14 @@ async function loraInfo(entry: Lora, context: CommandContext): Promise<string> {
     entry.captions.length ? `captions: ${entry.captions.slice(0, 3).map((caption) => `"${caption}"`).join(", ")}` : "",
     `ratings: ${rating ? `${rating.up} 👍 ${rating.down} 👎 (score ${rating.score})` : "none yet"} · added ${entry.added_at}`,
   ].filter(Boolean).join("\n");
+}
+
+function fileNameOf(url: string): string {
+  try {
+    return decodeURIComponent(new URL(url).pathname.split("/").filter(Boolean).at(-1) ?? "") || "unnamed LoRA";
+  } catch {
+    return "unnamed LoRA";
+  }
 }
 
 function parseSize(size: string | undefined): { width?: number; height?: number } {

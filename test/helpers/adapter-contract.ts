@@ -166,6 +166,11 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
       expect(await host.index.count({})).toBe(4);
       await harness.command("admin", "/lora remove neon glow");
       await expect.poll(() => host.index.count({}), { timeout: 10_000 }).toBe(3);
+      // Without name: the file's name from the URL, not the download's temporary one.
+      await harness.command("admin", `/lora add ${url}`);
+      await waitForPost(harness, (post) => /✅ added: \*{1,2}neon-glow\*{1,2}/.test(post.text), before, 20_000);
+      await harness.command("admin", "/lora remove neon-glow");
+      await expect.poll(() => host.index.count({}), { timeout: 10_000 }).toBe(3);
     } finally {
       server.close();
     }
