@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { main } from "../src/cli/main.js";
 import { WorkerSupervisor, pythonWorkerCommand } from "../src/gpu/supervisor.js";
 import { ENCODER, ModelRegistry } from "../src/models/registry.js";
-import { reloadWorkers, retrainGates, retrainModel } from "../src/models/retrain.js";
+import { reloadWorkers, retrainModel } from "../src/models/retrain.js";
 
 const root = join(import.meta.dirname, "..");
 const python = join(root, ".venv", "bin", "python");
@@ -25,7 +25,7 @@ describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining a
 
     // Served: the bundle's trained gates. Candidate: fresh gates, untrained: worse on held-out loss.
     const trained = await ModelRegistry.open(await mkdtemp(join(tmpdir(), "autolora-models-")), bundleGates);
-    const refused = await retrainGates({ ...common, registry: trained, workers: () => [], init: "fresh" });
+    const refused = await retrainModel({ ...common, registry: trained, workers: () => [], init: "fresh" });
     expect(refused.promoted).toBe(false);
     expect(refused.summary).toMatch(/^kept gates-0-300-\S+: candidate gates-\S+ is worse \(heldout_loss 0\.\d+ → 0\.\d+\)$/);
     expect(refused.candidate.metrics.heldout_loss).toBeGreaterThan(refused.serving.metrics.heldout_loss!);
@@ -50,7 +50,7 @@ describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining a
     await supervisor.start(120_000);
     const worker = supervisor.ready()[0]!;
     expect((await worker.health()).gate_version).toBe(untrained.version);
-    const promoted = await retrainGates({ ...common, registry, workers: () => supervisor!.ready(), init: bundleGates });
+    const promoted = await retrainModel({ ...common, registry, workers: () => supervisor!.ready(), init: bundleGates });
     expect(promoted.promoted).toBe(true);
     expect(promoted.summary).toMatch(/^promoted gates-\S+ over gates-\S+ \(heldout_loss .*\); 1 worker\(s\) reloaded$/);
     expect((await worker.health()).gate_version).toBe(promoted.candidate.version);

@@ -81,9 +81,8 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
           const callback = await fake.waitForRequest((request) => request.path === path, 60_000).catch(() => undefined);
           return callback ? callback.at - at : Infinity;
         }));
-        const grids = () => [...fake.messages.values()].filter((message) => JSON.stringify(message.components).includes("autolora:upscale")).length;
-        while (grids() < options.requests && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
-        finished = grids();
+        finished = await settled(() => [...fake.messages.values()].filter((message) => JSON.stringify(message.components).includes("autolora:upscale")).length,
+          options.requests, deadline);
       } finally {
         await adapter.stop();
         await fake.close();
@@ -100,9 +99,8 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
           command: "/imagine", text: `a red hexagon, request ${index}`, userId: `U${String(userOf(index)).padStart(8, "0")}`, channelId: DEFAULT_CHANNEL.id,
         }).catch(() => undefined)));
         acks = answers.map((answer) => answer?.status === 200 ? answer.ms : Infinity);
-        const grids = () => [...fake.messages.values()].filter((message) => JSON.stringify(message.blocks).includes("autolora:upscale")).length;
-        while (grids() < options.requests && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
-        finished = grids();
+        finished = await settled(() => [...fake.messages.values()].filter((message) => JSON.stringify(message.blocks).includes("autolora:upscale")).length,
+          options.requests, deadline);
       } finally {
         await adapter.stop();
         await fake.close();
@@ -121,6 +119,12 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     fairness: { max_position_gap: maxPositionGap(jobs) },
     seconds: round((performance.now() - started) / 1000),
   };
+}
+
+/** Poll `count` until it reaches `target` or the deadline passes; its last value. */
+async function settled(count: () => number, target: number, deadline: number): Promise<number> {
+  while (count() < target && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+  return count();
 }
 
 /** See BurstReport.fairness. */

@@ -150,7 +150,7 @@ const retrain: ChatCommand = {
   private: true,
   subcommands: [{ name: "now", description: "Start retraining now instead of at the next scheduled time", adminOnly: true }],
   async run(_call, context, reply) {
-    if (!context.retrain) throw new CommandInputError("this host runs no trainer; retraining needs the scheduler (see /pool status)");
+    if (!context.retrain) throw new CommandInputError("this host has no gates to retrain (its bundle has none)");
     await reply.send({ text: `🏋️ ${await context.retrain()}` });
   },
 };

@@ -2,8 +2,7 @@
 // worker's low-res preview, no more often than the chat tolerates), then the grid with its buttons. Slash
 // commands, variations and rerolls all go through here.
 import type { GenerationRecord } from "../pipeline/generations.js";
-import type { ImagineResult, ImagineUpdate } from "../pipeline/imagine.js";
-import type { Fusion } from "../pipeline/imagine.js";
+import type { Fusion, ImagineResult, ImagineUpdate } from "../pipeline/imagine.js";
 import type { CommandContext, Reply } from "./commands.js";
 import { buttonId, type BotButton, type BotMessage } from "./messages.js";
 

@@ -74,8 +74,3 @@ export async function imageUnder(image: BotImage, limitBytes: number): Promise<{
   }
   throw new Error(`${image.name} cannot be made smaller than ${limitBytes} bytes`);
 }
-
-/** Every button of a message, in reading order. */
-export function allButtons(message: BotMessage): BotButton[] {
-  return (message.buttons ?? []).flat();
-}

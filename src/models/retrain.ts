@@ -129,9 +129,6 @@ export async function retrainModel(options: RetrainOptions, signal?: AbortSignal
   }
 }
 
-/** The gates' retraining (the common case, kept by name). */
-export const retrainGates = retrainModel;
-
 /** Tell each worker to load the serving copy; returns how many did. */
 export async function reloadWorkers(registry: ModelRegistry, workers: WorkerBackend[], log?: (line: string) => void): Promise<number> {
   let reloaded = 0;

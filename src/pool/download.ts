@@ -1,7 +1,7 @@
 // Downloading a LoRA someone pointed us at (an admin's `/lora add url:…`, a crawl source): https only, no
 // private or loopback addresses (checked on the address actually connected to, so DNS tricks do not get past
 // it, and again on every redirect), a size cap, streamed to a temporary file with its sha256 computed on the way.
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import { createWriteStream } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
@@ -9,7 +9,6 @@ import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { isIP } from "node:net";
 import { join } from "node:path";
-import { randomUUID } from "node:crypto";
 import { pipeline } from "node:stream/promises";
 import { Transform } from "node:stream";
 

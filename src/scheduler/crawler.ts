@@ -2,7 +2,7 @@
 // before, download it (https, size cap, the source's sha256), validate and ingest it. Every outcome is recorded
 // as it happens and the cursor after each page, so a crash resumes where it stopped without duplicates — and
 // ingest is atomic and idempotent by content, so nothing is ever half in the pool.
-import { stat } from "node:fs/promises";
+import { rm, stat } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { download, DownloadError, type Downloaded } from "../pool/download.js";
 import type { IngestMetadata, IngestResult } from "../pool/ingest.js";
@@ -10,7 +10,6 @@ import { InvalidLoraFileError } from "../pool/safetensors.js";
 import { sha256File } from "../pool/store.js";
 import type { CrawlCandidate, CrawlSource } from "./source.js";
 import type { StateFile } from "./state.js";
-import { rm } from "node:fs/promises";
 
 export interface CrawlOptions {
   state: StateFile;

@@ -44,7 +44,6 @@ export class SlackAdapter implements ChatAdapter {
   readonly name = "slack";
   readonly app: App;
   private readonly log: (line: string) => void;
-  private readonly receiver: HTTPReceiver | undefined;
   private server: Server | undefined;
   private readonly inFlight = new Set<Promise<unknown>>();
 
@@ -59,12 +58,12 @@ export class SlackAdapter implements ChatAdapter {
       this.app = new App({ token: options.botToken, appToken: options.appToken, socketMode: true, clientOptions, logLevel: LogLevel.ERROR });
     } else {
       if (!options.signingSecret) throw new Error("the Slack HTTP receiver needs SLACK_SIGNING_SECRET (Basic Information → Signing Secret)");
-      this.receiver = new HTTPReceiver({
+      const receiver = new HTTPReceiver({
         signingSecret: options.signingSecret, endpoints: options.path ?? "/slack/events", logLevel: LogLevel.ERROR,
         // Ack first, work after: the HTTP answer leaves as soon as a handler calls ack().
         processBeforeResponse: false,
       });
-      this.app = new App({ token: options.botToken, receiver: this.receiver, clientOptions, logLevel: LogLevel.ERROR });
+      this.app = new App({ token: options.botToken, receiver, clientOptions, logLevel: LogLevel.ERROR });
     }
     this.app.command(/^\/[a-z][a-z0-9-]*$/, (args) => this.command(args));
     this.app.action<BlockAction<ButtonAction>>(/^autolora:/, async ({ ack, body, action, respond, client }) => {
