@@ -2,7 +2,7 @@
 // for crashes, restarts, retries, cancellation and timeouts; the real Python worker once, end to end.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +19,7 @@ import { ingestLora } from "../src/pool/ingest.js";
 import { LanceLoraIndex } from "../src/pool/lancedb-index.js";
 import { LoraStore } from "../src/pool/store.js";
 import { pythonWorkerCommand, WorkerSupervisor, type SupervisorOptions } from "../src/gpu/supervisor.js";
+import { describeRequiring, pythonWorker } from "./helpers/requirements.js";
 
 const fakeWorker = join(import.meta.dirname, "fixtures", "fake-worker.mjs");
 const root = join(import.meta.dirname, "..");
@@ -72,6 +73,23 @@ describe("worker supervision", () => {
     expect((await fetch(`${url}/health`)).status).toBe(401);
     expect((await fetch(`${url}/health`, { headers: { authorization: "Bearer guess" } })).status).toBe(401);
     expect((await supervisor.ready()[0]!.health()).status).toBe("ok");
+  });
+
+  it("passes a worker only the host environment it needs, never the host's secrets", async () => {
+    const secrets = { DISCORD_TOKEN: "discord-secret", SLACK_BOT_TOKEN: "xoxb-secret", SLACK_SIGNING_SECRET: "signing",
+      CIVITAI_API_KEY: "civitai-secret", HF_TOKEN: "hf-secret", AUTOLORA_WORKER_TOKEN: "the-hosts-remote-token",
+      AWS_SECRET_ACCESS_KEY: "aws-secret" };
+    const needed = { PATH: process.env.PATH!, HOME: "/home/bot", LANG: "C.UTF-8", OMP_NUM_THREADS: "2",
+      CUDA_VISIBLE_DEVICES: "1", HF_HUB_OFFLINE: "1", PYTHONPATH: "/opt/lib" };
+    const { supervisor, log } = supervise([{ FAKE_PRINT_ENV: "1" }], { environment: { ...secrets, ...needed } });
+    await supervisor.start();
+    const line = log.find((entry) => entry.includes(`"event":"environment"`))!;
+    const given = JSON.parse(line.slice(line.indexOf("{"))).environment as Record<string, string>;
+    expect(given).toMatchObject({ ...needed, FAKE_PRINT_ENV: "1" });
+    for (const name of Object.keys(secrets).filter((name) => name !== "AUTOLORA_WORKER_TOKEN")) expect(given).not.toHaveProperty(name);
+    // The worker's token is its own, fresh one: never the one the host shares with remote workers.
+    expect(given.AUTOLORA_WORKER_TOKEN).toMatch(/^[0-9a-f]{64}$/);
+    expect(Object.values(given)).not.toContain("the-hosts-remote-token");
   });
 
   it("names a worker that cannot start and keeps retrying it with backoff", async () => {
@@ -160,7 +178,7 @@ describe("dispatch", () => {
 });
 
 const python = join(root, ".venv", "bin", "python");
-describe.runIf(existsSync(python))("the real Python worker", () => {
+describeRequiring(pythonWorker)("the real Python worker", () => {
   it("is spawned, becomes healthy and generates through the dispatcher", async () => {
     const command = pythonWorkerCommand(python, "cpu", "proving-ground");
     const supervisor = new WorkerSupervisor({ workers: [{ ...command, env: { PYTHONUNBUFFERED: "1" } }], log: () => undefined });
@@ -190,7 +208,38 @@ describe.runIf(existsSync(python))("the real Python worker", () => {
     expect(hits[0]!.lora.name).toBe("shape-hexagon-01");
     expect(hits[0]!.similarity).toBeCloseTo(1, 4);
   }, 120_000);
+
+  it("exits when its host is killed with SIGKILL", async () => {
+    const host = spawn(process.execPath, [join(import.meta.dirname, "fixtures", "supervisor-host.mjs"), python],
+      { stdio: ["ignore", "pipe", "pipe"] });
+    let pid: number | undefined;
+    try {
+      const [line] = await once(createInterface({ input: host.stdout! }), "line") as [string];
+      pid = (JSON.parse(line) as { pid: number }).pid;
+      expect(alive(pid)).toBe(true);
+      host.kill("SIGKILL");
+      // Generous for a loaded machine: the worker notices its stdin close within milliseconds.
+      await until(() => !alive(pid!), 15_000);
+    } finally {
+      host.kill("SIGKILL");
+      if (pid !== undefined && alive(pid)) process.kill(pid, "SIGKILL");
+    }
+  }, 120_000);
 });
+
+/** Whether `pid` is a live process (a zombie, dead and waiting to be reaped, is not). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z";
+  } catch {
+    return true; // no /proc (macOS): signal 0 reached it
+  }
+}
 
 describe("remote workers", () => {
   it("sends jobs only to remote workers that answer with the shared token, alongside local ones", async () => {

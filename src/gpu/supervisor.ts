@@ -1,11 +1,13 @@
 // Spawns the configured local workers, each with a fresh random token, waits until each answers /health, and
 // restarts one that exits with exponential backoff. The token travels in the environment, never on the command
-// line, so `ps` does not show it.
+// line, so `ps` does not show it; the rest of a worker's environment is only what it needs (workerEnvironment),
+// and its stdin is a pipe this process holds, so a worker told to watch it ends when the host does, even by kill -9.
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createInterface } from "node:readline";
 import type { WorkerBackend } from "./backend.js";
 import { createWorkerClient } from "./client.js";
+import { FAMILIES } from "../pool/families.js";
 
 export interface WorkerCommand {
   command: string;
@@ -16,6 +18,8 @@ export interface WorkerCommand {
 export interface SupervisorOptions {
   /** One entry per local worker: how to start it. See `pythonWorkerCommand`. */
   workers: WorkerCommand[];
+  /** The host's environment, of which a worker gets only what `workerEnvironment` lets through. Default process.env. */
+  environment?: NodeJS.ProcessEnv;
   /** How long a started worker may take to print its port and answer /health. Default 120 s. */
   startupTimeoutMs?: number;
   /** First restart delay, doubled after each crash up to `maxBackoffMs`. Defaults 1 s and 30 s. */
@@ -41,14 +45,44 @@ export interface WorkerStatus {
   lastExit: string | undefined;
 }
 
-/** The Python worker of this repository, serving `model` on `device` from the given venv's interpreter. */
+/** The Python worker of this repository, serving `model` on `device` from the given venv's interpreter. It exits
+ *  when its stdin closes (`--exit-with-stdin`): the supervisor holds that pipe, so the worker dies with the host. */
 export function pythonWorkerCommand(python: string, device: string, model: string, gates?: string, encoder?: string): WorkerCommand {
-  const family = model === "flux" || model === "proving-ground" ? ["--family", model] : ["--family", "flux", "--model-path", model];
+  // `model` is a family's name (its default weights), else a local diffusers-format FLUX directory.
+  const family = FAMILIES.some((known) => known.name === model) ? ["--family", model] : ["--family", "flux", "--model-path", model];
   return {
     command: python,
     args: ["-m", "autolora_worker", "serve", "--host", "127.0.0.1", "--port", "0", "--device", device, ...family,
-      ...(gates ? ["--gates", gates] : []), ...(encoder ? ["--encoder", encoder] : [])],
+      ...(gates ? ["--gates", gates] : []), ...(encoder ? ["--encoder", encoder] : []), "--exit-with-stdin"],
   };
+}
+
+/** The host environment variables a worker (or trainer) gets, each for a reason; everything else — chat tokens,
+ *  API keys, the token shared with remote workers, cloud credentials — stays in the host. */
+const WORKER_ENVIRONMENT: Array<string | RegExp> = [
+  // Finding programs and shared libraries (CUDA's are often found through LD_LIBRARY_PATH).
+  "PATH", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH",
+  // Home and temporary files: Hugging Face's and torch's caches live under HOME or XDG_CACHE_HOME by default.
+  "HOME", "TMPDIR", "TMP", "TEMP", "XDG_CACHE_HOME",
+  // The text encoding of what the worker prints.
+  "LANG", "LANGUAGE", /^LC_/,
+  // The interpreter itself: module paths, unbuffered output, the venv it belongs to.
+  /^PYTHON/, "VIRTUAL_ENV",
+  // Thread counts and math-library kernels (OpenMP, MKL, oneDNN, OpenBLAS, torch's CPU capability).
+  /^OMP_/, /^KMP_/, /^MKL_/, /^ONEDNN_/, /^OPENBLAS_/, "ATEN_CPU_CAPABILITY",
+  // Which GPUs, and how torch manages their memory.
+  /^CUDA_/, /^NVIDIA_/, "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", /^TORCH_/, /^PYTORCH_/,
+  // Hugging Face's cache and offline switches; never HF_TOKEN: a worker loads local files only.
+  "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+  // Which proving-ground bundle a worker serves when not told on its command line.
+  "AUTOLORA_BUNDLE",
+];
+
+/** What a worker process is given: the allowed part of the host's `environment`, then the command's own `env`. */
+export function workerEnvironment(environment: NodeJS.ProcessEnv, own: Record<string, string> = {}): Record<string, string> {
+  const needed = (name: string) => WORKER_ENVIRONMENT.some((rule) => (typeof rule === "string" ? rule === name : rule.test(name)));
+  const allowed = Object.entries(environment).filter((entry): entry is [string, string] => entry[1] !== undefined && needed(entry[0]));
+  return { ...Object.fromEntries(allowed), ...own };
 }
 
 class SupervisedWorker {
@@ -75,8 +109,9 @@ class SupervisedWorker {
     this.url = undefined;
     const token = randomBytes(32).toString("hex");
     const child = spawn(this.command.command, this.command.args, {
-      env: { ...process.env, ...this.command.env, AUTOLORA_WORKER_TOKEN: token },
-      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...workerEnvironment(this.options.environment, this.command.env), AUTOLORA_WORKER_TOKEN: token },
+      // stdin: a pipe nobody writes to, whose end closes when this process ends (see pythonWorkerCommand).
+      stdio: ["pipe", "pipe", "pipe"],
     });
     this.child = child;
     const startup = this.after(this.options.startupTimeoutMs, () => {
@@ -172,6 +207,7 @@ export class WorkerSupervisor {
 
   constructor(options: SupervisorOptions) {
     const settings = {
+      environment: options.environment ?? process.env,
       startupTimeoutMs: options.startupTimeoutMs ?? 120_000,
       backoffMs: options.backoffMs ?? 1_000,
       maxBackoffMs: options.maxBackoffMs ?? 30_000,

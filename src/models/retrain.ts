@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { WorkerBackend } from "../gpu/backend.js";
+import { workerEnvironment } from "../gpu/supervisor.js";
 import type { GenerationStore } from "../pipeline/generations.js";
 import type { LoraIndex } from "../pool/index.js";
 import type { LoraStore } from "../pool/store.js";
@@ -150,11 +151,12 @@ async function evaluate(options: RetrainOptions, file: string, signal?: AbortSig
   return Object.fromEntries(Object.entries(result).filter((entry): entry is [string, number] => typeof entry[1] === "number"));
 }
 
-/** Run `python -m autolora_worker … --json --bundle B`; resolves to its JSON answer, logs its progress. */
+/** Run `python -m autolora_worker … --json --bundle B`; resolves to its JSON answer, logs its progress. Like a
+ *  worker, the trainer gets only the environment it needs and ends with this process (its stdin is our pipe). */
 function python(options: RetrainOptions, args: string[], signal?: AbortSignal): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
-    const child = spawn(options.python, ["-m", "autolora_worker", ...args, "--bundle", options.bundleDir, "--json"], {
-      env: { ...process.env, PYTHONUNBUFFERED: "1" }, stdio: ["ignore", "pipe", "pipe"], signal,
+    const child = spawn(options.python, ["-m", "autolora_worker", ...args, "--bundle", options.bundleDir, "--json", "--exit-with-stdin"], {
+      env: workerEnvironment(process.env, { PYTHONUNBUFFERED: "1" }), stdio: ["pipe", "pipe", "pipe"], signal,
     });
     let stdout = "";
     let stderr = "";

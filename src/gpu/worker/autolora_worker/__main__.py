@@ -26,7 +26,7 @@ def _inspect(args) -> int:
 
 
 def _embed(args) -> int:
-    from .world.encoder import embed_command
+    from .encoder.cli import embed_command
 
     return embed_command(args.file, args.json, args.encoder)
 
@@ -86,13 +86,14 @@ def _serve(args) -> int:
     try:
         backbone = load_backbone(args.family, model_path, args.device)
         engine = Engine(backbone, gates, cache_bytes=int(args.cache_mb) << 20,
-                        encoder_path=serve_encoder(args.family, args.model_path, args.encoder))
+                        encoder_path=serve_encoder(args.family, args.model_path, args.encoder),
+                        max_lora_bytes=args.max_lora_mb << 20)
     except (WorkerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from .service import serve
 
-    serve(engine, args.host, args.port, token)
+    serve(engine, args.host, args.port, token, args.request_timeout_s)
     return 0
 
 
@@ -176,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--encoder", default=None,
                        help="LoRA encoder folder for /embed (default: the bundle's, when serving the bundle's model)")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
+    serve.add_argument("--max-lora-mb", type=_positive(int), default=2048,
+                       help="largest LoRA file read (/inspect, /embed, /generate); default 2048, the host's own limit")
+    # A host sends each request at once: 30 s is generous even for a remote worker on a slow link.
+    serve.add_argument("--request-timeout-s", type=_positive(float), default=30.0,
+                       help="drop a client that takes longer than this to send each part of a request (default 30)")
+    _add_lifeline(serve)
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="generate a 2x2 grid with and without a LoRA on the embedded default")
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--bundle", default=None, help="proving-ground bundle (default: the embedded bundle/)")
         command.add_argument("--device", default="cuda" if _cuda() else "cpu")
         command.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
+        _add_lifeline(command)
         command.set_defaults(run=_gates)
 
     encoder = commands.add_parser("encoder", help="retrain the LoRA encoder, and measure retrieval on held-out LoRAs")
@@ -235,12 +243,32 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--bundle", default=None, help="proving-ground bundle (default: the embedded bundle/)")
         command.add_argument("--device", default="cuda" if _cuda() else "cpu")
         command.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
+        _add_lifeline(command)
         command.set_defaults(run=_encoder)
 
     from .world.cli import add_world_commands
 
     add_world_commands(commands, bench_kinds)
     return parser
+
+
+def _positive(number_type: type):
+    """An argparse type: a number of `number_type` above zero."""
+
+    def parse(text: str):
+        value = number_type(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    parse.__name__ = number_type.__name__  # argparse names the type when the text is not a number at all
+    return parse
+
+
+def _add_lifeline(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--exit-with-stdin", action="store_true",
+                         help="exit when stdin reaches end-of-file: for a process a host starts with stdin a pipe it "
+                              "holds, so it ends when the host does (never under nohup or by hand)")
 
 
 def _cuda() -> bool:
@@ -254,6 +282,11 @@ def _cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "exit_with_stdin", False):
+        # First, before the minutes a model load or a training run can take: a dead host's work is wasted.
+        from .lifeline import exit_when_stdin_closes
+
+        exit_when_stdin_closes(f"autolora_worker {args.command}")
     _quiet_libraries()
     return args.run(args)
 

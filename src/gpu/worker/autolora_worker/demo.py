@@ -53,7 +53,7 @@ def _images(end: dict) -> list[np.ndarray]:
 def _retrieve(bundle: Path, backbone, prompt: str, top: int) -> list[tuple[dict, float]]:
     """The pool's LoRAs closest to the prompt by the weight encoder: what the bot's retrieval does."""
     from .lora.formats import read_lora_file
-    from .world.encoder import embed_loras, load_encoder
+    from .encoder import embed_loras, load_encoder
 
     records = json.loads((bundle / "pool" / "pool.json").read_text())["loras"]
     encoder = load_encoder(bundle / "encoder").eval()

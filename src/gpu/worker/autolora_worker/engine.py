@@ -7,6 +7,7 @@ second job waits its turn, and can be cancelled while it waits.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import threading
 import time
@@ -18,9 +19,11 @@ import torch
 from PIL import Image
 
 from .cache import LoraCache
+from .encoder import embed_loras, load_encoder
 from .errors import IncompatibleLoraError, JobCancelledError, ModelLoadError, WorkerError
 from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
 from .lora.canonical import CanonicalLora
+from .lora.files import DEFAULT_MAX_LORA_BYTES
 from .lora.formats import inspect_lora_file, read_lora_file
 from .models import Backbone
 from .protocol import GenerateRequest
@@ -35,10 +38,18 @@ def png_base64(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def mask_seed(loras: list[CanonicalLora]) -> int:
+    """DARE's drop masks are drawn from the LoRAs fused (their contents, in order), not from the request's seeds:
+    a seed then draws the same image alone or anywhere in any grid, as README's "What a seed promises" says."""
+    digest = hashlib.sha256("".join(lora.sha256 for lora in loras).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 class Engine:
     def __init__(self, backbone: Backbone, gates_path: str | Path | None = None, cache_bytes: int = 2 << 30,
-                 encoder_path: str | Path | None = None):
+                 encoder_path: str | Path | None = None, max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES):
         self.backbone = backbone
+        self.max_lora_bytes = max_lora_bytes  # no LoRA file over this is read, whichever route names it
         self._encoder_path = Path(encoder_path) if encoder_path is not None else None
         self._encoder = None
         self._encoder_lock = threading.Lock()
@@ -52,7 +63,7 @@ class Engine:
         self._model_lock = threading.Lock()
 
     def _read_lora(self, path: str) -> CanonicalLora:
-        lora = read_lora_file(path)
+        lora = read_lora_file(path, self.max_lora_bytes)
         if lora.family is not None and lora.family != self.backbone.spec.name:
             raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
                                         f"this worker runs {self.backbone.spec.name}")
@@ -71,7 +82,7 @@ class Engine:
         }
 
     def inspect(self, path: str) -> dict:
-        return inspect_lora_file(path)
+        return inspect_lora_file(path, self.max_lora_bytes)
 
     def _encoder_version(self) -> str | None:
         """The LoRA encoder's version, from its encoder.json (the encoder itself loads on first /embed)."""
@@ -87,8 +98,6 @@ class Engine:
     def reload_encoder(self, path: str) -> dict:
         """Embed with the encoder in folder `path` from now on; it is loaded and checked against this model first,
         so a folder that does not fit changes nothing."""
-        from .world.encoder import load_encoder
-
         encoder = load_encoder(path, model=self.backbone.transformer)
         with self._encoder_lock:
             previous = self._encoder_version()
@@ -107,9 +116,7 @@ class Engine:
     def embed(self, path: str) -> dict:
         """What ingest needs of a LoRA file: what `inspect` says, plus its LoRA-encoder embedding (a unit vector
         in the text encoder's space, for retrieval). The encoder loads on first use."""
-        from .world.encoder import embed_loras, load_encoder
-
-        lora = read_lora_file(path)
+        lora = read_lora_file(path, self.max_lora_bytes)
         if lora.family is not None and lora.family != self.backbone.spec.name:
             raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
                                         f"this worker runs {self.backbone.spec.name}")
@@ -137,7 +144,7 @@ class Engine:
             loras = [self.cache.get(ref.path) for ref in request.loras]
             options = FusionOptions(strategy=request.fusion, global_lora=request.global_lora,
                                     global_rank=request.global_rank, dare_density=request.dare_density,
-                                    seed=request.seeds[0])
+                                    seed=mask_seed(loras))
             sample_request = SampleRequest(
                 prompt=request.prompt, seeds=request.seeds, steps=steps,
                 guidance=spec.default_guidance if request.guidance is None else request.guidance,

@@ -43,6 +43,11 @@ def sample(backbone: Backbone, request: SampleRequest, *, on_step_start: Callabl
            on_step_end: StepCallback | None = None, should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """Generate one image per seed in a single batch; returns (B, H, W, 3) uint8.
 
+    Each seed's noise is its own (Backbone.noise) and nothing mixes the rows of a batch, so a seed's image does not
+    depend on the batch it is drawn in, up to float rounding: the kernels a matmul picks, which change with the
+    batch size, the thread count and the CPU, can move a pixel channel by a level (README, "What a seed promises",
+    states the bounds; tests/conftest.py measures and checks them).
+
     `should_cancel` is polled between steps: cancellation costs at most one step. `on_step_start` lets a fusion
     session know the step (K-LoRA's schedule); `on_step_end` reports progress with the current x̂₀ estimate.
     """

@@ -51,14 +51,21 @@ class JobRegistry:
 
 
 class WorkerServer(ThreadingHTTPServer):
+    """`request_timeout_s`: how long a client may take over each read of its request (and a stalled reader over
+    each write of an answer) before its connection is dropped. A long /generate stream is many quick writes, each
+    under the limit, never one timed whole."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine, token: str):
+    def __init__(self, address: tuple[str, int], engine: Engine, token: str, request_timeout_s: float):
         if not token:
             raise ValueError("the worker needs a token (--token or AUTOLORA_WORKER_TOKEN): it never runs open")
+        if request_timeout_s <= 0:
+            raise ValueError(f"the request timeout must be positive, got {request_timeout_s} s")
         super().__init__(address, WorkerHandler)
         self.engine = engine
         self.token = token
+        self.request_timeout_s = request_timeout_s
         self.jobs = JobRegistry()
 
 
@@ -69,12 +76,20 @@ class WorkerHandler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # the default logs every request to stderr, token-free but noisy
         pass
 
+    def setup(self):
+        # A socket timeout on the connection: the standard library then drops a client whose request stalls
+        # (a half-sent header or body) instead of holding a thread for it forever.
+        self.timeout = self.server.request_timeout_s
+        super().setup()
+
     # ---- plumbing -----------------------------------------------------------------------------------------
     def _send_json(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -90,9 +105,14 @@ class WorkerHandler(BaseHTTPRequestHandler):
         return False
 
     def _body(self) -> object:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise InvalidRequestError(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            # The body stays unread, so the connection cannot carry another request: it closes after the answer.
+            self.close_connection = True
+            if not declared.isdigit():  # a negative length would read until the client closes
+                raise InvalidRequestError(f"header 'Content-Length' must be a whole number of bytes, got {declared!r}")
+            raise InvalidRequestError(f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+        length = int(declared)
         raw = self.rfile.read(length) if length else b""
         try:
             return json.loads(raw or b"null")
@@ -198,8 +218,8 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self.server.jobs.end(request.job_id, cancel)
 
 
-def serve(engine: Engine, host: str, port: int, token: str) -> None:
-    server = WorkerServer((host, port), engine, token)
+def serve(engine: Engine, host: str, port: int, token: str, request_timeout_s: float) -> None:
+    server = WorkerServer((host, port), engine, token, request_timeout_s)
     bound_host, bound_port = server.server_address[:2]
     # One machine-readable line so a supervisor that asked for port 0 learns the real port.
     print(json.dumps({"event": "listening", "host": bound_host, "port": bound_port}), flush=True)

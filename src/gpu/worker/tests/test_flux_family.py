@@ -16,7 +16,7 @@ from autolora_worker.fusion import FusionOptions, FusionSession
 from autolora_worker.models import FluxBackbone, load_backbone
 from autolora_worker.sampling import SampleRequest, sample
 
-from conftest import modules_matching, random_lora
+from conftest import assert_same_seed_image, modules_matching, random_lora
 
 
 def clip_tokenizer(folder) -> CLIPTokenizer:
@@ -84,7 +84,9 @@ def test_samples_a_batch_of_seeds_reproducibly(flux):
     request = SampleRequest("a red hexagon", seeds=[1, 2], steps=2, guidance=3.5, height=32, width=32)
     first = sample(flux, request)
     assert first.shape == (2, 32, 32, 3)
-    assert (first == sample(flux, request)).all()
+    again = sample(flux, request)
+    for seed in range(2):
+        assert_same_seed_image(first[seed], again[seed], "the same request twice")
     assert not (first[0] == first[1]).all()
 
 
@@ -96,7 +98,7 @@ def test_fuses_loras_on_the_same_module_names(flux):
     with FusionSession(model, [lora], [1.0], FusionOptions("direct")):
         fused = sample(flux, request)
     assert not (fused == base).all()
-    assert (sample(flux, request) == base).all()
+    assert_same_seed_image(sample(flux, request)[0], base[0], "the base model after the session")
 
 
 def test_a_missing_or_broken_model_directory_is_a_clear_error(tmp_path):

@@ -12,7 +12,10 @@ from autolora_worker.world.retrain import evaluate_gates, train_candidate
 
 BUNDLE = Path(__file__).resolve().parents[4] / "bundle"
 
-pytestmark = pytest.mark.skipif(not (BUNDLE / "manifest.json").exists(), reason="needs the committed bundle")
+pytestmark = pytest.mark.skipif(
+    not (BUNDLE / "manifest.json").exists(),
+    reason="needs bundle/manifest.json of the committed bundle; restore it with git checkout -- bundle",
+)
 
 
 def test_candidates_are_trained_and_measured_on_held_out_loras(tmp_path):

@@ -6,8 +6,10 @@ import base64
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +25,7 @@ from autolora_worker.models import random_proving_ground
 from conftest import modules_matching, random_lora
 
 TOKEN = "test-token-" + "x" * 20
+REQUEST_TIMEOUT_S = 1
 WORKER_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = WORKER_ROOT.parents[2] / "bundle"  # the committed proving-ground bundle: its LoRA encoder serves /embed
 
@@ -32,8 +35,10 @@ def worker(tmp_path_factory):
     # No bundle: the worker serves the seeded random model the LoRA fixture below is shaped for.
     env = {**os.environ, "AUTOLORA_WORKER_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "AUTOLORA_BUNDLE": str(tmp_path_factory.mktemp("no-bundle") / "missing")}
+    # Small limits, so that the tests of them are quick: LoRA files up to 1 MiB, 1 s to send a request.
     process = subprocess.Popen([sys.executable, "-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu",
-                                "--encoder", str(BUNDLE / "encoder")],
+                                "--encoder", str(BUNDLE / "encoder"), "--max-lora-mb", "1",
+                                "--request-timeout-s", str(REQUEST_TIMEOUT_S)],
                                cwd=WORKER_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     if not line:
@@ -45,13 +50,13 @@ def worker(tmp_path_factory):
     process.wait(timeout=10)
 
 
-def call(url: str, path: str, body: dict | None = None, token: str | None = TOKEN):
+def call(url: str, path: str, body: dict | None = None, token: str | None = TOKEN, timeout: float = 60):
     request = urllib.request.Request(url + path, method="POST" if body is not None else "GET",
                                      data=json.dumps(body).encode() if body is not None else None)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        response = urllib.request.urlopen(request, timeout=60)
+        response = urllib.request.urlopen(request, timeout=timeout)
         return response.status, response
     except urllib.error.HTTPError as error:
         return error.code, error
@@ -204,6 +209,76 @@ def test_embed_route(worker, lora_file, tmp_path):
     assert status == 422 and "pickle" in json.load(response)["error"]["message"]
     status, response = call(url, "/embed", {"path": str(tmp_path / "absent.safetensors")})
     assert status == 422 and "absent.safetensors" in json.load(response)["error"]["message"]
+
+
+@pytest.fixture
+def unreadable(tmp_path):
+    """Paths a LoRA must never be read from, and what the answer must call each."""
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(b"\0" * ((1 << 20) + 1))  # one byte over the fixture's --max-lora-mb 1
+    return [(fifo, "named pipe (FIFO), not a regular file"),
+            (Path("/dev/zero"), "character device, not a regular file"),
+            (tmp_path, "directory, not a regular file"),
+            (big, "over this worker's limit of 1 MiB (serve --max-lora-mb)")]
+
+
+@pytest.mark.parametrize("route", ["/inspect", "/embed"])
+def test_only_regular_files_up_to_the_size_limit_are_read(worker, unreadable, route):
+    url, _ = worker
+    for path, problem in unreadable:
+        # A FIFO would block the reading thread for good and /dev/zero fill the memory: both must be refused unread.
+        status, response = call(url, route, {"path": str(path)}, timeout=10)
+        error = json.load(response)["error"]
+        assert status == 422 and error["code"] == "invalid-lora-file", path
+        assert str(path) in error["message"] and problem in error["message"], error["message"]
+    assert call(url, "/health")[0] == 200
+
+
+def test_a_generation_with_a_lora_that_is_no_regular_file_fails_at_once(worker, unreadable):
+    url, _ = worker
+    for path, problem in unreadable:
+        _, response = call(url, "/generate", {"prompt": "a ring", "steps": 1, "loras": [{"path": str(path)}]},
+                            timeout=10)
+        end = list(events(response))[-1]
+        assert end["type"] == "job-error" and problem in end["message"], end
+
+
+def test_a_client_that_sends_half_a_request_is_dropped(worker):
+    url, _ = worker
+    port = int(url.rsplit(":", 1)[1])
+    halves = [b"POST /inspect HTTP/1.1\r\nHost: worker\r\n",  # headers never finished
+              b"POST /inspect HTTP/1.1\r\nHost: worker\r\nAuthorization: Bearer " + TOKEN.encode()
+              + b"\r\nContent-Length: 100\r\n\r\n{\"path\": "]  # a body cut short
+    for half in halves:
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            connection.sendall(half)
+            connection.settimeout(REQUEST_TIMEOUT_S + 14)  # generous for a loaded machine
+            started = time.monotonic()
+            assert connection.recv(1024) == b"", "the worker closes the connection without an answer"
+            assert time.monotonic() - started < REQUEST_TIMEOUT_S + 14
+    assert call(url, "/health")[0] == 200
+
+
+def test_a_stream_may_outlast_the_request_timeout(worker):
+    url, _ = worker
+    _, response = call(url, "/generate", {"job_id": "long-stream", "prompt": "a star", "seeds": [1], "steps": 200})
+    stream = list(events(response))
+    assert stream[-1]["type"] == "job-end"
+    assert stream[-1]["timings"]["total_ms"] > 1000 * REQUEST_TIMEOUT_S, "too quick to show anything on this machine"
+
+
+def test_a_bad_content_length_is_a_clear_400(worker):
+    url, _ = worker
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(b"POST /inspect HTTP/1.1\r\nHost: worker\r\nAuthorization: Bearer " + TOKEN.encode()
+                           + b"\r\nContent-Length: -5\r\n\r\n")
+        connection.settimeout(15)
+        answer = connection.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 400") and "Content-Length" in answer
+    assert "Connection: close" in answer  # the body's end is unknown, so nothing more can be read on it
 
 
 def test_a_worker_without_an_encoder_says_so():

@@ -12,7 +12,7 @@ import torch
 from autolora_worker.fusion import FusionOptions, FusionSession, GateBank, fused_layers, gate_dims
 from autolora_worker.models import random_proving_ground
 from autolora_worker.world.flow import CaptionCache, flow_loss, noised_batch, training_sigmas
-from autolora_worker.world.loop import CHECKPOINT_NAME
+from autolora_worker.training_loop import CHECKPOINT_NAME
 from autolora_worker.world.training import train_base, train_gates, train_lora
 
 from conftest import modules_matching, random_lora
@@ -90,9 +90,10 @@ def test_caption_cache_encodes_once_and_matches_the_encoder(backbone):
     assert torch.equal(condition.prompt_embeds[0], condition.prompt_embeds[2])
     for row, caption in enumerate(["a red square", "a blue circle"]):
         alone = backbone.encode_prompts([caption])
-        # Bitwise, not close: a resumed run encodes its captions in other batches than the original run did.
-        assert torch.equal(condition.prompt_embeds[row], alone.prompt_embeds[0])
-        assert torch.equal(condition.pooled[row], alone.pooled[0])
+        # Close, not bitwise: a caption encoded among others and alone runs matmuls of other sizes (flow.py says why
+        # resuming is bit-exact only where those agree bit for bit).
+        assert torch.allclose(condition.prompt_embeds[row], alone.prompt_embeds[0], atol=1e-5)
+        assert torch.allclose(condition.pooled[row], alone.pooled[0], atol=1e-6)
     cache(["a green square"])  # over capacity: the least recently used caption goes
     assert list(cache.entries) == ["a red square", "a green square"]
     assert cache(["a", "b", "c"]).prompt_embeds.shape[0] == 3  # a call may need more than the capacity

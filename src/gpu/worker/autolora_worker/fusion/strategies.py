@@ -25,7 +25,8 @@ class FusionOptions:
     global_rank: int = 4
     # dare: fraction of ΔW entries kept. 0.2 is the drop rate 0.8 of the authors' DARE baseline.
     dare_density: float = 0.2
-    # dare: masks are drawn once per request from this seed, so the same request gives the same image.
+    # dare: masks are drawn once per request from this seed, so the same request gives the same image. The engine
+    # derives it from the LoRAs fused (engine.mask_seed), never from the image seeds, so no image depends on its grid.
     seed: int = 0
     # klora: the step-dependent scale s* = (α·progress + β) mod α that K-LoRA uses for FLUX.
     klora_alpha: float = 1.5
@@ -86,8 +87,8 @@ class MergedPlan(LayerPlan):
 class Dare(FusionStrategy):
     """Drop-and-rescale on each ΔWᵢ = sᵢBᵢAᵢ, then sum, with peft's `dare_linear`.
 
-    The authors' baseline redraws the mask on every forward; we draw it once per request and layer from the
-    request seed and merge it into a per-request copy of the layer's weight, so a seed reproduces its image and a
+    The authors' baseline redraws the mask on every forward; we draw it once per request and layer from
+    `options.seed` and merge it into a per-request copy of the layer's weight, so a seed reproduces its image and a
     step costs what the base model's does (the price is one weight copy per adapted layer while the job runs).
     """
 

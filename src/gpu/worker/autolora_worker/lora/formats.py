@@ -28,6 +28,7 @@ from ..errors import InvalidLoraFileError
 from ..families import FAMILIES, family_for_inner_dim
 from . import keys
 from .canonical import CanonicalLora, LoraLayer
+from .files import DEFAULT_MAX_LORA_BYTES, read_regular_file
 
 FORMATS = ("diffusers", "kohya", "comfyui", "xlabs", "bfl")
 
@@ -101,14 +102,11 @@ class _Piece:
         return int(self.down.shape[1]), int(self.up.shape[0])
 
 
-def read_lora_file(path: str | Path) -> CanonicalLora:
-    """Read a .safetensors LoRA of any FLUX format; InvalidLoraFileError (one line) if it cannot be used."""
+def read_lora_file(path: str | Path, max_bytes: int = DEFAULT_MAX_LORA_BYTES) -> CanonicalLora:
+    """Read a .safetensors LoRA of any FLUX format; InvalidLoraFileError (one line) if it cannot be used, and
+    without reading it if it is not a regular file or is over `max_bytes`."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InvalidLoraFileError(f"cannot read {path}: {error.strerror or error}") from None
-    return read_lora_bytes(data, name=path.name)
+    return read_lora_bytes(read_regular_file(path, max_bytes), name=path.name)
 
 
 def read_lora_bytes(data: bytes, name: str = "") -> CanonicalLora:
@@ -398,9 +396,9 @@ def _checked_layer(
     return layer
 
 
-def inspect_lora_file(path: str | Path) -> dict[str, Any]:
+def inspect_lora_file(path: str | Path, max_bytes: int = DEFAULT_MAX_LORA_BYTES) -> dict[str, Any]:
     """What a LoRA file is: format, family, number of modules, ranks (sorted unique list), unknown keys, sha256."""
-    lora = read_lora_file(path)
+    lora = read_lora_file(path, max_bytes)
     return {
         "format": lora.format,
         "family": lora.family,

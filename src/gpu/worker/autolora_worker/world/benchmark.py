@@ -54,7 +54,7 @@ class World:
     """The loaded bundle: model, gates, evaluator, encoder, text encoder and the pool with its records."""
 
     def __init__(self, root: Path, device: str = "cpu"):
-        from .encoder import load_encoder
+        from ..encoder import load_encoder
         from .evaluator import load_evaluator
 
         self.paths = BundlePaths(root)
@@ -74,7 +74,7 @@ class World:
         return self.backbone.text_encoder(texts).pooled.float()
 
     def lora_embeddings(self, ids: list[str]) -> torch.Tensor:
-        from .encoder import embed_loras
+        from ..encoder import embed_loras
 
         with torch.no_grad():
             return embed_loras(self.encoder, [self.loras[i] for i in ids]).float()

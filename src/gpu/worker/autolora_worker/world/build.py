@@ -245,7 +245,7 @@ class WorldBuild:
         return json.loads(self.paths.pool_index.read_text())["loras"]
 
     def build_encoder(self) -> dict:
-        from .encoder import LoraEncoder, layer_table, save_encoder, train_encoder
+        from ..encoder import LoraEncoder, layer_table, save_encoder, train_encoder
 
         c = self.config
         backbone = self.load_base()

@@ -22,9 +22,12 @@ class CaptionCache:
 
     Encoding per step would cost about as much as the step itself on a CPU (MiniLM's six 384-wide layers over 32
     tokens are half a proving-ground training sample), and the renderer's captions repeat (96k base draws of
-    all three caption lengths hold ~14k distinct ones). A step's new captions are encoded together (2-3x faster than one by one). Resuming
-    bit-exactly rests on a caption's conditioning not depending on the batch it was encoded in, which holds on
-    the CPU (every sequence is padded to the same 32 tokens; a test checks it bitwise).
+    all three caption lengths hold ~14k distinct ones). A step's new captions are encoded together (2-3x faster
+    than one by one). A run resumed in a new process encodes its captions in other batches than the original did,
+    so resuming bit-exactly rests on a caption's conditioning not depending on its batch. Every sequence is padded
+    to the same 32 tokens, and on every CPU kernel set measured (AVX-512, AVX2, unvectorised) it held bit for bit;
+    it is not promised: where a matmul kernel changes with the batch size, a resumed run differs from an
+    uninterrupted one in the last bits.
     Least recently used entries go beyond `capacity`; one entry is 32×384 + 384 floats, ~50 kB, so the default
     holds a whole base run's captions in ~0.8 GB.
     """

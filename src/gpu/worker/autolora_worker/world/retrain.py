@@ -213,7 +213,7 @@ def train_encoder_candidate(bundle: str | Path, out: str | Path, *, steps: int, 
                             device: str = "cpu", progress=print) -> dict:
     """Train (or fine-tune from `init`) the LoRA encoder on the bundle's training LoRAs and crawled, captioned
     LoRAs from `extra`; saves it to the folder `out`."""
-    from .encoder import LoraEncoder, layer_table, load_encoder, save_encoder, train_encoder
+    from ..encoder import LoraEncoder, layer_table, load_encoder, save_encoder, train_encoder
 
     bundle = Path(bundle)
     paths, backbone, records = _world(bundle, device)
@@ -240,7 +240,7 @@ def evaluate_encoder(bundle: str | Path, encoder_dir: str | Path, *, queries_per
     """Retrieval of held-out LoRAs by held-out prompt templates: recall@1, recall@3 and MRR (the proving ground's
     retrieval benchmark), for one encoder."""
     from .benchmark import concept_of, rank_metrics
-    from .encoder import embed_loras, load_encoder
+    from ..encoder import embed_loras, load_encoder
     from .render import SHAPES
 
     bundle = Path(bundle)

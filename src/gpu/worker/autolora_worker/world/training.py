@@ -1,8 +1,8 @@
 """The proving ground's three trainers, plain functions taking the backbone: the base model, one LoRA, the gates.
 
 Each draws its data from a caller's sampler `draw(rng, batch) -> (images (B, 3, 64, 64) in [-1, 1], captions)`,
-minimises the flow-matching loss (`flow.py`) and runs through `loop.run_loop`, so every one is deterministic for a
-seed, checkpoints atomically and resumes bit-exactly.
+minimises the flow-matching loss (`flow.py`) and runs through `training_loop.run_loop`, so every one is
+deterministic for a seed, checkpoints atomically and resumes bit-exactly (flow.py's CaptionCache says where not).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..fusion.layer import FusedLinear, LayerPlan
 from ..lora.canonical import CanonicalLora, LoraLayer
 from ..models import ProvingGroundBackbone
 from .flow import CaptionCache, flow_loss, noised_batch
-from .loop import LoopSettings, Progress, StepLoss, StepRandom, run_loop
+from ..training_loop import LoopSettings, Progress, StepLoss, StepRandom, run_loop
 
 Draw = Callable[[np.random.Generator, int], tuple[torch.Tensor, list[str]]]
 # rng, batch -> (target LoRA, interference LoRA, target images, target captions, interference captions)

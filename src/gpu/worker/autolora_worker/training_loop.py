@@ -1,5 +1,6 @@
-"""The loop every world trainer runs: per-step seeded randomness, AdamW with warmup + cosine, gradient clipping,
-atomic checkpoints from which a resumed run is bit-identical to an uninterrupted one, and progress lines.
+"""The loop every trainer runs (the proving ground's base model, LoRAs and gates; the LoRA encoder): per-step
+seeded randomness, AdamW with warmup + cosine, gradient clipping, atomic checkpoints from which a resumed run is
+bit-identical to an uninterrupted one, and progress lines.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int, floor: float)
 
 @dataclass
 class LoopSettings:
-    name: str  # label of progress lines and errors: "base", "lora", "gates"
+    name: str  # label of progress lines and errors: "base", "lora", "gates", "encoder"
     steps: int
     lr: float
     seed: int
