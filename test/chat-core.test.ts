@@ -47,7 +47,67 @@ describe("typed commands", () => {
     expect(() => validateOptions(specs, { prompt: "a cat", k: "two" }, "/imagine")).toThrow("k must be a whole number");
     expect(() => validateOptions(specs, { prompt: "a cat", fusion: "magic" }, "/imagine")).toThrow("fusion must be one of direct, dare, klora, gated");
     expect(() => validateOptions(specs, { k: "2" }, "/imagine")).toThrow("/imagine needs prompt");
-    expect(() => validateOptions(specs, { prompt: "x".repeat(1001) }, "/imagine")).toThrow("prompt is longer than 1000 characters; shorten it");
+    const add = optionsOf(registry.get("lora")!, "add");
+    expect(() => validateOptions(add, { name: "n".repeat(101) }, "/lora add")).toThrow("the name is 101 characters; the limit is 100");
+  });
+
+  it("refuses a word that looks like an unknown option, naming it, the options taken and how to keep it as text", () => {
+    expect(() => parse("/imagine prompt:x foo:bar")).toThrow(
+      '/imagine has no option foo (in "foo:bar"); it takes prompt, loras, k, fusion, seed, size. To keep "foo:bar" as text, write foo\\:bar');
+    expect(() => parse("/imagine a cat loras:hexagon shapes fusin:direct")).toThrow(/^\/imagine has no option fusin /);
+    expect(() => parse("/pool status verbose:yes")).toThrow(/^\/pool status has no option verbose \(in "verbose:yes"\); it takes no options$/);
+  });
+
+  it("keeps colons that are no option in the prompt: times, ratios, URLs, prose, and backslash-escaped words", () => {
+    expect(parse("/imagine a sign that says 12:30 k:2").options).toEqual({ prompt: "a sign that says 12:30", k: "2" });
+    expect(parse("/imagine a 16:9 poster of https://example.com/a:b").options).toEqual({ prompt: "a 16:9 poster of https://example.com/a:b" });
+    expect(parse("/imagine style: watercolor, Note:x").options).toEqual({ prompt: "style: watercolor, Note:x" });
+    expect(parse("/imagine a label that reads foo\\:bar and k\\:9 seed:3").options).toEqual({ prompt: "a label that reads foo:bar and k:9", seed: "3" });
+    expect(parse("/imagine red prompt:a cat").options).toEqual({ prompt: "red a cat" });
+    expect(parse("/lora add url:https://example.com/a.safetensors name:neon style\\:glow").options).toEqual({
+      url: "https://example.com/a.safetensors", name: "neon style:glow",
+    });
+  });
+
+  it("refuses an option given twice, or a one-word option whose value is missing", () => {
+    expect(() => parse("/imagine a cat k:99 k:1")).toThrow("k is given twice; give it once");
+    expect(() => parse("/imagine a cat --k 2 k:3")).toThrow("k is given twice; give it once");
+    expect(() => parse("/imagine prompt:a cat prompt:a dog")).toThrow("prompt is given twice; give it once");
+    expect(() => parse("/imagine a cat k: 3")).toThrow("k: needs its value right after the colon, e.g. k:1");
+    expect(() => parse("/imagine a cat fusion: direct")).toThrow("fusion: needs its value right after the colon, e.g. fusion:direct");
+    expect(() => parse("/imagine a cat --k")).toThrow("--k needs a value after it, e.g. --k 1");
+    expect(parse("/imagine a cat loras: hexagon shapes").options).toEqual({ prompt: "a cat", loras: "hexagon shapes" });
+  });
+
+  it("reads whole numbers only as plain decimal digits, as text (web, Slack) or typed (Discord)", () => {
+    const specs = optionsOf(registry.get("imagine")!);
+    for (const text of ["0x3", "1e0", "3.0", "+3", "3k", " 3", "Infinity"]) {
+      expect(() => validateOptions(specs, { prompt: "a cat", k: text }, "/imagine")).toThrow(
+        `k must be a whole number from 1 to 5, written in digits; ${JSON.stringify(text)} is not`);
+    }
+    expect(() => validateOptions(specs, { prompt: "a cat", k: "" }, "/imagine")).toThrow("k is empty; give a whole number from 1 to 5");
+    expect(() => validateOptions(specs, { prompt: "a cat", k: "-1" }, "/imagine")).toThrow("k must be at least 1");
+    expect(validateOptions(specs, { prompt: "a cat", seed: "007" }, "/imagine")).toEqual({ prompt: "a cat", seed: 7 });
+    expect(validateOptions(specs, { prompt: "a cat", k: 3, seed: 0 }, "/imagine")).toEqual({ prompt: "a cat", k: 3, seed: 0 });
+    expect(() => validateOptions(specs, { prompt: "a cat", k: 2.5 }, "/imagine")).toThrow("k must be a whole number from 1 to 5");
+    expect(() => validateOptions(specs, { prompt: "a cat", k: 9 }, "/imagine")).toThrow("k must be at most 5");
+  });
+
+  it("answers a prompt over the chat's limit with its length and the limit, typed or given as an option", async () => {
+    const said: Array<{ text: string }> = [];
+    const conversation = { answer: async (message: { text: string }) => { said.push(message); return { edit: async () => undefined }; } };
+    const core = new ChatCore({
+      commands: registry, chat: { admins: [], reactions: { "👍": 1 }, perMinute: 0, perDay: 0, maxPromptChars: 1000, progressIntervalMs: 0 },
+    } as unknown as CommandContext);
+    const ada = core.requester({ adapter: "web", userId: "ada", name: "ada" });
+    for (const length of [1001, 5000]) {
+      await core.handleText(`/imagine ${"a".repeat(length)}`, ada, conversation);
+      await core.handle({ command: "imagine", options: { prompt: "a".repeat(length) } }, ada, conversation);
+    }
+    expect(said.map((message) => message.text)).toEqual([
+      "the prompt is 1001 characters; the limit is 1000", "the prompt is 1001 characters; the limit is 1000",
+      "the prompt is 5000 characters; the limit is 1000", "the prompt is 5000 characters; the limit is 1000",
+    ]);
   });
 
   it("makes button ids that carry the generation and refuses ids it did not make", () => {

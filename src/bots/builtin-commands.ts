@@ -1,13 +1,15 @@
 // The commands every chat offers: /imagine, /loras, /lora (info for all; add, remove, block, unblock for
 // admins), /pool status and /retrain now (admins), /help.
-import { FUSIONS } from "../pipeline/imagine.js";
+import { FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, type Fusion } from "../gpu/protocol.js";
 import type { LoraRecord } from "../pool/index.js";
 import { CommandInputError, type Attachment, type ChatCommand, type CommandContext, type OptionSpec } from "./commands.js";
 import { imagineInChat } from "./imagine-flow.js";
 
 type Lora = Omit<LoraRecord, "vector">;
 
-const MAX_SIZE = 2048;
+// LoRAs a chat user may name or ask to retrieve for one /imagine: the chats' own cap, never above what a worker
+// takes (MAX_LORAS_PER_JOB), up to which the config's retrieval.k may go.
+const MAX_CHAT_LORAS = Math.min(5, MAX_LORAS_PER_JOB);
 
 const loraOption = (description: string): OptionSpec =>
   ({ name: "lora", description, type: "string", required: true, autocomplete: true, rest: true });
@@ -16,22 +18,23 @@ const imagine: ChatCommand = {
   name: "imagine",
   description: "Draw a prompt, with the pool's best LoRAs fused in",
   options: [
-    { name: "prompt", description: "What to draw", type: "string", required: true, rest: true, maxLength: 1000 },
+    // No maxLength: the chat's own limit (chat.max_prompt_chars) is checked in run, with the prompt's length.
+    { name: "prompt", description: "What to draw", type: "string", required: true, rest: true },
     { name: "loras", description: "auto (default), none, or LoRA names separated by commas", type: "string", autocomplete: true },
-    { name: "k", description: "How many LoRAs to retrieve (1-5)", type: "integer", min: 1, max: 5 },
+    { name: "k", description: `How many LoRAs to retrieve (1-${MAX_CHAT_LORAS})`, type: "integer", min: 1, max: MAX_CHAT_LORAS },
     { name: "fusion", description: "How the LoRAs are combined", type: "string", choices: FUSIONS.filter((fusion) => fusion !== "none") },
     { name: "seed", description: "First seed (the others follow it)", type: "integer", min: 0, max: 2 ** 32 - 1 },
-    { name: "size", description: "WIDTHxHEIGHT in pixels, multiples of 16, e.g. 1024x768", type: "string" },
+    { name: "size", description: `WIDTHxHEIGHT in pixels, multiples of ${SIZE_MULTIPLE}, e.g. 1024x768`, type: "string" },
   ],
   async run(call, context, reply) {
     const prompt = String(call.options.prompt);
     if (prompt.length > context.chat.maxPromptChars) {
-      throw new CommandInputError(`the prompt is ${prompt.length} characters; keep it to ${context.chat.maxPromptChars}`);
+      throw new CommandInputError(`the prompt is ${prompt.length} characters; the limit is ${context.chat.maxPromptChars}`);
     }
     const loras = await chosenLoras(call.options.loras as string | undefined, context);
     await imagineInChat({
       prompt, user: call.requester.id, loras, k: call.options.k as number | undefined,
-      fusion: call.options.fusion as (typeof FUSIONS)[number] | undefined, seed: call.options.seed as number | undefined,
+      fusion: call.options.fusion as Fusion | undefined, seed: call.options.seed as number | undefined,
       ...parseSize(call.options.size as string | undefined), signal: call.signal,
     }, context, reply, context.chat);
   },
@@ -52,7 +55,7 @@ const loras: ChatCommand = {
   name: "loras",
   description: "Which LoRAs a prompt would use, with their similarity",
   private: true,
-  options: [{ name: "search", description: "A prompt or a few words", type: "string", required: true, rest: true, autocomplete: true, maxLength: 1000 }],
+  options: [{ name: "search", description: "A prompt or a few words", type: "string", required: true, rest: true, autocomplete: true, maxLength: MAX_PROMPT_CHARS }],
   async run(call, context, reply) {
     const { hits } = await context.retriever.retrieve(String(call.options.search), { k: Math.max(context.k, 5), minSimilarity: -1 });
     if (hits.length === 0) return reply.send({ text: "the pool has no LoRAs yet" });
@@ -172,7 +175,7 @@ async function chosenLoras(value: string | undefined, context: CommandContext): 
   if (!text || text === "auto") return undefined;
   if (text === "none") return [];
   const names = value!.split(",").map((name) => name.trim()).filter(Boolean);
-  if (names.length > 5) throw new CommandInputError(`at most 5 LoRAs at once, not ${names.length}`);
+  if (names.length > MAX_CHAT_LORAS) throw new CommandInputError(`at most ${MAX_CHAT_LORAS} LoRAs at once, not ${names.length}`);
   const ids: string[] = [];
   for (const name of names) {
     const found = await resolveLora(name, context);
@@ -221,10 +224,11 @@ function fileNameOf(url: string): string {
 
 function parseSize(size: string | undefined): { width?: number; height?: number } {
   if (!size) return {};
-  const match = /^(\d{2,4})\s*[x×]\s*(\d{2,4})$/i.exec(size.trim());
+  const match = /^(\d+)\s*[x×]\s*(\d+)$/i.exec(size.trim());
   const [width, height] = match ? [Number(match[1]), Number(match[2])] : [0, 0];
-  if (!match || width % 16 || height % 16 || width < 16 || height < 16 || width > MAX_SIZE || height > MAX_SIZE) {
-    throw new CommandInputError(`size must be WIDTHxHEIGHT, multiples of 16 from 16 to ${MAX_SIZE}, e.g. 1024x768 (got ${size})`);
+  const fits = (side: number) => side % SIZE_MULTIPLE === 0 && side >= MIN_SIZE && side <= MAX_SIZE;
+  if (!match || !fits(width) || !fits(height)) {
+    throw new CommandInputError(`size must be WIDTHxHEIGHT, multiples of ${SIZE_MULTIPLE} from ${MIN_SIZE} to ${MAX_SIZE}, e.g. 1024x768 (got ${size})`);
   }
   return { width, height };
 }

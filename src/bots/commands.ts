@@ -178,8 +178,11 @@ export class CommandInputError extends Error {
 
 /**
  * A typed line (`/imagine a red hexagon k:2 fusion:direct`, `/lora block 1a2b3c4d`) as a command call. Known
- * options are taken as `name:value` (or `--name value`) anywhere in the line; the remaining words fill the
- * option marked `rest`, or else the first string option. Throws CommandInputError with a usage hint.
+ * options are taken as `name:value` (or `--name value`) anywhere in the line, each at most once; the remaining
+ * words fill the option marked `rest`, or else the first string option. A word shaped like an option
+ * (`lower-case-name:value`) that names none is refused, not folded into the text; other colons are text (`12:30`,
+ * `16:9`, `https://…`, `Note:x`, `style: watercolor`), and a backslash keeps an option-shaped word as text
+ * (`foo\:bar` is the text `foo:bar`). Throws CommandInputError saying what to change.
  */
 export function parseCommandText(line: string, registry: CommandRegistry): { command: ChatCommand; subcommand?: string; options: Record<string, string> } {
   const words = line.trim().split(/\s+/).filter(Boolean);
@@ -193,41 +196,71 @@ export function parseCommandText(line: string, registry: CommandRegistry): { com
       throw new CommandInputError(`/${commandName} needs one of: ${command.subcommands.map((sub) => sub.name).join(", ")}`);
     }
   }
+  const label = `/${commandName}${subcommand ? ` ${subcommand}` : ""}`;
   const specs = optionsOf(command, subcommand);
-  const known = new Set(specs.map((spec) => spec.name));
+  const taken = specs.map((spec) => spec.name).join(", ");
+  const restSpec = specs.find((spec) => spec.rest);
   const options: Record<string, string> = {};
+  const given = new Set<string>();
   const rest: string[] = [];
   // A free-text option (`name:neon glow`, `loras:hexagon shapes, stripes`) runs to the next option; numbers and
   // choices are one word, after which words go back to the prompt.
   let open: string | undefined;
+  const text = (word: string) => {
+    if (open) options[open] = `${options[open]} ${word}`.trim();
+    else rest.push(word);
+  };
+  const take = (spec: OptionSpec, value: string, written: string) => {
+    if (given.has(spec.name)) throw new CommandInputError(`${spec.name} is given twice; give it once`);
+    given.add(spec.name);
+    const freeText = spec.type === "string" && !spec.choices;
+    if (!freeText && value === "") {
+      throw new CommandInputError(`${written} needs its value right after the colon, e.g. ${spec.name}:${exampleOf(spec)}`);
+    }
+    // The rest option's own words keep their place among the others (`red prompt:a cat` is "red a cat").
+    if (spec.rest) rest.push(...(value ? [value] : []));
+    else options[spec.name] = value;
+    open = freeText && !spec.rest ? spec.name : undefined;
+  };
   for (let i = 0; i < words.length; i++) {
     const word = words[i]!;
-    const colon = /^([a-z][a-z0-9_-]*):(.*)$/.exec(word);
-    let name: string | undefined;
-    if (colon && known.has(colon[1]!)) {
-      name = colon[1]!;
-      options[name] = colon[2]!;
-    } else if (word.startsWith("--") && known.has(word.slice(2)) && i + 1 < words.length) {
-      name = word.slice(2);
-      options[name] = words[++i]!;
+    const escaped = /^([a-z][a-z0-9_-]*)\\:(.*)$/.exec(word);
+    const option = /^([a-z][a-z0-9_-]*):(.*)$/.exec(word);
+    const spec = option ? specs.find((entry) => entry.name === option[1]) : undefined;
+    if (escaped) {
+      text(`${escaped[1]}:${escaped[2]}`);
+    } else if (option && spec) {
+      take(spec, option[2]!, `${spec.name}:`);
+    } else if (option && option[2] !== "" && !option[2]!.startsWith("//")) {
+      // Not prose ("note: …") nor a URL ("https://…"): a mistyped or unknown option, which must not reach the prompt.
+      const keep = specs.some((entry) => entry.type === "string" && !entry.choices) ? `. To keep "${word}" as text, write ${option[1]}\\:${option[2]}` : "";
+      throw new CommandInputError(`${label} has no option ${option[1]} (in "${word}"); it takes ${taken || "no options"}${keep}`);
     } else if (word.startsWith("--") && word.length > 2) {
-      throw new CommandInputError(`unknown option ${word}; /${commandName}${subcommand ? ` ${subcommand}` : ""} takes ${specs.map((spec) => spec.name).join(", ") || "no options"}`);
-    } else if (open) {
-      options[open] = `${options[open]} ${word}`.trim();
-      continue;
+      const named = specs.find((entry) => entry.name === word.slice(2));
+      if (!named) throw new CommandInputError(`unknown option ${word}; ${label} takes ${taken || "no options"}`);
+      if (i + 1 >= words.length) throw new CommandInputError(`${word} needs a value after it, e.g. ${word} ${exampleOf(named)}`);
+      take(named, words[++i]!, word);
     } else {
-      rest.push(word);
-      continue;
+      text(word);
     }
-    const spec = specs.find((entry) => entry.name === name)!;
-    open = spec.type === "string" && !spec.choices && !spec.rest ? name : undefined;
   }
   if (rest.length > 0) {
-    const target = specs.find((spec) => spec.rest) ?? specs.find((spec) => spec.type === "string" && options[spec.name] === undefined);
-    if (!target) throw new CommandInputError(`/${commandName} does not take "${rest.join(" ")}"`);
+    const target = restSpec ?? specs.find((spec) => spec.type === "string" && options[spec.name] === undefined);
+    if (!target) throw new CommandInputError(`${label} does not take "${rest.join(" ")}"`);
     options[target.name] = [options[target.name], ...rest].filter(Boolean).join(" ");
   }
   return { command, subcommand, options };
+}
+
+/** A value to show in a hint about an option. */
+function exampleOf(spec: OptionSpec): string {
+  return spec.choices?.[0] ?? (spec.type === "integer" ? String(spec.min ?? 1) : "text");
+}
+
+/** " from 1 to 5", " from 0", " up to 9" or "": the range a whole-number option takes, for its messages. */
+function rangeOf(spec: OptionSpec): string {
+  if (spec.min !== undefined) return ` from ${spec.min}${spec.max !== undefined ? ` to ${spec.max}` : ""}`;
+  return spec.max !== undefined ? ` up to ${spec.max}` : "";
 }
 
 /** Check and convert option values against their specs (whichever adapter they came from). */
@@ -236,17 +269,30 @@ export function validateOptions(specs: OptionSpec[], given: Record<string, Optio
   for (const spec of specs) {
     let schema: z.ZodType;
     if (spec.type === "integer") {
-      let number = z.coerce.number({ error: `${spec.name} must be a whole number` }).int(`${spec.name} must be a whole number`);
+      const wholeNumber = `${spec.name} must be a whole number${rangeOf(spec)}`;
+      let number = z.int({ error: wholeNumber });
       if (spec.min !== undefined) number = number.min(spec.min, `${spec.name} must be at least ${spec.min}`);
       if (spec.max !== undefined) number = number.max(spec.max, `${spec.name} must be at most ${spec.max}`);
-      schema = number;
+      // Discord gives numbers; typed lines give text, read as decimal digits only (a plain Number() would take
+      // "0x3", "1e0", "3.0" or "" too).
+      schema = z.union([z.number(), z.string()], { error: wholeNumber }).transform((value, context) => {
+        if (typeof value === "number" || /^-?\d+$/.test(value)) return Number(value);
+        context.addIssue({
+          code: "custom",
+          message: value === "" ? `${spec.name} is empty; give a whole number${rangeOf(spec)}` : `${wholeNumber}, written in digits; ${JSON.stringify(value)} is not`,
+        });
+        return z.NEVER;
+      }).pipe(number);
     } else if (spec.type === "attachment") {
       schema = z.object({ name: z.string(), url: z.string(), size: z.number() }, { error: `${spec.name} must be an attached file` });
     } else if (spec.choices) {
       schema = z.enum(spec.choices as [string, ...string[]], { error: `${spec.name} must be one of ${spec.choices.join(", ")}` });
     } else {
       let text = z.string().trim().min(1, `${spec.name} is empty`);
-      if (spec.maxLength !== undefined) text = text.max(spec.maxLength, `${spec.name} is longer than ${spec.maxLength} characters; shorten it`);
+      const limit = spec.maxLength;
+      if (limit !== undefined) {
+        text = text.max(limit, { error: (issue) => `the ${spec.name} is ${String(issue.input).length} characters; the limit is ${limit}` });
+      }
       schema = text;
     }
     shape[spec.name] = spec.required ? schema : schema.optional();
@@ -256,7 +302,7 @@ export function validateOptions(specs: OptionSpec[], given: Record<string, Optio
   const parsed = z.strictObject(shape).safeParse(given);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    const missing = issue.code === "invalid_type" && given[String(issue.path[0])] === undefined;
+    const missing = issue.path.length > 0 && given[String(issue.path[0])] === undefined;
     throw new CommandInputError(missing ? `${label} needs ${String(issue.path[0])}` : issue.message);
   }
   return parsed.data as Record<string, OptionValue>;

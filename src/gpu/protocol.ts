@@ -89,26 +89,49 @@ export const workerHealthSchema = z.object({
 
 export type WorkerHealth = z.infer<typeof workerHealthSchema>;
 
+// What a worker accepts, written once for the host: the config, the chats, the command line and the pipeline
+// import these. The worker's own copy is autolora_worker/protocol.py; test/limits.test.ts checks that they agree.
+
 /** The largest seed the worker accepts: JavaScript numbers carry integers exactly only up to 2^53 - 1. */
 export const MAX_SEED = Number.MAX_SAFE_INTEGER;
+/** The longest prompt, in characters. */
+export const MAX_PROMPT_CHARS = 4000;
+/** Images (one per seed) in one job. */
+export const MAX_SEEDS_PER_JOB = 8;
+/** LoRAs fused in one job. */
+export const MAX_LORAS_PER_JOB = 8;
+/** Sampling steps of one job. */
+export const MAX_STEPS = 200;
+/** Image width and height in pixels. */
+export const MIN_SIZE = 16;
+export const MAX_SIZE = 2048;
+/**
+ * Sizes the chats offer are multiples of this: every family's pixels per token divides it (FLUX's 16, the proving
+ * ground's 8), so one size works whichever model a worker hosts. Host-side only; the worker checks its own model.
+ */
+export const SIZE_MULTIPLE = 16;
+
+/** Fusion strategies, by the names the worker gives them (autolora_worker/fusion/strategies.py). */
+export const FUSIONS = ["none", "direct", "dare", "klora", "gated"] as const;
+export type Fusion = (typeof FUSIONS)[number];
 
 /** `POST /generate`'s body, with the worker's own limits (autolora_worker/protocol.py GenerateRequest). */
 export const generateRequestSchema = z.strictObject({
   job_id: z.string().min(1).max(100),
-  prompt: z.string().min(1).max(4000),
-  seeds: z.array(z.int().min(0).max(MAX_SEED)).min(1).max(8),
-  steps: z.int().min(1).max(200).optional(),
+  prompt: z.string().min(1).max(MAX_PROMPT_CHARS),
+  seeds: z.array(z.int().min(0).max(MAX_SEED)).min(1).max(MAX_SEEDS_PER_JOB),
+  steps: z.int().min(1).max(MAX_STEPS).optional(),
   guidance: z.number().min(0).max(30).optional(),
-  height: z.int().min(16).max(2048).optional(),
-  width: z.int().min(16).max(2048).optional(),
+  height: z.int().min(MIN_SIZE).max(MAX_SIZE).optional(),
+  width: z.int().min(MIN_SIZE).max(MAX_SIZE).optional(),
   loras: z.array(z.strictObject({
     path: z.string().min(1),
     scale: z.number().min(-4).max(4).optional(),
     name: z.string().max(200).optional(),
-  })).max(8).optional(),
-  fusion: z.enum(["none", "direct", "dare", "klora", "gated"]).optional(),
+  })).max(MAX_LORAS_PER_JOB).optional(),
+  fusion: z.enum(FUSIONS).optional(),
   global_lora: z.boolean().optional(),
-  preview_every: z.int().min(0).max(200).optional(),
+  preview_every: z.int().min(0).max(MAX_STEPS).optional(),
   preview_size: z.int().min(16).max(256).optional(),
 });
 

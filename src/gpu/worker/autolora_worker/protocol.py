@@ -7,14 +7,27 @@ of `job-end` or `job-error`.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidRequestError
 
+# What a request may ask for, written once for the worker. The host's copy is src/gpu/protocol.ts, which imports
+# them everywhere it checks input; its test/limits.test.ts checks that the two agree.
+
 # The host is JavaScript: integers above 2**53 - 1 lose precision there, and a seed must round-trip exactly.
 MAX_SEED = 2**53 - 1
+MAX_PROMPT_CHARS = 4000
+MAX_SEEDS_PER_JOB = 8
+MAX_LORAS_PER_JOB = 8
+MAX_STEPS = 200
+MIN_SIZE = 16
+MAX_SIZE = 2048
+# The fusion strategies by name (fusion/strategies.py STRATEGIES registers one class under each).
+Fusion = Literal["none", "direct", "dare", "klora", "gated"]
+FUSIONS: tuple[str, ...] = get_args(Fusion)
+
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
@@ -30,19 +43,19 @@ class LoraRef(Strict):
 
 class GenerateRequest(Strict):
     job_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=100)
-    prompt: str = Field(min_length=1, max_length=4000)
-    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=8)
-    steps: int | None = Field(None, ge=1, le=200)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS_PER_JOB)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     guidance: float | None = Field(None, ge=0.0, le=30.0)
-    height: int | None = Field(None, ge=16, le=2048)
-    width: int | None = Field(None, ge=16, le=2048)
-    loras: list[LoraRef] = Field(default_factory=list, max_length=8)
-    fusion: Literal["none", "direct", "dare", "klora", "gated"] = "gated"
+    height: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE)
+    width: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE)
+    loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS_PER_JOB)
+    fusion: Fusion = "gated"
     global_lora: bool = True
     global_rank: int = Field(4, ge=1, le=64)
     dare_density: float = Field(0.2, gt=0.0, le=1.0)
     # Send a low-res preview every N steps (0: never). Previews exist where decoding is cheap (proving ground).
-    preview_every: int = Field(0, ge=0, le=200)
+    preview_every: int = Field(0, ge=0, le=MAX_STEPS)
     preview_size: int = Field(64, ge=16, le=256)
 
 
