@@ -18,7 +18,11 @@ export const builtinPlugin: Plugin = {
     api.addChatAdapter({
       name: "web",
       create: ({ config, core, dataDir, log }) => config.web.enabled
-        ? new WebChat({ host: config.web.host, port: config.web.port, core, dataDir, log })
+        ? new WebChat({
+          host: config.web.host, port: config.web.port, core, dataDir, log,
+          allowedHosts: config.web.allowed_hosts, trustedProxies: config.web.trusted_proxies,
+          sessionIdleMs: config.web.session_idle_minutes * 60_000, maxSessions: config.web.max_sessions,
+        })
         : undefined,
     });
     api.addChatAdapter(discordAdapterFactory);

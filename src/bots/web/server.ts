@@ -1,27 +1,41 @@
 // The local web chat, the embedded default adapter: a page on 127.0.0.1 where people type the same commands as
-// on Discord and watch the answers arrive (Server-Sent Events). Like a channel, it is one room everybody sees;
-// answers only for the asker (refusals, ℹ️) go to that session alone. Each browser gets a session cookie; admin
-// rights come from a one-time link printed at start (like a notebook server's token), never from a name typed in.
+// on Discord and watch the answers arrive (Server-Sent Events). Like a channel, it is one room everybody sees, but
+// only what the bot says in public reaches the others: a command whose answer is private (admin tools, lists,
+// refusals, typos) stays, with its answer, in the page that typed it. Each page gets a session cookie; a guest is
+// counted by their address (so a new cookie resets no limit); admin rights come from a single-use link printed in
+// the host's log (like a notebook server's token), never from a name typed in.
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { join } from "node:path";
+import { join, relative, sep } from "node:path";
 import { z } from "zod";
-import { relative, sep } from "node:path";
-import type { Requester } from "../commands.js";
+import { parseCommandText, type Requester } from "../commands.js";
 import type { ChatCore, Conversation, MessageHandle } from "../core.js";
 import type { BotMessage } from "../messages.js";
 import type { ChatAdapter } from "../../plugins.js";
-import { PAGE } from "./page.js";
+import { PAGE, SCRIPT, STYLE } from "./page.js";
+import { addressKey, ClientAddresses, guestKeySecret, HostNames, sameOrigin, SECURITY_HEADERS } from "./request-policy.js";
+import { Sessions, type Session } from "./sessions.js";
 
 export interface WebChatOptions {
   host: string;
   port: number;
   core: ChatCore;
   dataDir: string;
-  /** The admin link's secret. Default: random per start. */
+  /** The first admin link's secret. Default: random per start. Each link works once; using it logs the next. */
   adminToken?: string;
+  /** Host names served besides the bound one (and loopback's, when bound to loopback), e.g. a reverse proxy's
+   * public name; "name" at any port or "name:port". Default: none. */
+  allowedHosts?: readonly string[];
+  /** Proxies (addresses or CIDR ranges) whose X-Forwarded-For names the guest's address. Default: none. */
+  trustedProxies?: readonly string[];
+  /** A session with no open page and nothing running ends after this long without a request. Default: 24 h. */
+  sessionIdleMs?: number;
+  /** The most sessions kept at once; a new one beyond it pushes out the longest idle. Default: 1000. */
+  maxSessions?: number;
+  /** The clock sessions expire by. Default: Date.now. */
+  now?: () => number;
   log?: (line: string) => void;
 }
 
@@ -40,42 +54,57 @@ interface ChatMessage {
   running?: boolean;
   /** The session that asked: only it may cancel. */
   owner?: string;
-  /** Ephemeral messages: the only session that sees them. */
+  /** Private messages (ephemeral answers, a command's echo until its answer is public): the only session that sees them. */
   audience?: string;
 }
 
-interface Session {
-  id: string;
-  requester: Requester;
-  clients: Set<ServerResponse>;
-}
-
-const commandBody = z.strictObject({ text: z.string().min(1).max(2000) });
+/** A command line may be as long as the body allows: the command layer, not the transport, says what is too long. */
+const commandBody = z.strictObject({ text: z.string().trim().min(1) });
 const pressBody = z.strictObject({ message: z.string().min(1).max(100), button: z.string().min(1).max(100) });
 const reactBody = z.strictObject({ message: z.string().min(1).max(100), emoji: z.string().min(1).max(64), removed: z.boolean().optional() });
 const cancelBody = z.strictObject({ message: z.string().min(1).max(100) });
 const IMAGE_PATH = /^\/images\/([0-9a-f-]{36})\/(grid\.png|grid\.webp|\d\.png)$/;
 const MAX_MESSAGES = 200;
+/** Far above any command line the config allows (4 000 characters of up to 4 bytes each, JSON-escaped). */
+const MAX_BODY_BYTES = 64 * 1024;
+const COOKIE = /(?:^|;\s*)autolora_session=([0-9a-f]{32})(?:;|$)/;
+
+class RequestTooLargeError extends Error {
+  override readonly name = "RequestTooLargeError";
+  readonly code = "request-too-large";
+}
 
 export class WebChat implements ChatAdapter {
   readonly name = "web";
-  private readonly sessions = new Map<string, Session>();
+  private readonly sessions: Sessions;
   /** The room: the last MAX_MESSAGES messages, oldest first. */
   private readonly messages: ChatMessage[] = [];
   private readonly running = new Map<string, AbortController>();
-  private readonly adminToken: string;
+  private readonly addresses: ClientAddresses;
+  private adminToken: string;
+  /** Admin links already used, to tell a second click from a wrong link. */
+  private readonly usedAdminTokens = new Set<string>();
+  private hostNames: HostNames | undefined;
+  private guestSecret: Buffer | undefined;
   private server: Server | undefined;
   /** Where it listens, once started. */
   url: string | undefined;
 
   constructor(private readonly options: WebChatOptions) {
-    this.adminToken = options.adminToken ?? randomBytes(16).toString("hex");
+    this.adminToken = options.adminToken ?? newToken();
+    this.addresses = new ClientAddresses(options.trustedProxies ?? []);
+    this.sessions = new Sessions({
+      idleMs: options.sessionIdleMs ?? 24 * 3_600_000, max: options.maxSessions ?? 1000, now: options.now ?? Date.now,
+      onEnd: (session) => this.forget(session.id),
+    });
   }
 
   /** Listen; resolves to the URL (and the admin link, to print for the person who started it). */
   async start(): Promise<{ url: string; adminUrl: string }> {
+    this.guestSecret = await guestKeySecret(join(this.options.dataDir, "web-chat.key"));
     this.server = createServer((request, response) => {
       this.route(request, response).catch((error: unknown) => {
+        if (error instanceof RequestTooLargeError) return send(response, 413, { error: error.message }, { connection: "close" });
         this.options.log?.(`[web] ${request.method} ${request.url}: ${error instanceof Error ? error.message : String(error)}`);
         if (!response.headersSent) send(response, 500, { error: "internal error" });
         else response.end();
@@ -87,88 +116,139 @@ export class WebChat implements ChatAdapter {
     });
     const address = this.server.address();
     const port = typeof address === "object" && address ? address.port : this.options.port;
-    const url = `http://${this.options.host}:${port}`;
+    this.hostNames = new HostNames(this.options.host, port, this.options.allowedHosts ?? []);
+    const url = `http://${this.options.host.includes(":") ? `[${this.options.host}]` : this.options.host}:${port}`;
     this.url = url;
-    this.options.log?.(`[web] chat on ${url}; admin link (keep it private): ${url}/admin?token=${this.adminToken}`);
-    return { url, adminUrl: `${url}/admin?token=${this.adminToken}` };
+    this.options.log?.(`[web] chat on ${url}; admin link (works once; keep it private): ${this.adminUrl()}`);
+    return { url, adminUrl: this.adminUrl() };
   }
 
   async stop(): Promise<void> {
     for (const controller of this.running.values()) controller.abort();
-    for (const session of this.sessions.values()) for (const client of session.clients) client.end();
+    for (const session of this.sessions.all()) for (const client of session.clients) client.end();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
+  private adminUrl(): string {
+    return `${this.url}/admin?token=${this.adminToken}`;
+  }
+
   private async route(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    for (const [name, value] of Object.entries(SECURITY_HEADERS)) response.setHeader(name, value);
+    if (!this.hostNames!.allows(request.headers.host)) {
+      return send(response, 421, { error: `this chat does not answer to the host name ${JSON.stringify(request.headers.host ?? "")}; if it should, add it to web.allowed_hosts` });
+    }
     const url = new URL(request.url ?? "/", "http://localhost");
     if (request.method === "POST" && !sameOrigin(request)) return send(response, 403, { error: "cross-site request refused" });
-    const session = this.session(request, response);
-    if (request.method === "GET" && url.pathname === "/") {
-      response.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
-      return void response.end(PAGE);
-    }
-    if (request.method === "GET" && url.pathname === "/admin") {
-      const given = Buffer.from(url.searchParams.get("token") ?? "");
-      const expected = Buffer.from(this.adminToken);
-      if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-        return send(response, 403, { error: "wrong admin link" });
+    const session = this.sessions.find(COOKIE.exec(request.headers.cookie ?? "")?.[1]);
+    switch (`${request.method} ${url.pathname}`) {
+      case "GET /":
+        if (!session) this.newSession(response);
+        response.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
+        return void response.end(PAGE);
+      case "GET /app.js": return asset(response, "text/javascript; charset=utf-8", SCRIPT);
+      case "GET /app.css": return asset(response, "text/css; charset=utf-8", STYLE);
+      case "GET /admin": return this.admin(url, session, response);
+      case "GET /api/events": {
+        const live = session ?? this.newSession(response);
+        return this.events(live, this.requester(request, live), response);
       }
-      session.requester.admin = true;
-      response.writeHead(303, { location: "/" });
-      return void response.end();
+      case "GET /api/me": return send(response, 200, this.requester(request, session));
     }
-    if (request.method === "GET" && url.pathname === "/api/events") return this.events(session, response);
-    if (request.method === "GET" && url.pathname === "/api/me") return send(response, 200, session.requester);
-    if (request.method === "POST" && url.pathname === "/api/command") {
-      const body = commandBody.safeParse(await readJson(request));
-      if (!body.success) return send(response, 400, { error: "send {\"text\": \"/imagine …\"}" });
-      this.command(session, body.data.text);
-      return send(response, 202, { accepted: true });
-    }
-    if (request.method === "POST" && url.pathname === "/api/press") {
-      const body = pressBody.safeParse(await readJson(request));
-      const source = body.success ? this.messages.find((message) => message.id === body.data.message && message.author === "bot" && this.visible(message, session)) : undefined;
-      if (!body.success || !source) return send(response, 400, { error: "send {\"message\": id, \"button\": id} for a message of this chat" });
-      this.run(session, (conversation, signal) => this.options.core.press(body.data.button, session.requester, conversation, signal), source);
-      return send(response, 202, { accepted: true });
-    }
-    if (request.method === "POST" && url.pathname === "/api/react") {
-      const body = reactBody.safeParse(await readJson(request));
-      if (!body.success) return send(response, 400, { error: "send {\"message\": id, \"emoji\": \"👍\"}" });
-      const outcome = await this.options.core.react(`web:${body.data.message}`, session.requester, body.data.emoji, body.data.removed);
-      return send(response, outcome === "ignored" ? 404 : 200, { outcome });
-    }
-    if (request.method === "POST" && url.pathname === "/api/cancel") {
-      const body = cancelBody.safeParse(await readJson(request));
-      const owned = body.success ? this.messages.find((message) => message.id === body.data.message) : undefined;
-      const controller = owned && (owned.owner === session.id || session.requester.admin) ? this.running.get(owned.id) : undefined;
-      controller?.abort();
-      return send(response, controller ? 200 : 404, controller ? { cancelling: true } : { error: "nothing running under that message" });
+    if (request.method === "POST") {
+      if (!session) return send(response, 401, { error: "no chat session (it ended, or cookies are off): open the chat page again" });
+      return this.action(url.pathname, request, session, response);
     }
     const image = request.method === "GET" ? IMAGE_PATH.exec(url.pathname) : null;
     if (image) return this.image(image[1]!, image[2]!, response);
     send(response, 404, { error: "not found" });
   }
 
-  private session(request: IncomingMessage, response: ServerResponse): Session {
-    const cookie = /(?:^|;\s*)autolora_session=([0-9a-f]{32})/.exec(request.headers.cookie ?? "")?.[1];
-    const existing = cookie ? this.sessions.get(cookie) : undefined;
-    if (existing) return existing;
-    const id = randomBytes(16).toString("hex");
-    const session: Session = {
-      id, requester: this.options.core.requester({ adapter: "web", userId: id.slice(0, 12), name: `guest-${id.slice(0, 4)}` }), clients: new Set(),
-    };
-    this.sessions.set(id, session);
-    response.setHeader("set-cookie", `autolora_session=${id}; HttpOnly; SameSite=Strict; Path=/`);
+  /** The page's POSTs: a command, a button press, a reaction, a cancel. */
+  private async action(path: string, request: IncomingMessage, session: Session, response: ServerResponse): Promise<void> {
+    const requester = this.requester(request, session);
+    switch (path) {
+      case "/api/command": {
+        const body = commandBody.safeParse(await readJson(request));
+        if (!body.success) return send(response, 400, { error: "send {\"text\": \"/imagine …\"}" });
+        this.command(session, requester, body.data.text);
+        return send(response, 202, { accepted: true });
+      }
+      case "/api/press": {
+        const body = pressBody.safeParse(await readJson(request));
+        const source = body.success ? this.messages.find((message) => message.id === body.data.message && message.author === "bot" && this.visible(message, session)) : undefined;
+        if (!body.success || !source) return send(response, 400, { error: "send {\"message\": id, \"button\": id} for a message of this chat" });
+        this.run(session, (conversation, signal) => this.options.core.press(body.data.button, requester, conversation, signal), { source });
+        return send(response, 202, { accepted: true });
+      }
+      case "/api/react": {
+        const body = reactBody.safeParse(await readJson(request));
+        if (!body.success) return send(response, 400, { error: "send {\"message\": id, \"emoji\": \"👍\"}" });
+        const outcome = await this.options.core.react(`web:${body.data.message}`, requester, body.data.emoji, body.data.removed);
+        return send(response, outcome === "ignored" ? 404 : 200, { outcome });
+      }
+      case "/api/cancel": {
+        const body = cancelBody.safeParse(await readJson(request));
+        const owned = body.success ? this.messages.find((message) => message.id === body.data.message) : undefined;
+        const controller = owned && (owned.owner === session.id || requester.admin) ? this.running.get(owned.id) : undefined;
+        controller?.abort();
+        return send(response, controller ? 200 : 404, controller ? { cancelling: true } : { error: "nothing running under that message" });
+      }
+    }
+    send(response, 404, { error: "not found" });
+  }
+
+  /** Who a request acts as: the guest its address names (admin if its session opened the admin link). */
+  private requester(request: IncomingMessage, session: Session | undefined): Requester {
+    const key = addressKey(this.addresses.of(request), this.guestSecret!);
+    const requester = this.options.core.requester({ adapter: "web", userId: key, name: `guest-${key.slice(0, 4)}` });
+    return session?.admin ? { ...requester, admin: true } : requester;
+  }
+
+  private newSession(response: ServerResponse): Session {
+    const session = this.sessions.create();
+    setCookie(response, session.id);
     return session;
   }
 
-  private events(session: Session, response: ServerResponse): void {
+  /** The admin link: right once, then the next one is logged; the session that used it gets a new id. */
+  private admin(url: URL, existing: Session | undefined, response: ServerResponse): void {
+    const given = url.searchParams.get("token") ?? "";
+    if (!sameSecret(given, this.adminToken)) {
+      return send(response, 403, {
+        error: this.usedAdminTokens.has(given)
+          ? "this admin link was used already; the next one is in the host's log (the terminal running `autolora serve` or `make demo`)"
+          : "wrong admin link",
+      });
+    }
+    this.usedAdminTokens.add(given);
+    this.adminToken = newToken();
+    this.options.log?.(`[web] the admin link was used; the next admin link (works once; keep it private): ${this.adminUrl()}`);
+    let session = existing;
+    if (session) {
+      const old = this.sessions.rotate(session);
+      for (const message of this.messages) {
+        if (message.owner === old) message.owner = session.id;
+        if (message.audience === old) message.audience = session.id;
+      }
+    } else {
+      session = this.sessions.create();
+    }
+    session.admin = true;
+    setCookie(response, session.id);
+    response.writeHead(303, { location: "/" });
+    response.end();
+  }
+
+  private events(session: Session, requester: Requester, response: ServerResponse): void {
     response.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" });
-    response.write(`event: me\ndata: ${JSON.stringify(session.requester)}\n\n`);
+    response.write(`event: me\ndata: ${JSON.stringify(requester)}\n\n`);
     for (const message of this.messages) if (this.visible(message, session)) response.write(`data: ${JSON.stringify(shown(message))}\n\n`);
     session.clients.add(response);
-    response.on("close", () => session.clients.delete(response));
+    response.on("close", () => {
+      session.clients.delete(response);
+      this.sessions.touch(session);
+    });
   }
 
   private visible(message: ChatMessage, session: Session): boolean {
@@ -182,22 +262,56 @@ export class WebChat implements ChatAdapter {
       if (this.messages.length > MAX_MESSAGES) this.messages.shift();
     }
     const data = `data: ${JSON.stringify(shown(message))}\n\n`;
-    for (const session of this.sessions.values()) {
-      if (this.visible(message, session)) for (const client of session.clients) client.write(data);
+    for (const session of this.sessions.all()) {
+      if (!this.visible(message, session)) continue;
+      for (const client of session.clients) if (!client.writableEnded) client.write(data);
     }
   }
 
-  private command(session: Session, text: string): void {
-    this.push({ id: randomBytes(6).toString("hex"), author: "you", text: `${session.requester.name}: ${text}`, owner: session.id });
-    this.run(session, (conversation, signal) => this.options.core.handleText(text, session.requester, conversation, signal));
+  /** A session ended: what only it could see goes with it. */
+  private forget(session: string): void {
+    for (let index = this.messages.length - 1; index >= 0; index--) {
+      if (this.messages[index]!.audience === session) this.messages.splice(index, 1);
+    }
   }
 
-  /** Run a command or button press with a conversation that writes bot messages into this session. */
-  private run(session: Session, work: (conversation: Conversation, signal: AbortSignal) => Promise<void>, source?: ChatMessage): void {
+  /**
+   * A typed line: its echo is private until the bot answers it in public, and stays private for good where the
+   * command never answers others (private or admin commands) or the line is no command at all.
+   */
+  private command(session: Session, requester: Requester, text: string): void {
+    const echo: ChatMessage = { id: randomBytes(6).toString("hex"), author: "you", text: `${requester.name}: ${text}`, owner: session.id, audience: session.id };
+    this.push(echo);
+    const publish = this.answersInPublic(text) ? () => {
+      if (echo.audience === undefined) return;
+      delete echo.audience;
+      this.push(echo);
+    } : undefined;
+    this.run(session, (conversation, signal) => this.options.core.handleText(text, requester, conversation, signal), { publish });
+  }
+
+  private answersInPublic(line: string): boolean {
+    try {
+      const { command, subcommand } = parseCommandText(line, this.options.core.context.commands);
+      const sub = command.subcommands?.find((entry) => entry.name === subcommand);
+      return !command.private && !command.adminOnly && !sub?.adminOnly;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Run a command or button press with a conversation that writes bot messages into this session. `publish` is
+   * called before the first answer that everyone sees.
+   */
+  private run(session: Session, work: (conversation: Conversation, signal: AbortSignal) => Promise<void>,
+    options: { source?: ChatMessage; publish?: () => void } = {}): void {
     const controller = new AbortController();
     const written: ChatMessage[] = [];
+    session.running += 1;
     const conversation: Conversation = {
       answer: async (message) => {
+        if (!message.ephemeral) options.publish?.();
         const posted: ChatMessage = {
           id: randomBytes(6).toString("hex"), author: "bot", text: "", running: true, owner: session.id,
           ...(message.ephemeral ? { audience: session.id } : {}),
@@ -209,11 +323,13 @@ export class WebChat implements ChatAdapter {
         return handle;
       },
       removeSource: async () => {
-        if (source) this.push(Object.assign(source, { deleted: true, text: "(deleted)", image: undefined, buttons: undefined }));
+        if (options.source) this.push(Object.assign(options.source, { deleted: true, text: "(deleted)", image: undefined, buttons: undefined }));
       },
     };
     void work(conversation, controller.signal).catch((error: unknown) => this.options.log?.(`[web] ${error instanceof Error ? error.message : String(error)}`))
       .finally(() => {
+        session.running -= 1;
+        this.sessions.touch(session);
         for (const message of written) {
           this.running.delete(message.id);
           if (message.running) this.push(Object.assign(message, { running: false }));
@@ -244,16 +360,24 @@ export class WebChat implements ChatAdapter {
   }
 }
 
-/** A message as sent to the page: who may cancel it is the server's business. */
+/** A message as sent to the page: who may cancel or see it is the server's business. */
 function shown(message: ChatMessage): Omit<ChatMessage, "owner" | "audience"> {
   const { owner: _owner, audience: _audience, ...rest } = message;
   return rest;
 }
 
-/** Browsers send Origin on POST; a request from another site (or with no Origin) must not act for the session. */
-function sameOrigin(request: IncomingMessage): boolean {
-  const origin = request.headers.origin;
-  return origin !== undefined && origin === `http://${request.headers.host}`;
+function newToken(): string {
+  return randomBytes(16).toString("hex");
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+function setCookie(response: ServerResponse, id: string): void {
+  response.setHeader("set-cookie", `autolora_session=${id}; HttpOnly; SameSite=Strict; Path=/`);
 }
 
 async function readJson(request: IncomingMessage): Promise<unknown> {
@@ -261,7 +385,7 @@ async function readJson(request: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   for await (const chunk of request) {
     size += (chunk as Buffer).length;
-    if (size > 16_384) return undefined;
+    if (size > MAX_BODY_BYTES) throw new RequestTooLargeError(`a request to the web chat is at most ${MAX_BODY_BYTES / 1024} KiB`);
     chunks.push(chunk as Buffer);
   }
   try {
@@ -271,7 +395,12 @@ async function readJson(request: IncomingMessage): Promise<unknown> {
   }
 }
 
-function send(response: ServerResponse, status: number, body: unknown): void {
-  response.writeHead(status, { "content-type": "application/json" });
+function asset(response: ServerResponse, type: string, body: string): void {
+  response.writeHead(200, { "content-type": type, "cache-control": "no-cache" });
+  response.end(body);
+}
+
+function send(response: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  response.writeHead(status, { "content-type": "application/json", ...headers });
   response.end(JSON.stringify(body));
 }
