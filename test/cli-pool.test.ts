@@ -1,10 +1,10 @@
 // The admin's pool commands end to end: a real worker embeds, LanceDB under a temporary data folder keeps them.
-import { existsSync } from "node:fs";
 import { mkdtemp, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { main } from "../src/cli/main.js";
+import { describeRequiring, pythonWorker } from "./helpers/requirements.js";
 
 const root = join(import.meta.dirname, "..");
 const pool = join(root, "bundle", "pool");
@@ -16,7 +16,7 @@ async function cli(env: Record<string, string>, ...argv: string[]) {
   return { code, out, err };
 }
 
-describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora pool add/list/block/remove", () => {
+describeRequiring(pythonWorker)("autolora pool add/list/block/remove", () => {
   it("manages the pool from the command line", async () => {
     const data = await mkdtemp(join(tmpdir(), "autolora-cli-pool-"));
     const env = { AUTOLORA_DATA_DIR: data };

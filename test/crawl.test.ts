@@ -46,7 +46,7 @@ describe("crawling Civitai", () => {
       expect(Object.fromEntries(report.refused.map((entry) => [entry.key, entry.reason]))).toEqual({
         "civitai:version:9005": expect.stringMatching(/has sha256 .*, but the source says/),
         "civitai:version:9007": expect.stringMatching(/is \d+ bytes; the limit is 1000000$/),
-        "civitai:version:9011": expect.stringMatching(/10\.0\.0\.8 is a private or local address/),
+        "civitai:version:9011": expect.stringMatching(/10\.0\.0\.8 is in 10\.0\.0\.0\/8 \(private use\): only public addresses/),
         "civitai:version:9012": expect.stringMatching(/only https:\/\/ URLs are downloaded/),
       });
       expect(await host.index.count({})).toBe(before + 21);
@@ -104,7 +104,7 @@ describe("crawling the Hugging Face Hub", () => {
     try {
       const report = await crawl(new HuggingFaceSource({ baseUrl: site.url, baseModel: "black-forest-labs/FLUX.1-dev" }), options(await freshState()));
       expect(report.refused.map((entry) => entry.reason)).toEqual([
-        expect.stringMatching(/only https:\/\/ URLs/), expect.stringMatching(/private or local address/)]);
+        expect.stringMatching(/only https:\/\/ URLs/), expect.stringMatching(/10\.0\.0\.8 is in 10\.0\.0\.0\/8 \(private use\)/)]);
     } finally {
       await site.close();
     }

@@ -1,12 +1,14 @@
 // The header validator is the pool's front door: each kind of malformed file gets its own code and message, and
-// nothing past the header is read.
-import { mkdtemp, writeFile } from "node:fs/promises";
+// nothing past the header is read. Only regular files get in: a FIFO or a device is refused at once, not read.
+import { execFileSync } from "node:child_process";
+import { mkdir, mkdtemp, open, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, validateSafetensorsBytes,
 } from "../src/pool/safetensors.js";
+import { LoraStore, sha256File } from "../src/pool/store.js";
 import { rawSafetensors, safetensorsFile } from "../src/testing/safetensors.js";
 
 function rejection(bytes: Buffer, limits = DEFAULT_LIMITS): InvalidLoraFileError {
@@ -97,4 +99,44 @@ describe("safetensors header validation", () => {
     await writeFile(truncated, safetensorsFile([{ name: "w", shape: [64] }]).subarray(0, 100));
     await expect(readSafetensorsHeader(truncated)).rejects.toMatchObject({ code: "out-of-bounds" });
   });
+
+  it("refuses a FIFO, a directory and a link to a device at once, naming the path, and still reads a link to a file",
+    async () => {
+      const folder = await mkdtemp(join(tmpdir(), "autolora-st-"));
+      const fifo = join(folder, "pipe.safetensors");
+      execFileSync("mkfifo", [fifo]);
+      const directory = join(folder, "folder.safetensors");
+      await mkdir(directory);
+      const device = join(folder, "zero.safetensors");
+      await symlink("/dev/zero", device);
+      const good = join(folder, "good.safetensors");
+      await writeFile(good, safetensorsFile([{ name: "w", shape: [4] }]));
+      const linked = join(folder, "linked.safetensors");
+      await symlink(good, linked);
+      const store = new LoraStore(join(folder, "pool"));
+      const cases: Array<[string, RegExp, () => Promise<unknown>]> = [
+        [fifo, /pipe\.safetensors is a named pipe \(FIFO\), not a regular file/, () => readSafetensorsHeader(fifo)],
+        [fifo, /named pipe/, () => sha256File(fifo)],
+        [fifo, /named pipe/, () => store.put(fifo, "0".repeat(64))],
+        [directory, /folder\.safetensors is a directory, not a regular file/, () => readSafetensorsHeader(directory)],
+        [device, /zero\.safetensors links to a character device, not a regular file/, () => readSafetensorsHeader(device)],
+        [device, /character device/, () => sha256File(device)],
+      ];
+      for (const [path, message, attempt] of cases) {
+        const answer = await answersWithin(attempt(), 5_000, fifo);
+        expect(answer, path).toBeInstanceOf(InvalidLoraFileError);
+        expect(answer, path).toMatchObject({ code: "not-a-regular-file", path, message: expect.stringMatching(message) });
+      }
+      expect((await readSafetensorsHeader(linked)).tensors[0]!.name).toBe("w");
+    }, 60_000);
 });
+
+/** What `work` settles with, or "hung" after `ms`; a hung open of the FIFO is then released by opening its other end. */
+async function answersWithin(work: Promise<unknown>, ms: number, fifo: string): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<"hung">((resolve) => { timer = setTimeout(() => resolve("hung"), ms); });
+  const answer = await Promise.race([work.then(() => "accepted", (error: unknown) => error), hung]);
+  clearTimeout(timer);
+  if (answer === "hung") await (await open(fifo, "w")).close();
+  return answer;
+}

@@ -4,6 +4,7 @@
 // who is an admin, rate limits, option checks, the /imagine flow, buttons and ratings — happens once, here.
 import { join } from "node:path";
 import { QueueFullError } from "../pipeline/queue.js";
+import { isRefusal } from "../pool/refusal.js";
 import {
   CommandInputError, optionsOf, parseCommandText, validateOptions,
   type ChatCommand, type CommandContext, type OptionValue, type Reply, type Requester,
@@ -223,7 +224,9 @@ export class ChatCore {
 
   private async fail(reply: Reply, error: unknown, label: string): Promise<void> {
     const expected = error instanceof CommandInputError || error instanceof QueueFullError || (error as { code?: string }).code === "rate-limited";
-    if (!expected) this.log(`[chat] ${label} failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+    // A refused URL or file is the user's to fix: one line; a stack trace only for what we did not expect.
+    if (isRefusal(error)) this.log(`[chat] ${label} refused: ${error.code}: ${error.message}`);
+    else if (!expected) this.log(`[chat] ${label} failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
     // imagineInChat already showed its own failure on its message.
     if ((error as { shown?: boolean }).shown) return;
     const text = error instanceof Error ? error.message : String(error);

@@ -38,7 +38,8 @@ export async function inspectCommand(args: string[], io: CliIo): Promise<number>
     return 0;
   } catch (error) {
     if (error instanceof InvalidLoraFileError) {
-      io.stderr(`${file}: ${error.message}`);
+      // A refusal that names the file itself (a FIFO, a directory) is not prefixed with it again.
+      io.stderr(error.path === file ? error.message : `${file}: ${error.message}`);
       return 2;
     }
     const code = (error as NodeJS.ErrnoException).code;

@@ -2,9 +2,12 @@
 // folder and workers.
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
-import { openPool, startWorkers, type Pool } from "../host.js";
+import { startWorkers } from "../gpu/workers.js";
+import { openModels } from "../models/lifecycle.js";
+import { openPool, type Pool } from "../pool/open.js";
 import type { LoraState } from "../pool/index.js";
 import { ingestLora } from "../pool/ingest.js";
+import { InvalidLoraFileError } from "../pool/safetensors.js";
 import { resolve } from "node:path";
 import type { Config } from "../config/schema.js";
 import { Retriever } from "../pipeline/retrieval.js";
@@ -25,8 +28,8 @@ export async function poolCommand(command: string, args: string[], io: CliIo): P
     return 2;
   }
   const { config, secrets } = loadConfig(io.env ?? process.env);
-  const pool = await openPool(config);
-  return run(parsed, pool, io, () => startWorkers(config, secrets, (line) => io.stderr(line)), config);
+  const pool = await openPool(config, (line) => io.stderr(line));
+  return run(parsed, pool, io, async () => startWorkers(config, secrets, (line) => io.stderr(line), await openModels(config)), config);
 }
 
 function parse(args: string[]) {
@@ -66,7 +69,9 @@ const add: Run = async ({ positionals, values }, pool, io, workers) => {
             `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})`);
       } catch (error) {
         failed += 1;
-        io.stderr(`${file}: ${error instanceof Error ? error.message : String(error)}`);
+        const message = error instanceof Error ? error.message : String(error);
+        // A refusal that names the file itself (a FIFO, a directory) is not prefixed with it again.
+        io.stderr(error instanceof InvalidLoraFileError && error.path === file ? message : `${file}: ${message}`);
       }
     }
   } finally {

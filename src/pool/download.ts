@@ -1,16 +1,19 @@
-// Downloading a LoRA someone pointed us at (an admin's `/lora add url:…`, a crawl source): https only, no
-// private or loopback addresses (checked on the address actually connected to, so DNS tricks do not get past
-// it, and again on every redirect), a size cap, streamed to a temporary file with its sha256 computed on the way.
+// Downloading a LoRA someone pointed us at (an admin's `/lora add url:…`, a crawl source): https only, only
+// globally routable addresses (see addresses.ts; checked on the address actually connected to, so DNS tricks do
+// not get past it, and again on every redirect), a size cap, streamed to a temporary file with its sha256
+// computed on the way.
 import { createHash, randomUUID } from "node:crypto";
-import { lookup as dnsLookup, type LookupAddress } from "node:dns";
+import type { LookupAddress } from "node:dns";
+import { lookup as dnsLookup } from "node:dns/promises";
 import { createWriteStream } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
-import { isIP } from "node:net";
+import { isIP, type LookupFunction } from "node:net";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Transform } from "node:stream";
+import { isLoopback, specialRange } from "./addresses.js";
 
 export type DownloadErrorCode = "bad-url" | "private-address" | "too-large" | "http-status" | "hash-mismatch" | "too-many-redirects" | "network";
 
@@ -28,8 +31,10 @@ export interface DownloadOptions {
   maxBytes: number;
   /** The sha256 (hex) the source says the file has; a different one is refused. */
   sha256?: string;
-  /** Allow http:// and loopback addresses: only for tests against local fakes. Default false. */
+  /** Allow loopback addresses, and http:// to them: only for tests against local fakes. Default false. */
   allowLoopback?: boolean;
+  /** How a host name becomes addresses. Default: the system resolver (node:dns lookup); tests give their own. */
+  lookup?: (hostname: string) => Promise<LookupAddress[]>;
   headers?: Record<string, string>;
   signal?: AbortSignal;
   /** Default 5. */
@@ -102,27 +107,38 @@ function get(url: string, options: DownloadOptions): Promise<IncomingMessage> {
     throw new DownloadError("bad-url", `${JSON.stringify(url.slice(0, 200))} is not a URL`);
   }
   const host = parsed.hostname.replace(/^\[|\]$/g, "");
-  const loopbackHttp = parsed.protocol === "http:" && options.allowLoopback && (host === "localhost" || host === "::1" || /^127\./.test(host));
-  if (parsed.protocol !== "https:" && !loopbackHttp) throw new DownloadError("bad-url", `only https:// URLs are downloaded, not ${redact(url)}`);
+  // Plain http only to a loopback test server, named as such; what "localhost" resolves to is checked below.
+  const plainHttp = parsed.protocol === "http:" && options.allowLoopback === true && (host === "localhost" || isLoopback(host));
+  if (parsed.protocol !== "https:" && !plainHttp) throw new DownloadError("bad-url", `only https:// URLs are downloaded, not ${redact(url)}`);
   if (parsed.username || parsed.password) throw new DownloadError("bad-url", "URLs with a user name or password are refused");
-  if (isIP(host) && !allowedAddress(host, options)) {
-    throw new DownloadError("private-address", `${parsed.hostname} is a private or local address`);
-  }
+  /** Why the socket may not go to `address` (what `hostname` resolved to, if it is a name), or undefined. */
+  const refusal = (address: string, hostname?: string): DownloadError | undefined => {
+    if (plainHttp && !isLoopback(address)) return new DownloadError("bad-url", `only https:// URLs are downloaded, not ${redact(url)}`);
+    if (allowedAddress(address, options)) return undefined;
+    const where = `${hostname ? `${hostname} resolves to ${address}, ` : `${address} is `}in ${specialRange(address)}`;
+    return new DownloadError("private-address", `${where}: only public addresses are downloaded from`);
+  };
+  // A literal address is connected to as it is, without a look-up.
+  const literal = isIP(host) ? refusal(host) : undefined;
+  if (literal) throw literal;
+  // The socket connects to the addresses this returns, so the addresses checked are the ones used: a name that
+  // answers differently the next time (DNS rebinding) is never asked again for this connection.
+  const lookup: LookupFunction = (hostname, lookupOptions, callback) => {
+    (options.lookup ?? systemLookup)(hostname).then((found) => {
+      const addresses = found.filter((address) => !lookupOptions.family || address.family === lookupOptions.family);
+      if (addresses.length === 0) return callback(new DownloadError("network", `${hostname} has no address`), "", 4);
+      const refused = addresses.map((address) => refusal(address.address, hostname)).find(Boolean);
+      if (refused) return callback(refused, "", 4);
+      if (lookupOptions.all) return callback(null, addresses);
+      callback(null, addresses[0]!.address, addresses[0]!.family);
+    }, (error: NodeJS.ErrnoException) => callback(error, "", 4));
+  };
   const request = parsed.protocol === "https:" ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
+    // A connection of its own (no agent pool), so no socket checked under other options is ever reused.
     const outgoing = request(parsed, {
       method: "GET", headers: { "user-agent": "autolora-bot", ...options.headers }, signal: options.signal, timeout: 30_000,
-      // Check the address the socket will really use.
-      lookup: (hostname, lookupOptions, callback) => {
-        dnsLookup(hostname, { ...lookupOptions, all: true }, (error, addresses) => {
-          if (error) return callback(error, "", 4);
-          const list = addresses as LookupAddress[];
-          const bad = list.find((address) => !allowedAddress(address.address, options));
-          if (bad) return callback(new DownloadError("private-address", `${hostname} resolves to a private or local address (${bad.address})`), "", 4);
-          if ((lookupOptions as { all?: boolean }).all) return (callback as unknown as (error: null, addresses: LookupAddress[]) => void)(null, list);
-          callback(null, list[0]!.address, list[0]!.family);
-        });
-      },
+      lookup, agent: false,
     }, resolve);
     outgoing.on("timeout", () => outgoing.destroy(new Error("no answer within 30 s")));
     outgoing.on("error", reject);
@@ -130,19 +146,13 @@ function get(url: string, options: DownloadOptions): Promise<IncomingMessage> {
   });
 }
 
-/** Public unicast addresses only (loopback too when allowed for tests). */
+function systemLookup(hostname: string): Promise<LookupAddress[]> {
+  return dnsLookup(hostname, { all: true, verbatim: true });
+}
+
+/** Globally routable addresses only (loopback too when allowed for tests). */
 export function allowedAddress(address: string, options: { allowLoopback?: boolean }): boolean {
-  const v4 = /^(?:::ffff:)?(\d+)\.(\d+)\.(\d+)\.(\d+)$/i.exec(address);
-  if (v4) {
-    const [a, b] = [Number(v4[1]), Number(v4[2])];
-    if (a === 127) return options.allowLoopback === true;
-    return !(a === 0 || a === 10 || (a === 100 && b >= 64 && b <= 127) || (a === 169 && b === 254) || (a === 172 && b >= 16 && b <= 31)
-      || (a === 192 && b === 168) || (a === 192 && b === 0) || (a === 198 && (b === 18 || b === 19)) || a >= 224);
-  }
-  const v6 = address.toLowerCase();
-  if (v6 === "::1") return options.allowLoopback === true;
-  return !(v6 === "::" || v6.startsWith("fc") || v6.startsWith("fd") || v6.startsWith("fe8") || v6.startsWith("fe9")
-    || v6.startsWith("fea") || v6.startsWith("feb") || v6.startsWith("ff") || v6.startsWith("::ffff:"));
+  return specialRange(address) === undefined || (options.allowLoopback === true && isLoopback(address));
 }
 
 /** Retry-After as milliseconds: delta-seconds or an HTTP date. */

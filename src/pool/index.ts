@@ -51,6 +51,8 @@ export interface LoraIndex {
   /** Insert or replace by id, all records or none. */
   upsert(records: LoraRecord[]): Promise<void>;
   get(id: string): Promise<LoraRecord | undefined>;
+  /** Every LoRA's id, any state: what the store's files are checked against. */
+  ids(): Promise<Set<string>>;
   /** LoRAs whose sha256 starts with `prefix` (lower-case hex, 8+ characters), at most `limit` of them. */
   findByPrefix(prefix: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
   /** LoRAs whose name contains `text` (case-insensitive), exact matches first, at most `limit`. */

@@ -1,6 +1,8 @@
 // Adding a LoRA to the pool: validate the container here → store it by content → the worker reads and embeds
 // it → one mergeInsert into the index. The index write comes last and is atomic, so a failure anywhere leaves
-// nothing searchable (and the stored copy is removed); the same file twice is one LoRA.
+// nothing searchable (and the stored copy is removed); the same file twice is one LoRA. The steps from storing to
+// indexing run under the LoRA's store lock: if the process dies in between, the lock it leaves tells the next
+// sweep (sweep.ts) that the stored copy is an orphan, while a live process's copy is never swept.
 import { basename } from "node:path";
 import type { EmbedResult } from "../gpu/protocol.js";
 import type { LoraIndex, LoraRecord } from "./index.js";
@@ -40,7 +42,7 @@ export async function ingestLora(file: string, metadata: IngestMetadata, deps: I
   const header = await readSafetensorsHeader(file, deps.limits ?? DEFAULT_LIMITS);
   const inspected = inspectLora(header);
   const sha256 = await sha256File(file);
-  // Two ingests of the same file at once share one run, so one cannot delete the copy the other is using.
+  // Two ingests of the same file at once in this process share one run (other processes wait on the store lock).
   const running = inFlight.get(sha256);
   if (running) return running.then((result) => ({ ...result, status: "exists" as const }));
   const run = ingestNew(file, sha256, header.fileBytes, inspected.family, metadata, deps);
@@ -55,46 +57,62 @@ export async function ingestLora(file: string, metadata: IngestMetadata, deps: I
 async function ingestNew(file: string, sha256: string, bytes: number, family: string | null, metadata: IngestMetadata,
   deps: IngestDependencies): Promise<IngestResult> {
   const existing = await deps.index.get(sha256);
-  if (existing) {
-    const { vector: _vector, ...lora } = existing;
-    return { status: "exists", lora };
-  }
-  const { path, created } = await deps.store.put(file, sha256);
+  if (existing) return alreadyThere(existing);
+  const lock = await deps.store.lock(sha256);
   try {
-    const embedded = await deps.embed(path);
-    if (embedded.sha256 !== sha256) {
-      throw new Error(`the worker read a different file (sha256 ${embedded.sha256}) than was stored (${sha256})`);
+    // Another process may have added it while we waited for the lock.
+    const added = await deps.index.get(sha256);
+    if (added) return alreadyThere(added);
+    const path = await deps.store.put(file, sha256);
+    try {
+      return await embedAndIndex(file, path, sha256, bytes, family, metadata, deps);
+    } catch (error) {
+      // Under the lock, a stored copy with no index row is nobody's: it goes, whoever stored it.
+      if (!(await deps.index.get(sha256))) await deps.store.remove(sha256);
+      throw error;
     }
-    const modelFamily = embedded.family ?? family;
-    if (!modelFamily) {
-      throw new InvalidLoraFileError("not-a-lora", "cannot tell which model family this LoRA is for from its layer shapes");
-    }
-    const record: LoraRecord = {
-      id: sha256,
-      name: metadata.name?.trim() || basename(file).replace(/\.safetensors$/i, ""),
-      source: metadata.source ?? "upload",
-      url: metadata.url ?? "",
-      family: modelFamily,
-      format: embedded.format,
-      ranks: embedded.ranks,
-      modules: embedded.modules,
-      trigger_words: metadata.trigger_words ?? [],
-      tags: metadata.tags ?? [],
-      captions: metadata.captions ?? [],
-      license: metadata.license ?? "",
-      nsfw: metadata.nsfw ?? false,
-      state: "active",
-      file: basename(path),
-      bytes,
-      vector: embedded.embedding,
-      encoder_version: embedded.encoder_version,
-      added_at: (deps.now?.() ?? new Date()).toISOString(),
-    };
-    await deps.index.upsert([record]);
-    const { vector: _vector, ...lora } = record;
-    return { status: "added", lora };
-  } catch (error) {
-    if (created && !(await deps.index.get(sha256))) await deps.store.remove(sha256);
-    throw error;
+  } finally {
+    await lock.release();
   }
+}
+
+function alreadyThere(record: LoraRecord): IngestResult {
+  const { vector: _vector, ...lora } = record;
+  return { status: "exists", lora };
+}
+
+async function embedAndIndex(file: string, path: string, sha256: string, bytes: number, family: string | null,
+  metadata: IngestMetadata, deps: IngestDependencies): Promise<IngestResult> {
+  const embedded = await deps.embed(path);
+  if (embedded.sha256 !== sha256) {
+    throw new Error(`the worker read a different file (sha256 ${embedded.sha256}) than was stored (${sha256})`);
+  }
+  const modelFamily = embedded.family ?? family;
+  if (!modelFamily) {
+    throw new InvalidLoraFileError("not-a-lora", "cannot tell which model family this LoRA is for from its layer shapes");
+  }
+  const record: LoraRecord = {
+    id: sha256,
+    name: metadata.name?.trim() || basename(file).replace(/\.safetensors$/i, ""),
+    source: metadata.source ?? "upload",
+    url: metadata.url ?? "",
+    family: modelFamily,
+    format: embedded.format,
+    ranks: embedded.ranks,
+    modules: embedded.modules,
+    trigger_words: metadata.trigger_words ?? [],
+    tags: metadata.tags ?? [],
+    captions: metadata.captions ?? [],
+    license: metadata.license ?? "",
+    nsfw: metadata.nsfw ?? false,
+    state: "active",
+    file: basename(path),
+    bytes,
+    vector: embedded.embedding,
+    encoder_version: embedded.encoder_version,
+    added_at: (deps.now?.() ?? new Date()).toISOString(),
+  };
+  await deps.index.upsert([record]);
+  const { vector: _vector, ...lora } = record;
+  return { status: "added", lora };
 }

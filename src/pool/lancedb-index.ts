@@ -96,6 +96,11 @@ export class LanceLoraIndex implements LoraIndex {
     return rows[0] ? fromRow(rows[0]) as LoraRecord : undefined;
   }
 
+  async ids(): Promise<Set<string>> {
+    if (!this.table) return new Set();
+    return new Set((await this.table.query().select(["id"]).toArray()).map((row) => String(row.id)));
+  }
+
   async findByPrefix(prefix: string, limit = 10): Promise<Array<Omit<LoraRecord, "vector">>> {
     if (!this.table || !/^[0-9a-f]{8,64}$/.test(prefix)) return [];
     return (await this.table.query().where(`starts_with(id, '${prefix}')`).select(COLUMNS).limit(limit).toArray()).map(fromRow);

@@ -1,6 +1,8 @@
 // Safetensors header validation: every LoRA file passes here before a worker or the store sees it. Only the
-// 8-byte length and the JSON header are read, so a multi-GB file costs one small read.
-import { open } from "node:fs/promises";
+// 8-byte length and the JSON header are read, so a multi-GB file costs one small read. Only regular files are
+// opened at all (openRegularFile).
+import { constants, type Stats } from "node:fs";
+import { lstat, open, stat, type FileHandle } from "node:fs/promises";
 
 /** Bytes per element of every dtype the safetensors format defines. */
 export const DTYPE_BYTES: Readonly<Record<string, number>> = {
@@ -11,12 +13,13 @@ export const DTYPE_BYTES: Readonly<Record<string, number>> = {
 export type InvalidLoraFileCode =
   | "empty" | "too-short" | "pickle" | "too-large" | "header-length" | "header-too-large" | "header-not-json"
   | "header-not-object" | "metadata-invalid" | "too-many-tensors" | "entry-invalid" | "dtype-unknown"
-  | "shape-invalid" | "size-mismatch" | "out-of-bounds" | "overlap" | "gap" | "not-a-lora";
+  | "shape-invalid" | "size-mismatch" | "out-of-bounds" | "overlap" | "gap" | "not-a-lora" | "not-a-regular-file";
 
-/** A file that is not a LoRA we will load; `message` is one line a user can act on, `code` is stable. */
+/** A file that is not a LoRA we will load; `message` is one line a user can act on, `code` is stable. `path` is
+ *  set when the message names the file itself. */
 export class InvalidLoraFileError extends Error {
   override readonly name = "InvalidLoraFileError";
-  constructor(readonly code: InvalidLoraFileCode, message: string) {
+  constructor(readonly code: InvalidLoraFileCode, message: string, readonly path?: string) {
     super(message);
   }
 }
@@ -57,14 +60,45 @@ export interface SafetensorsHeader {
 const ZIP_MAGIC = Buffer.from([0x50, 0x4b, 0x03, 0x04]);
 const PICKLE_PROTO = 0x80;
 
+/**
+ * Open `path` for reading only if it is a regular file (a link to one is fine): a FIFO would block the open or
+ * the read for good, a device such as /dev/zero never ends, a directory is no file. Checked on the path before
+ * opening, so no device is even opened, and on the opened handle, so a path swapped in between is caught too;
+ * the open itself does not wait for a FIFO's writer (O_NONBLOCK, which regular files ignore). Throws
+ * InvalidLoraFileError("not-a-regular-file") naming the path.
+ */
+export async function openRegularFile(path: string): Promise<{ handle: FileHandle; size: number }> {
+  const [link, target] = await Promise.all([lstat(path), stat(path)]);
+  if (!target.isFile()) throw notARegularFile(path, target, link.isSymbolicLink());
+  const handle = await open(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+  try {
+    const opened = await handle.stat();
+    if (!opened.isFile()) throw notARegularFile(path, opened, false);
+    return { handle, size: opened.size };
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+}
+
+function notARegularFile(path: string, stats: Stats, linked: boolean): InvalidLoraFileError {
+  const kind = stats.isDirectory() ? "a directory" : stats.isFIFO() ? "a named pipe (FIFO)"
+    : stats.isCharacterDevice() ? "a character device" : stats.isBlockDevice() ? "a block device"
+    : stats.isSocket() ? "a socket" : "something";
+  return new InvalidLoraFileError(
+    "not-a-regular-file",
+    `${path} ${linked ? "links to" : "is"} ${kind}, not a regular file; give the path of a .safetensors file`,
+    path,
+  );
+}
+
 /** Read and validate the header of the safetensors file at `path`. Throws InvalidLoraFileError. */
 export async function readSafetensorsHeader(
   path: string,
   limits: SafetensorsLimits = DEFAULT_LIMITS,
 ): Promise<SafetensorsHeader> {
-  const handle = await open(path, "r");
+  const { handle, size } = await openRegularFile(path);
   try {
-    const { size } = await handle.stat();
     const prefixBytes = Math.min(size, 8);
     const prefix = Buffer.alloc(prefixBytes);
     await handle.read(prefix, 0, prefixBytes, 0);

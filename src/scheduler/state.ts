@@ -4,6 +4,7 @@
 // manual `autolora crawl`) from running the same job at once.
 import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { processAlive } from "../process-alive.js";
 
 export interface SeenCandidate {
   status: "added" | "exists" | "refused";
@@ -78,7 +79,7 @@ export class StateFile {
     const handle = await open(lock, "wx").catch(async (error: NodeJS.ErrnoException) => {
       if (error.code !== "EEXIST") throw error;
       const holder = Number((await readFile(lock, "utf8").catch(() => "")).trim());
-      if (holder && holder !== process.pid && alive(holder)) throw new JobBusyError(`${job} is already running (process ${holder})`);
+      if (holder && holder !== process.pid && processAlive(holder)) throw new JobBusyError(`${job} is already running (process ${holder})`);
       if (holder === process.pid) throw new JobBusyError(`${job} is already running`);
       await rm(lock, { force: true }); // left by a process that died
       return open(lock, "wx");
@@ -90,14 +91,5 @@ export class StateFile {
     } finally {
       await rm(lock, { force: true });
     }
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
   }
 }
