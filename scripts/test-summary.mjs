@@ -1,5 +1,7 @@
 // Sums the pytest (JUnit XML) and vitest (JSON) results of `make test` into one closing line
-// "N passed, N failed", which CI reads, and exits non-zero if anything failed or nothing ran.
+// "N passed, N failed", which CI reads, and exits non-zero if anything failed or nothing ran. Above it, each
+// runner's counts, then each skipped test with why (pytest's skip reason; for vitest the suite or test name,
+// which test/helpers/requirements.ts makes say what is missing), then each failed test.
 //
 // Counting rules: skipped, xfail and todo tests are neither passed nor failed; errors (pytest setup/teardown and
 // collection errors, vitest files that fail to load) count as failed; a runner that left no readable results
@@ -32,16 +34,22 @@ function unescapeXml(text) {
 function countPytest(path) {
   const xml = readText(path);
   if (xml === undefined || !/<testsuite[\s>]/.test(xml)) return { crashed: `no readable ${path}` };
-  const counts = { passed: 0, failed: 0, skipped: 0, failedNames: [] };
+  const counts = { passed: 0, failed: 0, skipped: 0, failedNames: [], skippedNames: [] };
   for (const match of xml.matchAll(/<testcase\b([^>]*?)(?:\/>|>([\s\S]*?)<\/testcase>)/g)) {
     const [, attributes, body = ""] = match;
+    const classname = /classname="([^"]*)"/.exec(attributes)?.[1] ?? "";
+    const name = /\bname="([^"]*)"/.exec(attributes)?.[1] ?? "?";
+    const fullName = unescapeXml(classname ? `${classname}::${name}` : name);
+    const skipped = /<skipped\b([^>]*)/.exec(body);
     if (/<(failure|error)\b/.test(body)) {
       counts.failed += 1;
-      const classname = /classname="([^"]*)"/.exec(attributes)?.[1] ?? "";
-      const name = /\bname="([^"]*)"/.exec(attributes)?.[1] ?? "?";
-      counts.failedNames.push(unescapeXml(classname ? `${classname}::${name}` : name));
-    } else if (/<skipped\b/.test(body)) {
+      counts.failedNames.push(fullName);
+    } else if (skipped) {
       counts.skipped += 1;
+      // pytest writes type="pytest.skip" (skip, skipif) or type="pytest.xfail", each with the reason as message.
+      const message = unescapeXml(/\bmessage="([^"]*)"/.exec(skipped[1])?.[1] ?? "") || "no reason given";
+      const reason = /\btype="pytest\.xfail"/.test(skipped[1]) ? `expected to fail: ${message}` : message;
+      counts.skippedNames.push(`${fullName} (${reason})`);
     } else {
       counts.passed += 1;
     }
@@ -58,7 +66,7 @@ function countVitest(path) {
     report = undefined;
   }
   if (!Array.isArray(report?.testResults)) return { crashed: `no readable ${path}` };
-  const counts = { passed: 0, failed: 0, skipped: 0, failedNames: [] };
+  const counts = { passed: 0, failed: 0, skipped: 0, failedNames: [], skippedNames: [] };
   for (const file of report.testResults) {
     let fileFailures = 0;
     for (const test of file.assertionResults ?? []) {
@@ -66,7 +74,11 @@ function countVitest(path) {
       else if (test.status === "failed") {
         fileFailures += 1;
         counts.failedNames.push(`${file.name} > ${test.fullName}`);
-      } else counts.skipped += 1;
+      } else {
+        counts.skipped += 1;
+        // A suite or test skipped by describeRequiring or itRequiring carries its reason in its name.
+        counts.skippedNames.push(`${file.name} > ${test.fullName}${test.status === "todo" ? " (todo)" : ""}`);
+      }
     }
     // A file that fails to load (syntax error, missing import) has status "failed" and no failed test.
     if (file.status === "failed" && fileFailures === 0) {
@@ -80,7 +92,7 @@ function countVitest(path) {
 
 function settle(runner, counts, exitCode, exitIsClean) {
   if (counts.crashed) {
-    return { passed: 0, failed: 1, skipped: 0, failedNames: [`${runner} crashed (exit ${exitCode}): ${counts.crashed}`] };
+    return { passed: 0, failed: 1, skipped: 0, failedNames: [`${runner} crashed (exit ${exitCode}): ${counts.crashed}`], skippedNames: [] };
   }
   if (!exitIsClean && counts.failed === 0) {
     const reason = `${runner} exited ${exitCode} with no failed test recorded (crash or error outside a test)`;
@@ -118,6 +130,7 @@ for (const [runner, counts] of runners) {
   passed += counts.passed;
   failed += counts.failed;
   console.log(`${runner.padEnd(7)} ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
+  for (const name of counts.skippedNames) console.log(`  SKIPPED ${name}`);
   for (const name of counts.failedNames) console.log(`  FAILED ${name}`);
 }
 if (passed + failed === 0) console.log("no test ran");

@@ -4,9 +4,10 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { main } from "../src/cli/main.js";
 import { startFakeCivitai } from "../src/testing/fake-lora-sites.js";
+import { describeRequiring, pythonWorker } from "./helpers/requirements.js";
 
 const root = join(import.meta.dirname, "..");
 const poolFiles = existsSync(join(root, "bundle", "pool")) ? readdirSync(join(root, "bundle", "pool")).filter((name) => name.endsWith(".safetensors")).sort() : [];
@@ -18,7 +19,8 @@ async function cli(env: Record<string, string>, ...argv: string[]) {
   return { code, out, err };
 }
 
-describe.runIf(existsSync(join(root, ".venv", "bin", "python")) && poolFiles.length >= 60)("autolora crawl", () => {
+const sixtyPoolFiles = { met: poolFiles.length >= 60, unmet: "needs 60 LoRAs in bundle/pool of the committed bundle; restore it with git checkout -- bundle" };
+describeRequiring(pythonWorker, sixtyPoolFiles)("autolora crawl", () => {
   it("crawls 60 LoRAs from a Civitai stand-in into the pool, then finds nothing new", async () => {
     const site = await startFakeCivitai({ count: 60, pageSize: 25, files: (n) => readFileSync(join(root, "bundle", "pool", poolFiles[n - 1]!)) });
     const env = { AUTOLORA_DATA_DIR: await mkdtemp(join(tmpdir(), "autolora-cli-crawl-")), AUTOLORA_SCHEDULER__ALLOW_LOOPBACK: "true" };

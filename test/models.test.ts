@@ -1,7 +1,6 @@
 // Retraining and promotion with the real worker: a deliberately worse candidate (fresh, untrained gates) is
 // refused and the served gates stay; a better one is promoted and served by the running worker without a
 // restart; a rollback serves the earlier version again. Every version keeps the metrics it was judged on.
-import { existsSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,6 +9,7 @@ import { main } from "../src/cli/main.js";
 import { WorkerSupervisor, pythonWorkerCommand } from "../src/gpu/supervisor.js";
 import { ENCODER, ModelRegistry } from "../src/models/registry.js";
 import { reloadWorkers, retrainModel } from "../src/models/retrain.js";
+import { bundleFile, describeRequiring, pythonWorker } from "./helpers/requirements.js";
 
 const root = join(import.meta.dirname, "..");
 const python = join(root, ".venv", "bin", "python");
@@ -18,7 +18,7 @@ const bundleGates = join(bundle, "gates", "gates.safetensors");
 let supervisor: WorkerSupervisor | undefined;
 afterAll(async () => supervisor?.stop());
 
-describe.runIf(existsSync(python) && existsSync(bundleGates))("gate retraining and promotion", () => {
+describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate retraining and promotion", () => {
   it("refuses a worse candidate, promotes a better one into the running worker, and rolls back", async () => {
     const log: string[] = [];
     const common = { python, bundleDir: bundle, steps: 0, evalPairs: 2, log: (line: string) => log.push(line) };
