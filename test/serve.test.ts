@@ -4,14 +4,13 @@ import { existsSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { WebChat } from "../src/bots/web/server.js";
 import { main } from "../src/cli/main.js";
 import { startServing } from "../src/cli/serve.js";
+import { describeRequiring, pythonWorker } from "./helpers/requirements.js";
 
-const root = join(import.meta.dirname, "..");
-
-describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora serve", () => {
+describeRequiring(pythonWorker)("autolora serve", () => {
   let data = "";
 
   it("serves /imagine over the web chat with LoRAs retrieved from the bundle's pool", async () => {
@@ -21,7 +20,7 @@ describe.runIf(existsSync(join(root, ".venv", "bin", "python")))("autolora serve
     try {
       expect(log).toContain("[pool] 160/160 added");
       expect(await serving.host.pool.index.count()).toBe(160);
-      const web = serving.adapters.find((adapter) => adapter.name === "web") as WebChat;
+      const web = serving.chats.running().find((adapter) => adapter.name === "web") as WebChat;
       const url = web.url!;
       const page = await fetch(url);
       const cookie = page.headers.get("set-cookie")!.split(";")[0]!;

@@ -13,7 +13,8 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { runBurst, type BurstReport } from "./burst.js";
 import { loadConfig } from "../config/load.js";
-import { startWorkers } from "../host.js";
+import { startWorkers } from "../gpu/workers.js";
+import { openModels } from "../models/lifecycle.js";
 import type { LoraRecord } from "../pool/index.js";
 import { ingestLora } from "../pool/ingest.js";
 import { LanceLoraIndex } from "../pool/lancedb-index.js";
@@ -103,7 +104,7 @@ async function main(): Promise<void> {
   for (const file of files) bytes += readFileSync(file).length;
   const rawSeconds = (performance.now() - started) / 1000;
   const data = await mkdtemp(join(tmpdir(), "autolora-bench-data-"));
-  const workers = await startWorkers(config, secrets, () => undefined);
+  const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
   try {
     const store = new LoraStore(join(data, "pool"));
     const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });

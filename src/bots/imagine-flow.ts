@@ -33,6 +33,7 @@ export interface FlowSettings {
 export async function imagineInChat(request: ImagineRequest, context: CommandContext, reply: Reply,
   settings: FlowSettings): Promise<ImagineResult> {
   let position = 0;
+  let warning = "";
   const edits = new ProgressEdits(reply, settings.progressIntervalMs);
   const heading = `${request.title ? `${request.title}: ` : ""}**${request.prompt}**`;
   const job = context.pipeline.imagine(request.prompt, {
@@ -40,7 +41,9 @@ export async function imagineInChat(request: ImagineRequest, context: CommandCon
     loras: request.loras, width: request.width, height: request.height, signal: request.signal,
     onUpdate: (update) => {
       if (update.type === "queued") position = update.position;
-      edits.push(progressMessage(heading, update));
+      // After a retry the warning stays under the progress, so the restart from step 1 is not a mystery.
+      if (update.type === "retry") warning = `\n⚠️ ${update.message}`;
+      edits.push(progressMessage(heading, update, warning));
     },
   });
   // The queue told us our place synchronously; the acknowledgement carries it.
@@ -65,16 +68,16 @@ export async function imagineInChat(request: ImagineRequest, context: CommandCon
   }
 }
 
-function progressMessage(heading: string, update: ImagineUpdate): BotMessage {
+function progressMessage(heading: string, update: ImagineUpdate, warning = ""): BotMessage {
   switch (update.type) {
     case "queued": return { text: `${heading}\n⏳ queued: ${ordinal(update.position)} in line` };
     case "started": return { text: `${heading}\n🔎 choosing LoRAs…` };
     case "retrieved": return { text: `${heading}\n🎨 drawing with ${update.loras.length ? update.loras.map((hit) => hit.lora.name).join(", ") : "no LoRA"}…` };
     case "progress": return {
-      text: `${heading}\n🎨 step ${update.step} of ${update.total}`,
+      text: `${heading}${warning}\n🎨 step ${update.step} of ${update.total}`,
       ...(update.preview ? { image: { name: "preview.png", data: Buffer.from(update.preview, "base64") } } : {}),
     };
-    case "retry": return { text: `${heading}\n⚠️ ${update.message}` };
+    case "retry": return { text: `${heading}${warning}` };
   }
 }
 

@@ -4,7 +4,9 @@
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { builtinPlugin } from "../builtins.js";
-import { openPool, startWorkers } from "../host.js";
+import { startWorkers } from "../gpu/workers.js";
+import { openModels } from "../models/lifecycle.js";
+import { openPool } from "../pool/open.js";
 import { PluginRegistry } from "../plugins.js";
 import { ingestLora } from "../pool/ingest.js";
 import { crawlAll, crawlSources, stateFile, summarize } from "../scheduler/jobs.js";
@@ -33,8 +35,8 @@ export async function crawlCommand(args: string[], io: CliIo): Promise<number> {
     return 2;
   }
   const state = stateFile(config);
-  const pool = await openPool(config);
-  const workers = await startWorkers(config, secrets, io.stderr);
+  const pool = await openPool(config, io.stderr);
+  const workers = await startWorkers(config, secrets, io.stderr, await openModels(config));
   const controller = new AbortController();
   const interrupt = () => controller.abort(new Error("interrupted; the next crawl resumes here"));
   process.once("SIGINT", interrupt);

@@ -4,7 +4,9 @@
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
-import { openModels, openPool, workerPython } from "../host.js";
+import { workerPython } from "../gpu/workers.js";
+import { openModels } from "../models/lifecycle.js";
+import { openPool } from "../pool/open.js";
 import { ModelError, type ModelRegistry } from "../models/registry.js";
 import { retrainModel, writeCaptionedLoras, writeRatedExamples } from "../models/retrain.js";
 import { GenerationStore } from "../pipeline/generations.js";
@@ -78,7 +80,7 @@ export async function retrainCommand(args: string[], io: CliIo): Promise<number>
       steps: values.encoder ? settings.encoder_steps : settings.steps, metrics: values.encoder ? settings.encoder_metrics : settings.metrics,
       evalPairs: settings.eval_pairs, log: values.json ? undefined : io.stderr,
       extras: async (folder) => {
-        const pool = await openPool(config);
+        const pool = await openPool(config, io.stderr);
         if (values.encoder) return writeCaptionedLoras(pool.index, pool.store, folder);
         return writeRatedExamples(await GenerationStore.open(config.lancedb_uri || join(dataDir, "lancedb")), pool.store, dataDir, folder, settings.rated_min_score);
       },

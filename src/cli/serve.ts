@@ -4,47 +4,39 @@ import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { startHost, type Host } from "../host.js";
-import { FUSIONS, type Fusion } from "../pipeline/imagine.js";
-import type { ChatAdapter } from "../plugins.js";
+import { FUSIONS, MAX_LORAS_PER_JOB, MAX_SEED, type Fusion } from "../gpu/protocol.js";
+import { ImagineInputError } from "../pipeline/imagine.js";
+import { AdapterPortError, ChatAdapters, type ChatAdaptersOptions } from "../bots/adapters.js";
 import type { CliIo } from "./main.js";
 
 export interface Serving {
   host: Host;
-  adapters: ChatAdapter[];
+  /** The chat adapters: `running()` those serving now, `status()` each one's state (running, retrying, …). */
+  chats: ChatAdapters;
   stop(): Promise<void>;
 }
 
-/** Start the host and the web chat from the configuration in `env`. */
-export async function startServing(env: Record<string, string | undefined>, log: (line: string) => void): Promise<Serving> {
+/** Start the host and its chat adapters from the configuration in `env`. */
+export async function startServing(env: Record<string, string | undefined>, log: (line: string) => void,
+  adapterOptions: Partial<ChatAdaptersOptions> = {}): Promise<Serving> {
   const { config, secrets } = loadConfig(env);
   log(`[host] secrets: ${JSON.stringify(secrets.describe())}`);
   const host = await startHost(config, secrets, log);
-  const adapters: ChatAdapter[] = [];
+  const chats = new ChatAdapters(host.plugins.chatAdapters, {
+    core: host.core, context: host.context, secrets, generations: host.generations, dataDir: host.dataDir, config, log,
+  }, { log, ...adapterOptions });
   try {
-    for (const factory of host.plugins.chatAdapters) {
-      const adapter = factory.create({
-        core: host.core, context: host.context, secrets, generations: host.generations, dataDir: host.dataDir, config, log,
-      });
-      if (!adapter) {
-        log(`[host] chat adapter ${factory.name} is not configured; skipping it`);
-        continue;
-      }
-      await adapter.start();
-      adapters.push(adapter);
-    }
-    if (adapters.length === 0) throw new Error("no chat adapter is enabled (web.enabled is false and no other is configured)");
+    await chats.start();
     host.scheduler.start();
   } catch (error) {
-    await Promise.all(adapters.map((adapter) => adapter.stop()));
     await host.stop();
-    const code = (error as NodeJS.ErrnoException).code;
-    throw code === "EADDRINUSE" ? new Error(`a port the chat adapters need is taken (web ${config.web.port}, slack ${config.slack.port}); ` +
-      "set AUTOLORA_WEB__PORT or AUTOLORA_SLACK__PORT to another") : error;
+    throw error instanceof AdapterPortError ? new Error(`${error.message}. A port the chat adapters need is taken (web ${config.web.port}, ` +
+      `slack ${config.slack.port}); set AUTOLORA_WEB__PORT or AUTOLORA_SLACK__PORT to another`) : error;
   }
   return {
-    host, adapters,
+    host, chats,
     stop: async () => {
-      await Promise.all(adapters.map((adapter) => adapter.stop()));
+      await chats.stop();
       await host.stop();
     },
   };
@@ -52,7 +44,8 @@ export async function startServing(env: Record<string, string | undefined>, log:
 
 export async function serveCommand(_args: string[], io: CliIo): Promise<number> {
   const serving = await startServing(io.env ?? process.env, io.stderr);
-  io.stdout(`serving on ${serving.adapters.map((adapter) => adapter.name).join(", ")}; Ctrl-C stops`);
+  const chats = serving.chats.status().map((chat) => chat.state === "running" ? chat.name : `${chat.name} (${chat.state})`);
+  io.stdout(`serving on ${chats.join(", ")}; Ctrl-C stops`);
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);
     process.once("SIGTERM", resolve);
@@ -71,10 +64,12 @@ export async function imagineCommand(args: string[], io: CliIo): Promise<number>
   const fusion = values.fusion as Fusion | undefined;
   const k = values.k === undefined ? undefined : Number(values.k);
   const seed = values.seed === undefined ? undefined : Number(values.seed);
-  const problem = !prompt ? "usage: autolora imagine PROMPT [--k 0-8] [--fusion none|direct|dare|klora|gated] [--seed N] [--out DIR] [--json]"
+  // Decimal digits only: Number() alone reads "0x3", "1e0", "3.0" and "" as numbers too.
+  const wholeNumber = (name: string, text: string | undefined, max: number) => text === undefined || (/^\d+$/.test(text) && Number(text) <= max)
+    ? undefined : `--${name} must be a whole number from 0 to ${max}, written in digits; ${JSON.stringify(text)} is not`;
+  const problem = !prompt ? `usage: autolora imagine PROMPT [--k 0-${MAX_LORAS_PER_JOB}] [--fusion ${FUSIONS.join("|")}] [--seed N] [--out DIR] [--json]`
     : fusion && !FUSIONS.includes(fusion) ? `--fusion must be one of ${FUSIONS.join(", ")}`
-    : k !== undefined && !(Number.isInteger(k) && k >= 0 && k <= 8) ? "--k must be an integer from 0 to 8"
-    : seed !== undefined && !(Number.isInteger(seed) && seed >= 0) ? "--seed must be a non-negative integer" : undefined;
+    : wholeNumber("k", values.k, MAX_LORAS_PER_JOB) ?? wholeNumber("seed", values.seed, MAX_SEED);
   if (problem) {
     io.stderr(problem);
     return 2;
@@ -103,6 +98,11 @@ export async function imagineCommand(args: string[], io: CliIo): Promise<number>
       io.stdout(`grid: ${written[0]}`);
     }
     return 0;
+  } catch (error) {
+    // A prompt or seeds past the worker's limits: the pipeline says which, and that is the user's to change.
+    if (!(error instanceof ImagineInputError)) throw error;
+    io.stderr(error.message);
+    return 2;
   } finally {
     await host.stop();
   }

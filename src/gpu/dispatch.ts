@@ -19,6 +19,11 @@ export interface DispatchOptions {
   onRetry?: (jobId: string, failedWorker: string, error: WorkerUnavailableError) => void;
 }
 
+export interface DispatchGenerateOptions extends GenerateOptions {
+  /** Told when this job starts again after its worker went away, e.g. to tell the person waiting for it. */
+  onRetry?: (failedWorker: string, error: WorkerUnavailableError) => void;
+}
+
 export class WorkerDispatcher {
   private readonly busy = new Map<string, number>();
   private readonly waitForWorkerMs: number;
@@ -27,7 +32,7 @@ export class WorkerDispatcher {
     this.waitForWorkerMs = options.waitForWorkerMs ?? 120_000;
   }
 
-  async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<JobEndEvent> {
+  async generate(request: GenerateRequest, options: DispatchGenerateOptions = {}): Promise<JobEndEvent> {
     let failed: { worker: string; error: WorkerUnavailableError } | undefined;
     for (let attempt = 1; attempt <= 2; attempt++) {
       const worker = await this.pick(failed?.worker);
@@ -50,6 +55,7 @@ export class WorkerDispatcher {
         }
         failed = { worker: worker.id, error };
         this.options.onRetry?.(request.job_id, worker.id, error);
+        options.onRetry?.(worker.id, error);
       } finally {
         this.busy.set(worker.id, (this.busy.get(worker.id) ?? 1) - 1);
       }

@@ -3,7 +3,7 @@
 import { randomInt, randomUUID } from "node:crypto";
 import { mkdir, rename, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
-import { MAX_SEED, type JobProgressEvent } from "../gpu/protocol.js";
+import { MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, type Fusion, type JobProgressEvent } from "../gpu/protocol.js";
 import type { WorkerDispatcher } from "../gpu/dispatch.js";
 import type { LoraFilters, SearchHit } from "../pool/index.js";
 import type { LoraStore } from "../pool/store.js";
@@ -12,8 +12,13 @@ import { composeImages, type GenerationMetadata } from "./images.js";
 import type { FairQueue } from "./queue.js";
 import type { Retriever } from "./retrieval.js";
 
-export const FUSIONS = ["none", "direct", "dare", "klora", "gated"] as const;
-export type Fusion = (typeof FUSIONS)[number];
+export type { Fusion };
+
+/** A prompt or seeds no worker would take; the message says what to change. */
+export class ImagineInputError extends Error {
+  override readonly name = "ImagineInputError";
+  readonly code = "bad-imagine-input";
+}
 
 export interface ImagineSettings {
   k: number;
@@ -74,14 +79,14 @@ export class ImaginePipeline {
   /** Queue one /imagine; throws QueueFullError at once when there is no room. */
   imagine(prompt: string, options: ImagineOptions): { id: string; result: Promise<ImagineResult>; cancel: () => boolean } {
     const text = prompt.trim();
-    if (!text) throw new Error("the prompt is empty; say what to draw, e.g. /imagine a red hexagon with stripes");
-    if (text.length > 1000) throw new Error(`the prompt is ${text.length} characters; keep it under 1000`);
+    if (!text) throw new ImagineInputError("the prompt is empty; say what to draw, e.g. /imagine a red hexagon with stripes");
+    if (text.length > MAX_PROMPT_CHARS) throw new ImagineInputError(`the prompt is ${text.length} characters; the limit is ${MAX_PROMPT_CHARS}`);
     const settings = this.deps.settings;
     const count = settings.seedsPerPrompt;
     const first = options.seed ?? randomInt(0, 2 ** 32);
     const seeds = options.seeds ?? Array.from({ length: count }, (_, index) => first + index);
-    if (seeds.length < 1 || seeds.length > 8 || seeds.some((seed) => !Number.isInteger(seed) || seed < 0 || seed > MAX_SEED)) {
-      throw new Error(`seeds must be 1-8 whole numbers from 0 to ${MAX_SEED}`);
+    if (seeds.length < 1 || seeds.length > MAX_SEEDS_PER_JOB || seeds.some((seed) => !Number.isInteger(seed) || seed < 0 || seed > MAX_SEED)) {
+      throw new ImagineInputError(`a job draws 1 to ${MAX_SEEDS_PER_JOB} seeds, each a whole number from 0 to ${MAX_SEED}`);
     }
     const id = randomUUID();
     const queuedAt = performance.now();
@@ -112,6 +117,9 @@ export class ImaginePipeline {
       fusion: hits.length > 0 ? fusion : "none", preview_every: 4,
     }, {
       signal,
+      onRetry: (_worker, error) => options.onUpdate?.({
+        type: "retry", message: `the GPU worker stopped mid-job (${error.message}); starting again from the first step`,
+      }),
       onEvent: (event) => {
         if (event.type !== "job-progress") return;
         const progress = event as JobProgressEvent;

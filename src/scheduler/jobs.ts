@@ -1,4 +1,4 @@
-// The host's scheduled jobs: "crawl" visits every configured source in turn, "maintenance" keeps the LanceDB
+// The pool's scheduled jobs: "crawl" visits every configured source in turn, "maintenance" keeps the LanceDB
 // tables compact and the ANN index current. `autolora crawl` and the scheduler share `crawlSources`.
 import { join, resolve } from "node:path";
 import type { Config } from "../config/schema.js";
@@ -59,21 +59,16 @@ export function summarize(reports: Awaited<ReturnType<typeof crawlAll>>): string
     : `${report.source}: ${report.added} added, ${report.existed} already there, ${report.refused.length} refused, ${report.failed.length} to retry`).join("; ") || "no sources configured";
 }
 
-export interface HostJobDependencies extends CrawlJobDependencies {
+export interface PoolJobDependencies extends CrawlJobDependencies {
   index: LoraIndex;
-  /** Retrain the gates; absent where there are none to retrain (no proving-ground bundle). */
-  retrain?: (signal: AbortSignal) => Promise<string>;
-  /** Start a retrain in the background (crawls did add enough LoRAs). */
+  /** Start retraining the gates in the background (crawls added enough LoRAs); absent where there are none. */
   startRetrain?: () => void;
-  /** Retrain the LoRA encoder (less often than the gates); absent without one. */
-  retrainEncoder?: (signal: AbortSignal) => Promise<string>;
-  /** Re-embed LoRAs another encoder embedded; resolves to a summary. */
-  reembed?: (signal: AbortSignal) => Promise<string>;
 }
 
-export function hostJobs(deps: HostJobDependencies): Job[] {
+/** Crawling and index upkeep; the models' jobs (retraining, re-embedding) are in src/models/lifecycle.ts. */
+export function poolJobs(deps: PoolJobDependencies): Job[] {
   const threshold = deps.config.scheduler.retrain.after_new_loras;
-  const jobs: Job[] = [
+  return [
     {
       name: "crawl", schedule: deps.config.scheduler.crawl,
       run: async (signal) => {
@@ -82,26 +77,13 @@ export function hostJobs(deps: HostJobDependencies): Job[] {
         const state = await deps.state.update((saved) => {
           saved.jobs.retrain = { ...saved.jobs.retrain, pendingLoras: (saved.jobs.retrain?.pendingLoras ?? 0) + added };
         });
-        if (deps.retrain && threshold > 0 && (state.jobs.retrain?.pendingLoras ?? 0) >= threshold) {
+        if (deps.startRetrain && threshold > 0 && (state.jobs.retrain?.pendingLoras ?? 0) >= threshold) {
           deps.log?.(`[scheduler] ${state.jobs.retrain!.pendingLoras} new LoRAs since the last retrain: retraining`);
-          deps.startRetrain?.();
+          deps.startRetrain();
         }
         return summarize(reports);
       },
     },
     { name: "maintenance", schedule: deps.config.scheduler.maintenance, run: async () => deps.index.maintain?.() ?? "nothing to maintain" },
   ];
-  if (deps.reembed) jobs.push({ name: "reembed", schedule: "", run: deps.reembed });
-  if (deps.retrainEncoder) jobs.push({ name: "retrain-encoder", schedule: deps.config.scheduler.retrain.encoder_schedule, run: deps.retrainEncoder });
-  const retrain = deps.retrain;
-  if (retrain) {
-    jobs.push({
-      name: "retrain", schedule: deps.config.scheduler.retrain.schedule,
-      run: async (signal) => {
-        await deps.state.update((saved) => { saved.jobs.retrain = { ...saved.jobs.retrain, pendingLoras: 0 }; });
-        return retrain(signal);
-      },
-    });
-  }
-  return jobs;
 }

@@ -2,6 +2,8 @@
 // A job never overlaps itself: node-cron skips a tick while the previous run is busy, and a lock file in the
 // state folder refuses a second run from anywhere (a manual `autolora crawl` while `serve` crawls). Each run's
 // start, end, outcome and summary go to the state file, so `/pool status` and a restart know what happened last.
+// A `local` job (following model promotions, say) is every process's own: it takes no lock, leaves no record, and
+// logs only when it has something to say.
 import cron, { type ScheduledTask } from "node-cron";
 import { JobBusyError, type StateFile } from "./state.js";
 
@@ -12,6 +14,9 @@ export interface Job {
   schedule: string;
   /** Do the work; resolves to a one-line summary for the state file and the log. */
   run(signal: AbortSignal): Promise<string>;
+  /** Runs in every process on its own: no cross-process lock, no state record, logged only when its summary is not
+   *  empty. For watchers on a short interval (following promotions) that each process needs for itself. */
+  local?: boolean;
 }
 
 export interface JobRun {
@@ -39,9 +44,10 @@ export class Scheduler {
     for (const job of this.options.jobs) {
       if (!job.schedule) continue;
       this.tasks.push(cron.schedule(job.schedule, () => this.trigger(job.name, "scheduled"), {
-        name: job.name, noOverlap: true, timezone: this.options.timezone,
+        // A local job refuses an overlapping run itself, quietly; node-cron would warn on every skipped tick.
+        name: job.name, noOverlap: !job.local, timezone: this.options.timezone,
       }));
-      this.log(`[scheduler] ${job.name}: "${job.schedule}"`);
+      if (!job.local) this.log(`[scheduler] ${job.name}: "${job.schedule}"`);
     }
   }
 
@@ -63,6 +69,7 @@ export class Scheduler {
     const job = this.options.jobs.find((entry) => entry.name === name);
     if (!job) throw new Error(`no job ${name}; the jobs are ${this.options.jobs.map((entry) => entry.name).join(", ")}`);
     const started = performance.now();
+    if (job.local) return this.runLocal(job, reason, started);
     const controller = new AbortController();
     try {
       return await this.options.state.exclusive(name, async () => {
@@ -86,6 +93,24 @@ export class Scheduler {
       if (!(error instanceof JobBusyError)) throw error;
       this.log(`[scheduler] ${name} (${reason}) skipped: ${error.message}`);
       return { job: name, reason, outcome: "busy", summary: error.message, ms: performance.now() - started };
+    }
+  }
+
+  private async runLocal(job: Job, reason: JobRun["reason"], started: number): Promise<JobRun> {
+    const finish = (outcome: JobRun["outcome"], summary: string) => ({ job: job.name, reason, outcome, summary, ms: performance.now() - started });
+    if (this.running.has(job.name)) return finish("busy", `${job.name} is already running in this process`);
+    const controller = new AbortController();
+    this.running.set(job.name, controller);
+    try {
+      const summary = await job.run(controller.signal);
+      if (summary) this.log(`[scheduler] ${job.name}: ${summary}`);
+      return finish("ok", summary);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      this.log(`[scheduler] ${job.name} failed: ${message}`);
+      return finish("failed", message);
+    } finally {
+      this.running.delete(job.name);
     }
   }
 

@@ -1,23 +1,22 @@
-// A host for adapter tests and the burst benchmark: the real text encoder, LanceDB, queue, pipeline and sharp, three LoRAs whose
-// embeddings sit where their names embed, and the protocol fake (fixtures/fake-worker.mjs) as the worker.
-import { mkdtemp, rm } from "node:fs/promises";
+// A host for adapter tests and the burst benchmark: the real wiring (`createHost`) with the real text encoder,
+// LanceDB, queue, pipeline and sharp, the protocol fake (test/fixtures/fake-worker.mjs) as its one worker, and three
+// LoRAs whose embeddings sit where their names embed.
+import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BUILTIN_COMMANDS } from "../bots/builtin-commands.js";
-import { CommandRegistry, type ChatSettings, type CommandContext } from "../bots/commands.js";
-import { ChatCore } from "../bots/core.js";
-import { WorkerDispatcher } from "../gpu/dispatch.js";
+import type { ChatSettings } from "../bots/commands.js";
+import { builtinPlugin } from "../builtins.js";
+import { loadConfig } from "../config/load.js";
+import { configSchema, type Config } from "../config/schema.js";
 import { WorkerSupervisor } from "../gpu/supervisor.js";
+import { supervisedWorkers } from "../gpu/workers.js";
+import { createHost } from "../host.js";
+import { GenerationStore } from "../pipeline/generations.js";
+import { TextEncoder } from "../pipeline/text-encoder.js";
+import { PluginRegistry } from "../plugins.js";
 import type { LoraRecord } from "../pool/index.js";
 import { LanceLoraIndex } from "../pool/lancedb-index.js";
 import { LoraStore } from "../pool/store.js";
-import { download } from "../pool/download.js";
-import { ingestLora } from "../pool/ingest.js";
-import { GenerationStore } from "../pipeline/generations.js";
-import { ImaginePipeline } from "../pipeline/imagine.js";
-import { FairQueue } from "../pipeline/queue.js";
-import { Retriever } from "../pipeline/retrieval.js";
-import { TextEncoder } from "../pipeline/text-encoder.js";
 
 const root = join(import.meta.dirname, "..", "..");
 
@@ -28,63 +27,63 @@ export interface FakeHostOptions {
   stepMs?: number;
   /** Sampling steps per job; 0 (default) leaves it to the worker (4). */
   steps?: number;
+  /** More settings for the fake worker (FAKE_CRASH_AT_STEP, …; see test/fixtures/fake-worker.mjs). */
+  workerEnv?: Record<string, string>;
+}
+
+export const FAKE_HOST_ADMINS = ["discord:role:100000000000000777", "slack:UADMIN"];
+
+/** The default configuration, pointed at a fresh data folder and set as the adapter tests expect. */
+function fakeConfig(data: string, options: FakeHostOptions): Config {
+  const defaults = loadConfig({}).config;
+  const chat = { perMinute: 0, perDay: 0, maxPromptChars: 1000, progressIntervalMs: 0, ...options.chat };
+  return configSchema.parse({
+    ...defaults, data_dir: data, lancedb_uri: "", seed_pool_from_bundle: false, plugins: [],
+    text_encoder_dir: join(root, "build", "text-encoder"), bundle_dir: join(root, "bundle"),
+    workers: { ...defaults.workers, local: [{ device: "cpu", model: "fake" }], remote: [] },
+    retrieval: { ...defaults.retrieval, k: 2, min_similarity: 0.2 },
+    generation: { ...defaults.generation, fusion: "gated", seeds_per_prompt: 4, steps: options.steps ?? 0 },
+    queue: { per_user: options.queue?.perUser ?? 3, global: options.queue?.global ?? 20 },
+    // The adapter tests' own HTTP servers on 127.0.0.1 serve the LoRAs that /lora add downloads.
+    scheduler: { ...defaults.scheduler, sources: [], allow_loopback: true },
+    admins: chat.admins ?? FAKE_HOST_ADMINS,
+    chat: {
+      ...defaults.chat, reactions: chat.reactions ?? { "👍": 1, "👎": -1, "⭐": 2 }, per_minute: chat.perMinute,
+      per_day: chat.perDay, max_prompt_chars: chat.maxPromptChars, progress_interval_ms: chat.progressIntervalMs,
+    },
+  });
 }
 
 export async function fakeHost(options: FakeHostOptions = {}) {
   const data = await mkdtemp(join(tmpdir(), "autolora-fake-host-"));
-  const encoder = await TextEncoder.load(join(root, "build", "text-encoder"));
+  const config = fakeConfig(data, options);
+  const textEncoder = await TextEncoder.load(config.text_encoder_dir);
   const supervisor = new WorkerSupervisor({
-    workers: [{ command: process.execPath, args: [join(root, "test", "fixtures", "fake-worker.mjs")], env: { FAKE_STEP_MS: String(options.stepMs ?? 30), FAKE_EMBED_DIM: String(encoder.dimension) } }],
+    workers: [{
+      command: process.execPath, args: [join(root, "test", "fixtures", "fake-worker.mjs")],
+      env: { FAKE_STEP_MS: String(options.stepMs ?? 30), FAKE_EMBED_DIM: String(textEncoder.dimension), ...options.workerEnv },
+    }],
     log: () => undefined,
   });
   await supervisor.start();
   const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
   const names = ["hexagon shapes", "diagonal stripes", "five-pointed stars"];
-  const vectors = await encoder.embed(names);
+  const vectors = await textEncoder.embed(names);
   await index.upsert(names.map((name, n): LoraRecord => ({
     id: String(n + 1).repeat(64), name, source: "test", url: "", family: "proving-ground", format: "diffusers",
     ranks: [4], modules: 10, trigger_words: [], tags: [], captions: [], license: "", nsfw: false, state: "active",
     file: "", bytes: 100, vector: Array.from(vectors[n]!), encoder_version: "t", added_at: new Date().toISOString(),
   })));
-  const store = new LoraStore(join(data, "pool"));
-  const generations = await GenerationStore.open(join(data, "lancedb"));
-  const retriever = new Retriever(encoder, index);
-  const dispatcher = new WorkerDispatcher(supervisor);
-  const queue = new FairQueue({ concurrency: 1, perUser: 3, global: 20, ...options.queue });
-  const pipeline = new ImaginePipeline({
-    retriever, queue, dispatcher,
-    store, generations, dataDir: data,
-    settings: { k: 2, minSimilarity: 0.2, fusion: "gated", seedsPerPrompt: 4, steps: options.steps ?? 0, filters: {} },
+  const plugins = new PluginRegistry(config, () => undefined);
+  await plugins.use(builtinPlugin);
+  const workers = supervisedWorkers(supervisor);
+  const host = await createHost({
+    config, secrets: loadConfig({}).secrets, log: () => undefined, plugins, pool: { index, store: new LoraStore(join(data, "pool")) },
+    textEncoder, workers, generations: await GenerationStore.open(join(data, "lancedb")), models: {},
   });
-  const commands = new CommandRegistry();
-  for (const command of BUILTIN_COMMANDS) commands.add(command);
-  const context: CommandContext = {
-    commands, pipeline, retriever, index, store, generations, dataDir: data, k: 2, minSimilarity: 0.2,
-    chat: {
-      admins: ["discord:role:100000000000000777", "slack:UADMIN"], reactions: { "👍": 1, "👎": -1, "⭐": 2 },
-      perMinute: 0, perDay: 0, maxPromptChars: 1000, progressIntervalMs: 0, ...options.chat,
-    },
-    // As the host does it, except that the test's own HTTP server on 127.0.0.1 is allowed.
-    addFromUrl: async (url, metadata) => {
-      const file = await download(url, { tempDir: join(data, "tmp"), maxBytes: 10e6, allowLoopback: true });
-      try {
-        return await ingestLora(file.path, metadata, { store, index, embed: (path) => dispatcher.embed(path) });
-      } finally {
-        await rm(file.path, { force: true });
-      }
-    },
-    status: async () => ({
-      loras: await index.count({}), blocked: await index.count({ state: "blocked" }), lastCrawl: null,
-      queue: { waiting: queue.stats().waiting, running: queue.stats().running }, workers: [{ id: "fake", state: "ready" }],
-    }),
-  };
-  const core = new ChatCore(context);
   return {
-    data, context, core, generations, index, store, queue,
+    ...host, data, index, store: host.pool.store,
     /** The fake worker's /embed. */
-    embed: (path: string, signal?: AbortSignal) => dispatcher.embed(path, signal),
-    /** Ingest a local file as the host does (the fake worker embeds it). */
-    ingest: (path: string, metadata: Parameters<typeof ingestLora>[1]) => ingestLora(path, metadata, { store, index, embed: (file) => dispatcher.embed(file) }),
-    stop: async () => { await supervisor.stop(); await encoder.close(); },
+    embed: (path: string, signal?: AbortSignal) => workers.dispatcher.embed(path, signal),
   };
 }

@@ -1,0 +1,69 @@
+// The configured workers as one source for the dispatcher: the local ones the supervisor spawns (serving the
+// versions of gates and encoder that data/models promotes) and the remote ones reached by URL.
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Config } from "../config/schema.js";
+import type { Secrets } from "../config/secrets.js";
+import type { Models } from "../models/lifecycle.js";
+import { WorkerDispatcher, type WorkerSource } from "./dispatch.js";
+import { combineWorkerSources, RemoteWorkers } from "./remote.js";
+import { pythonWorkerCommand, WorkerSupervisor } from "./supervisor.js";
+
+const REPO_ROOT = resolve(import.meta.dirname, "..", "..");
+
+export interface Workers {
+  dispatcher: WorkerDispatcher;
+  source: WorkerSource;
+  /** The local workers; `status()` lists those not ready too. */
+  supervisor: Pick<WorkerSupervisor, "status">;
+  stop(): Promise<void>;
+}
+
+/** The Python that runs local workers and the trainers. */
+export function workerPython(config: Config): string {
+  return config.workers.python || [join(REPO_ROOT, ".venv", "bin", "python")].find(existsSync) || "python3";
+}
+
+/** Start the configured workers and wait until they answer; `log` gets their stderr and supervision notes. */
+export async function startWorkers(config: Config, secrets: Secrets, log: (line: string) => void, models: Models): Promise<Workers> {
+  const python = workerPython(config);
+  const supervisor = new WorkerSupervisor({
+    workers: config.workers.local.map(({ device, model }) => {
+      // Proving-ground workers serve the promoted gates and encoder (the served paths never change).
+      const served = model === "proving-ground" ? models : {};
+      return {
+        ...pythonWorkerCommand(python, device, model, served.gates?.servingPath, served.encoder?.servingPath),
+        env: { AUTOLORA_BUNDLE: resolve(config.bundle_dir), PYTHONUNBUFFERED: "1" },
+      };
+    }),
+    startupTimeoutMs: config.workers.startup_timeout_s * 1000,
+    jobTimeoutMs: config.workers.job_timeout_s * 1000,
+    log,
+  });
+  const remote = new RemoteWorkers({
+    urls: config.workers.remote,
+    token: config.workers.remote.length > 0 ? secrets.require("workerToken", "remote workers (workers.remote)") : "",
+    jobTimeoutMs: config.workers.job_timeout_s * 1000,
+  });
+  const stop = async () => {
+    remote.stop();
+    await supervisor.stop();
+  };
+  try {
+    await Promise.all([supervisor.start(config.workers.startup_timeout_s * 1000), remote.start()]);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  const source = combineWorkerSources(supervisor, remote);
+  if (source.ready().length === 0) {
+    await stop();
+    throw new Error("no GPU worker is configured or reachable (workers.local and workers.remote)");
+  }
+  return { dispatcher: new WorkerDispatcher(source, { waitForWorkerMs: config.workers.startup_timeout_s * 1000 }), source, supervisor, stop };
+}
+
+/** Workers from an already started supervisor (tests and benchmarks give it their own worker commands). */
+export function supervisedWorkers(supervisor: WorkerSupervisor, waitForWorkerMs?: number): Workers {
+  return { dispatcher: new WorkerDispatcher(supervisor, { waitForWorkerMs }), source: supervisor, supervisor, stop: () => supervisor.stop() };
+}

@@ -1,0 +1,48 @@
+// The LoRA pool as configured: the content-addressed store (data/pool) and its LanceDB index, swept of what an
+// interrupted add or removal left behind; and the proving-ground bundle's LoRAs for an empty pool (`make demo`).
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Config } from "../config/schema.js";
+import type { LoraIndex } from "./index.js";
+import type { IngestMetadata } from "./ingest.js";
+import { LanceLoraIndex } from "./lancedb-index.js";
+import { LoraStore } from "./store.js";
+import { sweepPool } from "./sweep.js";
+
+export interface Pool {
+  store: LoraStore;
+  index: LoraIndex;
+}
+
+/** Open the pool and sweep it (see sweep.ts); `log` gets one line if anything was removed. */
+export async function openPool(config: Config, log?: (line: string) => void): Promise<Pool> {
+  const dataDir = resolve(config.data_dir);
+  const pool = {
+    store: new LoraStore(join(dataDir, "pool")),
+    index: await LanceLoraIndex.open({ uri: config.lancedb_uri || join(dataDir, "lancedb") }),
+  };
+  await sweepPool(pool, { downloads: join(dataDir, "tmp"), log });
+  return pool;
+}
+
+interface BundleLora {
+  id: string;
+  file: string;
+  previews: Array<{ caption: string }>;
+}
+
+/** The bundle's pool into an empty index, with the preview captions the bundle records; false if it has none. */
+export async function seedFromBundle(bundleDir: string, index: LoraIndex,
+  ingest: (path: string, metadata: IngestMetadata) => Promise<unknown>, log: (line: string) => void): Promise<boolean> {
+  const listing = join(bundleDir, "pool", "pool.json");
+  if (!existsSync(listing) || (await index.count()) > 0) return false;
+  const records = (JSON.parse(readFileSync(listing, "utf8")) as { loras: BundleLora[] }).loras;
+  log(`[pool] the pool is empty: adding the bundle's ${records.length} LoRAs`);
+  for (const [number, record] of records.entries()) {
+    await ingest(join(bundleDir, record.file), {
+      name: record.id, source: "bundle", captions: record.previews.map((preview) => preview.caption),
+    });
+    if ((number + 1) % 40 === 0 || number + 1 === records.length) log(`[pool] ${number + 1}/${records.length} added`);
+  }
+  return true;
+}
