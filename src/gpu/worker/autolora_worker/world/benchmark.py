@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from ..fusion import GateBank, gate_dims
 from ..lora.formats import read_lora_file
 from ..models import load_backbone
+from ..protocol import FUSIONS
 from .bundle import BundlePaths, default_bundle_dir
 from .generate import generate
 from .render import COLOURS, SHAPES, STYLES, prompt_for
 
-METHODS = ("none", "direct", "dare", "klora", "gated")
+METHODS = FUSIONS  # every strategy a request may name, in the protocol's order
 
 
 @dataclass(frozen=True)
