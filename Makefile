@@ -76,9 +76,10 @@ bench: setup
 world: setup
 	$(PYTHON) -m autolora_worker world build --preset full
 
-# The paper's tables on the committed bundle: reports/world/bench-world.{json,md} and fig4-heatmap.png.
+# The paper's tables on the committed bundle: reports/world/bench-world.{json,md} and fig4-heatmap.png, and the
+# README's picture of it, docs/gallery.png.
 bench-world: setup
-	$(PYTHON) -m autolora_worker bench world --out reports/world
+	$(PYTHON) -m autolora_worker bench world --out reports/world --gallery docs/gallery.png
 
 # The frozen text encoder as ONNX plus its tokenizer, for the host's retrieval (not committed: about 90 MB).
 text-encoder: $(TEXT_ENCODER)

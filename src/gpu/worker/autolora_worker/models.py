@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from diffusers import FluxTransformer2DModel
 
+from .autoencoder import ConvAutoencoder, LatentCodec, load_autoencoder, save_autoencoder
 from .codec import PixelPatchCodec, patch_ids
 from .errors import ModelLoadError
 from .families import FamilySpec, get_family
@@ -81,12 +82,19 @@ class Backbone:
 
 
 class ProvingGroundBackbone(Backbone):
+    """The tiny FLUX-shaped model. Its image codec is an autoencoder's latent (`autoencoder/` beside the
+    transformer, as FLUX has its VAE), or, for models without one, pixel patches (codec.py)."""
+
     def __init__(self, transformer: FluxTransformer2DModel, device: torch.device, dtype: torch.dtype, version: str,
-                 spec: FamilySpec | None = None):
+                 spec: FamilySpec | None = None, autoencoder: ConvAutoencoder | None = None):
         self.spec = spec or get_family("proving-ground")
         self.transformer = transformer.to(device, dtype).eval().requires_grad_(False)
         self.device, self.dtype, self.version = device, dtype, version
-        self.codec = PixelPatchCodec(self.spec.extra["patch"], self.spec.extra.get("downsample", 1))
+        self.codec = (LatentCodec(autoencoder).to(device, dtype) if autoencoder is not None
+                      else PixelPatchCodec(self.spec.extra["patch"], self.spec.extra.get("downsample", 1)))
+        if self.codec.channels() != transformer.config.in_channels:
+            raise ModelLoadError(f"the transformer takes {transformer.config.in_channels} values per image token but its "
+                                 f"codec makes {self.codec.channels()}")
         self.pixels_per_token = self.codec.pixels_per_token
         self.text_encoder = MiniLMTextEncoder(self.spec.extra["text_max_tokens"], device, dtype)
         wrap_linears(self.transformer)
@@ -162,15 +170,19 @@ def load_backbone(family: str, path: str | Path | None, device: str | torch.devi
         raise ModelLoadError(f"cannot load the proving-ground transformer from {transformer_dir}: {error}") from error
     manifest = path / "model.json"
     version = json.loads(manifest.read_text())["version"] if manifest.exists() else _directory_version(path)
-    return ProvingGroundBackbone(transformer, device, dtype, version, spec)
+    autoencoder = load_autoencoder(path / "autoencoder") if (path / "autoencoder").is_dir() else None
+    return ProvingGroundBackbone(transformer, device, dtype, version, spec, autoencoder)
 
 
 def random_proving_ground(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-                          **overrides) -> ProvingGroundBackbone:
+                          autoencoder: ConvAutoencoder | None = None, **overrides) -> ProvingGroundBackbone:
+    """A seeded, untrained proving-ground model: on pixel patches, or on `autoencoder`'s latent when given."""
     spec = get_family("proving-ground")
+    if autoencoder is not None:
+        overrides = {"in_channels": 4 * autoencoder.config.latent_channels, **overrides}
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(**{**spec.transformer, **overrides})
-    return ProvingGroundBackbone(transformer, torch.device(device), dtype, f"random-{seed}", spec)
+    return ProvingGroundBackbone(transformer, torch.device(device), dtype, f"random-{seed}", spec, autoencoder)
 
 
 def save_proving_ground(backbone: ProvingGroundBackbone, path: str | Path, version: str) -> None:
@@ -182,4 +194,6 @@ def save_proving_ground(backbone: ProvingGroundBackbone, path: str | Path, versi
     state = {name.replace(".base.", "."): tensor for name, tensor in backbone.transformer.state_dict().items()}
     clean.load_state_dict(state)
     clean.save_pretrained(str(path / "transformer"))
+    if isinstance(backbone.codec, LatentCodec):
+        save_autoencoder(backbone.codec.autoencoder, path / "autoencoder")
     (path / "model.json").write_text(json.dumps({"family": "proving-ground", "version": version}))

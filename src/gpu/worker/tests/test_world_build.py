@@ -11,8 +11,9 @@ import torch
 
 from autolora_worker.__main__ import main
 from autolora_worker.lora.formats import FORMATS, read_lora_file
-from autolora_worker.world.build import build_world
+from autolora_worker.world.build import build_world, bundle_readme
 from autolora_worker.world.bundle import BundlePaths, default_bundle_dir
+from autolora_worker.world.gates import GATE_NAMES, WorldGateError, check
 from autolora_worker.world.pool import OBJECT_CONCEPTS, STYLE_CONCEPTS, plan_pool
 
 SUMMARY_KEYS = {
@@ -20,9 +21,11 @@ SUMMARY_KEYS = {
     "table2": {"none", "direct", "dare", "klora", "gated"},
     "table34": {"k2", "k3"},
     "table5": {"with_global", "without_global"},
+    "table2_gated_minus_direct": {"both_correct", "both_correct_ci"},
     "table1": {"base", "top1", "top2", "top3"},
     "fig4": {"gap"},
     "evaluator": {"shape_acc", "style_acc", "color_acc"},
+    "gates": {"evaluator", "base_own", "single_lora_train", "single_lora_heldout", "none_lacks"},
 }
 
 
@@ -55,7 +58,7 @@ def ci_bundle(tmp_path_factory):
 
 def test_reduced_build_runs_every_stage_and_writes_a_manifest(ci_bundle):
     out, lines = ci_bundle
-    for stage in ("evaluator", "base", "pool", "previews", "encoder", "gates"):
+    for stage in ("evaluator", "autoencoder", "base", "pool", "previews", "single-loras", "encoder", "gates"):
         assert any(f"[world] {stage}: done" in line for line in lines), stage
     paths = BundlePaths(out)
     manifest = json.loads(paths.manifest.read_text())
@@ -78,6 +81,42 @@ def test_held_out_loras_never_reach_encoder_or_gate_training(ci_bundle):
     assert held_out
     assert manifest["facts"]["encoder_train_ids"] and not held_out & set(manifest["facts"]["encoder_train_ids"])
     assert manifest["facts"]["gate_train_ids"] and not held_out & set(manifest["facts"]["gate_train_ids"])
+
+
+def test_the_reduced_build_measures_every_gate_without_holding_it_to_them(ci_bundle):
+    out, lines = ci_bundle
+    manifest = json.loads(BundlePaths(out).manifest.read_text())
+    assert manifest["gates_enforced"] is False
+    assert set(manifest["gates"]) == set(GATE_NAMES)
+    for name, gate in manifest["gates"].items():
+        assert any(line.startswith(f"[world] gate {name}: ") and line.endswith("(not enforced)") for line in lines), name
+    assert 0.0 <= manifest["gates"]["base_own"]["values"]["shape_acc"] <= 1.0
+    assert manifest["gates"]["single_lora_heldout"]["values"]["loras"] >= 1
+    readme = BundlePaths(out).readme.read_text()
+    assert "| base_own.shape_acc | ≥ 0.90 |" in readme and "not enforced (CI preset)" in readme
+
+
+def test_a_build_that_misses_a_gate_stops_there_and_publishes_nothing(tmp_path):
+    # The CI preset's 40-step evaluator cannot reach 0.97: held to the gates, the build stops right after it.
+    lines: list[str] = []
+    with pytest.raises(WorldGateError, match=r"world gate evaluator missed: evaluator\.\w+_acc = 0\.\d+, below the minimum 0\.97"):
+        build_world("ci", out=tmp_path / "bundle", work=tmp_path / "work", progress=lines.append, enforce_gates=True)
+    assert not (tmp_path / "bundle").exists()
+    assert not any(line.startswith("[world] base:") for line in lines)
+    assert (tmp_path / "work" / "evaluator.done.json").exists(), "the stage stays built for --resume"
+
+
+def test_gate_bounds_and_the_readme_of_a_bundle_published_below_them():
+    assert check("none_lacks", {"both_correct": 0.05}).passed
+    assert check("none_lacks", {"both_correct": 0.2}).missed == ["none_lacks.both_correct = 0.200, above the maximum 0.10"]
+    assert check("base_own", {"shape_acc": 0.95}).missed == ["base_own.colour_acc was not measured"]
+    gates = {"base_own": {"values": {"shape_acc": 0.62, "colour_acc": 1.0}, "passed": False,
+                          "missed": ["base_own.shape_acc = 0.620, below the minimum 0.90"]}}
+    readme = bundle_readme({"versions": {"model": "pg-0-1"}, "torch": "2.13.0", "timings_s": {"base": 60.0},
+                            "gates": gates, "gates_enforced": True, "missed_gates": gates["base_own"]["missed"]})
+    assert "| base_own.shape_acc | ≥ 0.90 | 0.620 | missed |" in readme
+    assert "| base_own.colour_acc | ≥ 0.95 | 1.000 | passed |" in readme
+    assert "**Published below its gates** (`--below-gates`): base_own.shape_acc = 0.620, below the minimum 0.90." in readme
 
 
 class Interrupt(Exception):
@@ -112,14 +151,28 @@ def test_an_interrupted_build_resumes_to_the_same_bundle(ci_bundle, tmp_path):
 def test_world_bench_fast_runs_every_table(ci_bundle, tmp_path, capsys):
     # On the committed bundle when there is one (issue [2/5] ships it), else on the reduced build above.
     bundle = default_bundle_dir() if BundlePaths(default_bundle_dir()).manifest.exists() else ci_bundle[0]
-    assert main(["bench", "world", "--fast", "--json", "--bundle", str(bundle), "--out", str(tmp_path)]) == 0
+    gallery = tmp_path / "gallery.png"
+    assert main(["bench", "world", "--fast", "--json", "--bundle", str(bundle), "--out", str(tmp_path),
+                 "--gallery", str(gallery)]) == 0
     report = json.loads(capsys.readouterr().out)
     summary = report["summary"]
     for section, keys in SUMMARY_KEYS.items():
         assert keys <= set(summary[section]), section
     for metrics in summary["retrieval"].values():
         assert 0.0 <= metrics["recall_at_1"] <= metrics["recall_at_3"] <= 1.0
+    for metrics in summary["table2"].values():
+        low, high = metrics["both_correct_ci"]
+        assert 0.0 <= low <= metrics["both_correct"] <= high <= 1.0
+    assert {"attribute_acc_ci", "li_sim_ci"} <= set(summary["table34"]["k2"]["gated"])
+    assert "both_correct_ci" in summary["table5"]["without_global"]
+    low, high = summary["table2_gated_minus_direct"]["both_correct_ci"]
+    assert -1.0 <= low <= summary["table2_gated_minus_direct"]["both_correct"] <= high <= 1.0
     assert (tmp_path / "bench-world.md").exists() and (tmp_path / "fig4-heatmap.png").exists()
+    from PIL import Image
+
+    with Image.open(gallery) as picture:  # five columns of 128 px: base, each LoRA alone, direct, gated
+        assert picture.width == 5 * 128 and picture.height > 128
+    assert gallery.stat().st_size <= 400_000
 
 
 def test_world_bench_refuses_a_folder_that_is_not_a_bundle(tmp_path, capsys):

@@ -11,7 +11,11 @@ training caption uses, and fixed seeds, so two runs on the same bundle print the
 - table5: gated with and without the Global LoRA, on the table2 pairs;
 - table1: end to end — retrieve the top-1/2/3 LoRAs for a shape + style + colour prompt and fuse them with gates,
   against the base model alone; scored by the fraction of the prompt's attributes the evaluator finds;
-- fig4: cosine heatmap of LoRA embeddings grouped by concept, and mean(intra-concept) − mean(inter-concept).
+- fig4: cosine heatmap of LoRA embeddings grouped by concept, and mean(intra-concept) − mean(inter-concept);
+- gates: the build gates (gates.py) measured again on the bundle: evaluator, base_own, none_lacks and each LoRA alone.
+
+Accuracies of tables 2-5 come with a 95% bootstrap interval (`…_ci`), resampling pairs (or sets), not images:
+the four seeds of one pair are not independent draws.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from ..lora.formats import read_lora_file
 from ..models import load_backbone
 from ..protocol import FUSIONS
 from .bundle import BundlePaths, default_bundle_dir
+from .gates import measure_base_own, measure_none_lacks, measure_single_loras
 from .generate import generate
-from .render import COLOURS, SHAPES, STYLES, prompt_for
+from .pool import OBJECT_CONCEPTS, STYLE_CONCEPTS
+from .render import BASE_SHAPES, COLOURS, SHAPES, STYLES, prompt_for
 
 METHODS = FUSIONS  # every strategy a request may name, in the protocol's order
 
@@ -44,11 +50,15 @@ class BenchSettings:
     table1_prompts: int
     seeds: tuple[int, ...]
     steps: int
+    # LoRAs measured alone per split for the gates (None: all of them).
+    gate_loras: int | None = None
 
 
-FULL = BenchSettings(queries_per_concept=4, table2_pairs=36, table34_sets=20, table1_prompts=40, seeds=(11, 22, 33, 44),
+FULL = BenchSettings(queries_per_concept=4, table2_pairs=48, table34_sets=20, table1_prompts=40, seeds=(11, 22, 33, 44),
                      steps=20)
-FAST = BenchSettings(queries_per_concept=2, table2_pairs=3, table34_sets=2, table1_prompts=3, seeds=(11, 22), steps=6)
+FAST = BenchSettings(queries_per_concept=2, table2_pairs=3, table34_sets=2, table1_prompts=3, seeds=(11, 22), steps=6,
+                     gate_loras=3)
+BOOTSTRAP_DRAWS = 2000
 
 
 class World:
@@ -138,7 +148,7 @@ def _pairs(world: World, count: int, rng: np.random.Generator) -> list[tuple[dic
 
 def bench_table2(world: World, settings: BenchSettings, rng: np.random.Generator, progress) -> tuple[dict, dict]:
     pairs = _pairs(world, settings.table2_pairs, rng)
-    scores = {m: {"shape": [], "style": [], "both": []} for m in (*METHODS, "gated-no-global")}
+    scores = {m: {"shape": [], "style": [], "both": []} for m in (*METHODS, "gated-no-global")}  # per pair: a list
     for number, (obj, sty) in enumerate(pairs):
         shape, style = obj["truth"]["shape"], sty["truth"]["style"]
         prompt = prompt_for(shape=shape, style=style, rng=rng, held_out_template=True)
@@ -149,15 +159,23 @@ def bench_table2(world: World, settings: BenchSettings, rng: np.random.Generator
                               strategy=strategy, gates=world.gates, global_lora=method != "gated-no-global",
                               steps=settings.steps)
             predicted = world.evaluator.predict(images)
-            for got_shape, got_style in zip(predicted["shape"], predicted["style"]):
-                scores[method]["shape"].append(got_shape == shape)
-                scores[method]["style"].append(got_style == style)
-                scores[method]["both"].append(got_shape == shape and got_style == style)
+            scores[method]["shape"].append([got == shape for got in predicted["shape"]])
+            scores[method]["style"].append([got == style for got in predicted["style"]])
+            scores[method]["both"].append([a == shape and b == style for a, b in zip(predicted["shape"], predicted["style"])])
         progress(f"[bench] table2 pair {number + 1}/{len(pairs)}: {prompt!r}")
-    table2 = {m: {"shape_acc": _mean(s["shape"]), "style_acc": _mean(s["style"]), "both_correct": _mean(s["both"])}
+    intervals = np.random.default_rng(7)
+    table2 = {m: {"shape_acc": _mean(_flat(s["shape"])), "style_acc": _mean(_flat(s["style"])),
+                  "both_correct": _mean(_flat(s["both"])), "shape_acc_ci": _bootstrap(s["shape"], intervals),
+                  "style_acc_ci": _bootstrap(s["style"], intervals), "both_correct_ci": _bootstrap(s["both"], intervals)}
               for m, s in scores.items() if m in METHODS}
-    table5 = {"with_global": {"both_correct": table2["gated"]["both_correct"]},
-              "without_global": {"both_correct": _mean(scores["gated-no-global"]["both"])}, "pairs": len(pairs)}
+    # The paper's claim is a difference on the same prompts and seeds: bootstrap it over pairs, not the two
+    # intervals apart (which overlap long before a paired difference is in doubt).
+    paired = [[g - d for g, d in zip(gated, direct)] for gated, direct in zip(scores["gated"]["both"], scores["direct"]["both"])]
+    table5 = {"gated_minus_direct": {"both_correct": _mean(_flat(paired)), "both_correct_ci": _bootstrap(paired, intervals)}}
+    without = scores["gated-no-global"]["both"]
+    table5 |= {"with_global": {"both_correct": table2["gated"]["both_correct"], "both_correct_ci": table2["gated"]["both_correct_ci"]},
+              "without_global": {"both_correct": _mean(_flat(without)), "both_correct_ci": _bootstrap(without, intervals)},
+              "pairs": len(pairs)}
     return table2, table5
 
 
@@ -187,12 +205,13 @@ def bench_table34(world: World, settings: BenchSettings, rng: np.random.Generato
                                   gates=world.gates, steps=settings.steps)
                 predicted = world.evaluator.predict(images)
                 features = world.evaluator.features(images)
-                for index, (got_shape, got_style) in enumerate(zip(predicted["shape"], predicted["style"])):
-                    scores[method]["attr"].append(((got_shape == shape) + (got_style == style)) / 2)
-                    scores[method]["sim"].append(float(np.mean([float(features[index] @ single[index])
-                                                                for single in singles])))
+                scores[method]["attr"].append([((a == shape) + (b == style)) / 2 for a, b in zip(predicted["shape"], predicted["style"])])
+                scores[method]["sim"].append([float(np.mean([float(features[index] @ single[index]) for single in singles]))
+                                              for index in range(len(seeds))])
             progress(f"[bench] table34 k={k} set {number + 1}/{len(pairs)}")
-        result[f"k{k}"] = {m: {"attribute_acc": _mean(s["attr"]), "li_sim": _mean(s["sim"])}
+        intervals = np.random.default_rng(7 + k)
+        result[f"k{k}"] = {m: {"attribute_acc": _mean(_flat(s["attr"])), "attribute_acc_ci": _bootstrap(s["attr"], intervals),
+                               "li_sim": _mean(_flat(s["sim"])), "li_sim_ci": _bootstrap(s["sim"], intervals)}
                            for m, s in scores.items()}
     return result
 
@@ -260,12 +279,90 @@ def _heatmap(cosine: np.ndarray, concepts: list[str], path: Path) -> Path:
     return path
 
 
+def bench_gates(world: World, settings: BenchSettings, progress) -> dict:
+    """The build gates on the bundle as committed (fixed seeds; see gates.py)."""
+    def draw(prompt, seeds, loras):
+        return generate(world.backbone, prompt, list(seeds), loras, strategy="direct", steps=settings.steps)
+
+    judge = world.evaluator.predict
+    records = [r for r in world.records if r["kind"] in ("object", "style")]
+    if settings.gate_loras is not None:
+        records = [r for split in ("train", "heldout") for r in [r for r in records if r["split"] == split][:settings.gate_loras]]
+    seed = int(world.manifest.get("config", {}).get("seed", 0))
+    single = measure_single_loras(draw, judge, records, world.loras, BASE_SHAPES, seed=seed)
+    progress("[bench] gates: single LoRAs measured")
+    return {
+        "base_own": measure_base_own(draw, judge, BASE_SHAPES, ("flat",), seed=seed),
+        "none_lacks": measure_none_lacks(draw, judge, OBJECT_CONCEPTS, STYLE_CONCEPTS, seed=seed),
+        "single_lora_train": single["single_lora_train"], "single_lora_heldout": single["single_lora_heldout"],
+    }
+
+
+GALLERY_COLUMNS = ("base", "object LoRA", "style LoRA", "direct", "gated")
+
+
+def bench_gallery(world: World, settings: BenchSettings, path: Path, rows: int = 6, seed: int = 17) -> Path:
+    """docs/gallery.png: held-out object + style prompts in rows; the base, each LoRA alone, direct and gated fusion
+    in columns (one fixed seed), with the prompt above each row and the evaluator's verdict under each image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    pairs = _pairs(world, rows, np.random.default_rng(seed))
+    cell, label, heading = 128, 28, 18
+    width = cell * len(GALLERY_COLUMNS)
+    canvas = Image.new("RGB", (width, heading + len(pairs) * (heading + cell + label)), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=11)
+    for column, name in enumerate(GALLERY_COLUMNS):
+        draw.text((column * cell + 4, 3), name, fill="black", font=font)
+    rng = np.random.default_rng(seed + 1)
+    for row, (obj, sty) in enumerate(pairs):
+        shape, style = obj["truth"]["shape"], sty["truth"]["style"]
+        prompt = prompt_for(shape=shape, style=style, rng=rng, held_out_template=True)
+        top = heading + row * (heading + cell + label)
+        draw.text((4, top + 3), prompt, fill="black", font=font)
+        pair = [world.loras[obj["id"]], world.loras[sty["id"]]]
+        runs = (("none", []), ("direct", pair[:1]), ("direct", pair[1:]), ("direct", pair), ("gated", pair))
+        for column, (strategy, loras) in enumerate(runs):
+            image = generate(world.backbone, prompt, [seed], loras, strategy=strategy, gates=world.gates,
+                             steps=settings.steps)
+            labels = world.evaluator.predict(image)
+            got_shape, got_style = labels["shape"][0], labels["style"][0]
+            canvas.paste(Image.fromarray(image[0]).resize((cell, cell), Image.NEAREST), (column * cell, top + heading))
+            verdict = f"{'✓' if got_shape == shape else '✗'} {got_shape} {'✓' if got_style == style else '✗'} {got_style}"
+            colour = "darkgreen" if got_shape == shape and got_style == style else "firebrick"
+            draw.text((column * cell + 4, top + heading + cell + 6), verdict, fill=colour, font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, optimize=True)
+    return path
+
+
 def _mean(values) -> float:
     return round(float(np.mean(values)), 4) if len(values) else float("nan")
 
 
+def _with_ci(metrics: dict, key: str) -> str:
+    low, high = metrics.get(f"{key}_ci", [float("nan")] * 2)
+    return f"{metrics[key]:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _flat(groups: list[list]) -> list:
+    return [value for group in groups for value in group]
+
+
+def _bootstrap(groups: list[list], rng: np.random.Generator, level: float = 0.95) -> list[float]:
+    """A percentile bootstrap interval of the mean, resampling whole groups (a pair's or a set's images)."""
+    if not groups:
+        return [float("nan"), float("nan")]
+    means = np.array([np.mean(group) for group in groups])
+    sizes = np.array([len(group) for group in groups])
+    draws = rng.integers(len(groups), size=(BOOTSTRAP_DRAWS, len(groups)))
+    resampled = (means[draws] * sizes[draws]).sum(1) / sizes[draws].sum(1)
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(low), 4), round(float(high), 4)]
+
+
 def run_world_bench(bundle: str | Path | None = None, fast: bool = False, out_dir: str | Path | None = None,
-                    device: str = "cpu", progress=print) -> dict:
+                    device: str = "cpu", progress=print, gallery: str | Path | None = None) -> dict:
     settings = FAST if fast else FULL
     root = Path(bundle) if bundle else default_bundle_dir()
     out = Path(out_dir) if out_dir else None
@@ -281,14 +378,17 @@ def run_world_bench(bundle: str | Path | None = None, fast: bool = False, out_di
     table34 = bench_table34(world, settings, rng, progress)
     table1 = bench_table1(world, settings, rng, progress)
     fig4 = bench_fig4(world, out)
+    gates = {"evaluator": evaluator, **bench_gates(world, settings, progress)}
     summary = {
         "retrieval": {name: retrieval[name] for name in ("encoder", "captions", "random")},
         "table2": table2,
+        "table2_gated_minus_direct": table5["gated_minus_direct"],
         "table34": table34,
         "table5": {name: table5[name] for name in ("with_global", "without_global")},
         "table1": table1,
         "fig4": {"gap": fig4["gap"], "gap_heldout": fig4["gap_heldout"]},
         "evaluator": evaluator,
+        "gates": gates,
     }
     report = {
         "bundle": str(root), "versions": world.manifest.get("versions"), "fast": fast, "device": device,
@@ -297,6 +397,8 @@ def run_world_bench(bundle: str | Path | None = None, fast: bool = False, out_di
         "retrieval_detail": {k: retrieval[k] for k in ("queries", "candidates")}, "table5_pairs": table5["pairs"],
         "fig4_detail": fig4, "seconds": round(time.monotonic() - started, 1), "summary": summary,
     }
+    if gallery is not None:
+        report["gallery"] = str(bench_gallery(world, settings, Path(gallery)))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench-world.json").write_text(json.dumps(report, indent=1))
@@ -311,19 +413,25 @@ def markdown(report: dict) -> str:
              "## Retrieval (held-out LoRAs, unseen prompt templates)", "", "| method | R@1 | R@3 | MRR |", "|---|---|---|---|"]
     for name, m in s["retrieval"].items():
         lines.append(f"| {name} | {m['recall_at_1']:.3f} | {m['recall_at_3']:.3f} | {m['mrr']:.3f} |")
-    lines += ["", "## Table 2: object + style LoRA", "", "| method | shape acc | style acc | both |", "|---|---|---|---|"]
+    lines += ["", "## Table 2: object + style LoRA (95% bootstrap intervals over pairs)", "",
+              "| method | shape acc | style acc | both |", "|---|---|---|---|"]
     for name, m in s["table2"].items():
-        lines.append(f"| {name} | {m['shape_acc']:.3f} | {m['style_acc']:.3f} | {m['both_correct']:.3f} |")
+        lines.append(f"| {name} | {_with_ci(m, 'shape_acc')} | {_with_ci(m, 'style_acc')} | {_with_ci(m, 'both_correct')} |")
+    lines += ["", f"gated − direct, both-correct, paired over the same prompts and seeds: "
+              f"{_with_ci(s['table2_gated_minus_direct'], 'both_correct')}"]
     lines += ["", "## Tables 3-4: random fusions", "", "| method | k=2 attr | k=2 Lᵢ Sim | k=3 attr | k=3 Lᵢ Sim |",
               "|---|---|---|---|---|"]
     for name in METHODS:
         a, b = s["table34"]["k2"][name], s["table34"]["k3"][name]
-        lines.append(f"| {name} | {a['attribute_acc']:.3f} | {a['li_sim']:.3f} | {b['attribute_acc']:.3f} | {b['li_sim']:.3f} |")
+        lines.append(f"| {name} | {_with_ci(a, 'attribute_acc')} | {a['li_sim']:.3f} | {_with_ci(b, 'attribute_acc')} | {b['li_sim']:.3f} |")
     lines += ["", "## Table 5: Global LoRA", "",
-              f"with {s['table5']['with_global']['both_correct']:.3f}, without {s['table5']['without_global']['both_correct']:.3f}"
+              f"with {_with_ci(s['table5']['with_global'], 'both_correct')}, without {_with_ci(s['table5']['without_global'], 'both_correct')}"
               " (both-correct)", "", "## Table 1: end to end (attribute accuracy)", "", "| base | top-1 | top-2 | top-3 |",
               "|---|---|---|---|",
               "| " + " | ".join(f"{s['table1'][k]['attribute_acc']:.3f}" for k in ("base", "top1", "top2", "top3")) + " |",
               "", f"## Figure 4: intra − inter concept cosine gap {s['fig4']['gap']:.3f} (held-out only {s['fig4']['gap_heldout']:.3f})",
-              "", f"## Evaluator on clean renders: {s['evaluator']}", ""]
+              "", f"## Evaluator on clean renders: {s['evaluator']}", "", "## Build gates, measured on this bundle", ""]
+    for name, values in s["gates"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{key} {value}" for key, value in values.items()))
+    lines.append("")
     return "\n".join(lines)

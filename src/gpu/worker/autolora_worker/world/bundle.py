@@ -1,7 +1,8 @@
 """Where the embedded default lives: the committed proving-ground bundle and the layout inside it.
 
 bundle/
-  manifest.json          versions, sha256 of every file, build settings and timings
+  manifest.json          versions, sha256 of every file, build settings, timings and the build gates' values
+  README.md              the build gates, each with its bound, measured value and verdict
   model/                 the trained proving-ground base model (load_backbone('proving-ground', bundle/model))
   pool/pool.json         one record per LoRA: file, format, concept, kind, rank, layers, split, previews
   pool/*.safetensors     the LoRA pool, in a mix of community file formats
@@ -39,6 +40,7 @@ class BundlePaths:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.manifest = self.root / "manifest.json"
+        self.readme = self.root / "README.md"
         self.model = self.root / "model"
         self.pool = self.root / "pool"
         self.pool_index = self.pool / "pool.json"

@@ -8,10 +8,12 @@ import sys
 
 def build_command(args) -> int:
     from .build import build_world
+    from .gates import WorldGateError
 
     try:
-        out = build_world(args.preset, out=args.out, work=args.work, device=args.device, resume=args.resume)
-    except (ValueError, FileNotFoundError) as error:
+        out = build_world(args.preset, out=args.out, work=args.work, device=args.device, resume=args.resume,
+                          below_gates=args.below_gates)
+    except (ValueError, FileNotFoundError, WorldGateError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"bundle": str(out)}))
@@ -23,7 +25,8 @@ def bench_command(args) -> int:
 
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     try:
-        report = run_world_bench(args.bundle, fast=args.fast, out_dir=args.out, device=args.device, progress=progress)
+        report = run_world_bench(args.bundle, fast=args.fast, out_dir=args.out, device=args.device, progress=progress,
+                                 gallery=args.gallery)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -45,6 +48,8 @@ def add_world_commands(commands, bench_kinds) -> None:
     build.add_argument("--work", default="build/world", help="work folder with checkpoints and stage markers")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build from its work folder")
     build.add_argument("--device", default="cpu")
+    build.add_argument("--below-gates", action="store_true",
+                       help="publish the bundle even if it misses build gates (each is recorded in its manifest and README)")
     build.set_defaults(run=build_command)
 
     bench = bench_kinds.add_parser("world", help="the paper's tables on the proving-ground bundle")
@@ -53,4 +58,6 @@ def add_world_commands(commands, bench_kinds) -> None:
     bench.add_argument("--bundle", default=None, help="bundle folder (default: the embedded bundle/ folder)")
     bench.add_argument("--out", default="reports/world", help="folder for bench-world.json/.md and the heatmap")
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--gallery", default=None,
+                       help="also draw the gallery PNG here: held-out prompts × base, each LoRA, direct, gated")
     bench.set_defaults(run=bench_command)

@@ -40,6 +40,22 @@ MARGIN = 0.02  # keeps anti-aliased edges and the neon glow's core inside the fr
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where, how large and how turned a scene's shape is: the nuisance factors of a render."""
+    centred: bool
+    size_range: tuple[float, float]
+    max_rotation: float
+
+
+# The evaluator learns to judge shapes anywhere, at any size and pose.
+VARIED = Layout(centred=False, size_range=SIZE_RANGE, max_rotation=MAX_ROTATION)
+# What the world's model learns to draw: one upright shape in the middle, at a narrow range of sizes. Layout is not
+# what the proving ground tests, and a tiny model that must also place its shape spends its capacity there: at equal
+# budget a base on centred scenes drew its shapes recognisably 1.00 of the time, on varied ones 0.4-0.6.
+CENTRED = Layout(centred=True, size_range=(0.62, 0.78), max_rotation=0.0)
+
+
+@dataclass(frozen=True)
 class Scene:
     shape: str
     style: str
@@ -61,15 +77,18 @@ class Scene:
 
 
 def random_scene(rng: np.random.Generator, shapes: tuple[str, ...] = SHAPES, styles: tuple[str, ...] = STYLES,
-                 colours: tuple[str, ...] = tuple(COLOURS)) -> Scene:
-    """A scene drawn uniformly from the given attributes, with random size, position, rotation and background."""
+                 colours: tuple[str, ...] = tuple(COLOURS), layout: Layout = VARIED) -> Scene:
+    """A scene drawn uniformly from the given attributes, with random size, position, rotation and background
+    within `layout`. The random draws are the same whatever the layout, so one stream serves both."""
     shape = shapes[int(rng.integers(len(shapes)))]
     style = styles[int(rng.integers(len(styles)))]
     colour = colours[int(rng.integers(len(colours)))]
-    size = float(rng.uniform(*SIZE_RANGE))
+    size = float(rng.uniform(*layout.size_range))
     low, high = size / 2 + MARGIN, 1 - size / 2 - MARGIN
     cx, cy = (float(v) for v in rng.uniform(low, high, size=2))
-    rotation = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
+    if layout.centred:
+        cx = cy = 0.5
+    rotation = float(rng.uniform(-layout.max_rotation, layout.max_rotation))
     # Grey from dark to light with a faint tint (at most ~13/255 per channel): never a named hue.
     lightness = rng.uniform(0.3, 0.85)
     tint = np.clip(rng.normal(0.0, 0.025, size=3), -0.05, 0.05)

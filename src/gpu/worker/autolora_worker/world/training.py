@@ -1,4 +1,5 @@
-"""The proving ground's three trainers, plain functions taking the backbone: the base model, one LoRA, the gates.
+"""The proving ground's trainers, plain functions: the autoencoder, and, taking the backbone, the base model, one
+LoRA, the gates.
 
 Each draws its data from a caller's sampler `draw(rng, batch) -> (images (B, 3, 64, 64) in [-1, 1], captions)`,
 minimises the flow-matching loss (`flow.py`) and runs through `training_loop.run_loop`, so every one is
@@ -8,6 +9,7 @@ deterministic for a seed, checkpoints atomically and resumes bit-exactly (flow.p
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..autoencoder import AutoencoderConfig, ConvAutoencoder
 from ..fusion import FusionOptions, FusionSession, GateBank, fused_layers
 from ..fusion.layer import FusedLinear, LayerPlan
 from ..lora.canonical import CanonicalLora, LoraLayer
@@ -28,6 +31,54 @@ Draw = Callable[[np.random.Generator, int], tuple[torch.Tensor, list[str]]]
 DrawPair = Callable[[np.random.Generator, int],
                     tuple[CanonicalLora, CanonicalLora, torch.Tensor, list[str], list[str]]]
 History = dict[str, list[float]]
+
+
+DrawImages = Callable[[np.random.Generator, int], torch.Tensor]
+
+
+def _detail_energy(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H/4, W/4): the mean absolute deviation of each pixel from its 3×3 neighbourhood, per
+    4×4 cell: how much fine texture (grain, dots, block edges) the cell holds, wherever exactly it lies. Absolute,
+    not squared: a squared energy has no gradient where a decoder paints no detail at all, which is where it starts."""
+    detail = images - F.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
+    return F.avg_pool2d(detail.abs(), 4)
+
+
+def train_autoencoder(config: AutoencoderConfig, draw: DrawImages, *, steps: int, batch: int, lr: float, seed: int,
+                      latent_noise: float = 0.05, texture_weight: float = 0.0, checkpoint_dir: str | Path | None = None, resume: bool = False,
+                      progress: Progress | None = print, log_every: int = 100, calibration: int = 256) -> tuple[ConvAutoencoder, History]:
+    """Train a fresh autoencoder to reconstruct the sampler's images (L1 + MSE). A little Gaussian noise is added to
+    each latent before decoding, so the decoder tolerates the small errors a denoiser leaves in what it draws, and
+    a weak pull keeps the latents near unit scale. `texture_weight` adds a term that matches the high-frequency
+    energy of each 4×4 cell (image minus its 3×3 local mean, absolute): L1/MSE alone teach a decoder to paint the
+    mean of unpredictable detail such as film grain, i.e. none at all. Returns it frozen, with `config.scale` set to the standard
+    deviation of its latents over `calibration` fresh images, so the transformer sees unit-scale tokens."""
+    torch.manual_seed(seed)
+    autoencoder = ConvAutoencoder(config)
+    params = dict(autoencoder.named_parameters())
+
+    def step_loss(step: int, random: StepRandom) -> dict[str, torch.Tensor]:
+        images = draw(random.data, batch)
+        latents = autoencoder.encode(images)  # (B, C, 16, 16)
+        noisy = latents + latent_noise * torch.randn(latents.shape, generator=random.torch)
+        reconstruction = autoencoder.decode(noisy)
+        l1, mse = F.l1_loss(reconstruction, images), F.mse_loss(reconstruction, images)
+        scale = (latents.pow(2).mean() - 1.0).abs()
+        texture = F.l1_loss(_detail_energy(reconstruction), _detail_energy(images))
+        return {"loss": l1 + mse + texture_weight * texture + 1e-3 * scale, "l1": l1, "mse": mse, "texture": texture}
+
+    settings = LoopSettings(
+        name="autoencoder", steps=steps, lr=lr, seed=seed, warmup=max(1, steps // 30), weight_decay=0.0, clip=1.0,
+        checkpoint_dir=_path(checkpoint_dir), checkpoint_every=100, resume=resume, progress=progress,
+        log_every=log_every, lr_floor=0.05, fingerprint={"batch": batch, "latent_noise": latent_noise, "texture_weight": texture_weight, **vars(config)})
+    autoencoder.train()
+    history = run_loop(params, step_loss, settings)
+    autoencoder.eval().requires_grad_(False)
+    with torch.no_grad():
+        spread = float(autoencoder.encode(draw(np.random.default_rng([seed, 0x5CA1E]), calibration)).std())
+    calibrated = ConvAutoencoder(replace(config, scale=round(spread, 4)))
+    calibrated.load_state_dict(autoencoder.state_dict())
+    return calibrated.eval().requires_grad_(False), history
 
 
 def train_base(backbone: ProvingGroundBackbone, draw: Draw, *, steps: int, batch: int, lr: float, seed: int,
