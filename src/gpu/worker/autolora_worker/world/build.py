@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -68,6 +69,7 @@ class WorldConfig:
     style_lora_steps: int = 200
     lora_batch: int = 8
     lora_lr: float = 1e-2
+    pool_workers: int = 2  # processes training LoRAs side by side on a CPU (1: in the build's own process)
     encoder_steps: int = 1500
     encoder_batch: int = 16
     gate_steps: int = 300
@@ -280,31 +282,55 @@ class WorldBuild:
         return load_backbone("proving-ground", self.paths.model, self.device, dtype=torch.float32)
 
     def build_pool(self) -> dict:
+        """Every planned LoRA into pool/, each written atomically (a resumed build trains only what is missing). On a
+        CPU the LoRAs train in `pool_workers` processes of one thread each, side by side: a LoRA's matmuls are too
+        small for one process to keep several threads busy."""
+        c = self.config
+        self.paths.pool.mkdir(parents=True, exist_ok=True)
+        for leftover in self.paths.pool.glob("*.partial"):
+            leftover.unlink()  # a file an interrupted run was writing
+        todo = [lora for lora in self.plan.loras if not (self.paths.pool / f"{lora.id}.safetensors").exists()]
+        started, done = time.monotonic(), 0
+
+        def report(lora) -> None:
+            nonlocal done
+            done += 1
+            each = (time.monotonic() - started) / done
+            self.progress(f"[world] pool: {len(self.plan.loras) - len(todo) + done}/{len(self.plan.loras)} {lora.id} "
+                          f"(rank {lora.rank}, {lora.subset}, {lora.format}); {each:.1f} s/LoRA, ETA {each * (len(todo) - done):.0f} s")
+
+        if c.pool_workers > 1 and self.device == "cpu" and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(c.pool_workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_pool_worker_start, initargs=(c, str(self.work))) as workers:
+                running = {workers.submit(_pool_worker_train, lora.id): lora for lora in todo}
+                for finished in as_completed(running):
+                    finished.result()  # a failed LoRA stops the stage; what was written stays for --resume
+                    report(running[finished])
+        else:
+            backbone = self.load_base()
+            for lora in todo:
+                self.train_pool_lora(backbone, lora)
+                report(lora)
+        return {"pool_size": len(self.plan.loras), "heldout": len(self.plan.split("heldout"))}
+
+    def train_pool_lora(self, backbone, lora) -> None:
         from .training import train_lora
 
         c = self.config
-        backbone = self.load_base()
-        modules = list(gate_dims(backbone.transformer))
-        self.paths.pool.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        for index, lora in enumerate(self.plan.loras):
-            target = self.paths.pool / f"{lora.id}.safetensors"
-            if target.exists():
-                continue
-            shapes, styles = concept_scenes(lora.trained_on)
-            steps = c.style_lora_steps if "style" in lora.trained_on else c.lora_steps
-            layers = train_lora(backbone, scene_sampler(shapes, styles), modules=subset_modules(modules, lora.subset),
-                                rank=lora.rank, alpha=float(lora.rank), steps=max(1, round(steps * lora.steps_factor)),
-                                batch=c.lora_batch, lr=c.lora_lr, seed=lora.seed, progress=lambda line: None)
-            half = {name: LoraLayer(layer.down.half(), layer.up.half(), layer.scale) for name, layer in layers.items()}
-            partial = target.with_suffix(".partial")
-            write_lora_file(half, partial, lora.format, metadata={"autolora_world_id": lora.id})
-            partial.rename(target)
-            elapsed = time.monotonic() - started
-            done = index + 1
-            self.progress(f"[world] pool: {done}/{len(self.plan.loras)} {lora.id} (rank {lora.rank}, {lora.subset}, "
-                          f"{lora.format}); {elapsed / done:.1f} s/LoRA, ETA {elapsed / done * (len(self.plan.loras) - done):.0f} s")
-        return {"pool_size": len(self.plan.loras), "heldout": len(self.plan.split("heldout"))}
+        target = self.paths.pool / f"{lora.id}.safetensors"
+        shapes, styles = concept_scenes(lora.trained_on)
+        steps = c.style_lora_steps if "style" in lora.trained_on else c.lora_steps
+        modules = subset_modules(list(gate_dims(backbone.transformer)), lora.subset)
+        layers = train_lora(backbone, scene_sampler(shapes, styles), modules=modules, rank=lora.rank,
+                            alpha=float(lora.rank), steps=max(1, round(steps * lora.steps_factor)), batch=c.lora_batch,
+                            lr=c.lora_lr, seed=lora.seed, progress=lambda line: None)
+        half = {name: LoraLayer(layer.down.half(), layer.up.half(), layer.scale) for name, layer in layers.items()}
+        partial = target.with_suffix(f".{os.getpid()}.partial")
+        write_lora_file(half, partial, lora.format, metadata={"autolora_world_id": lora.id})
+        partial.rename(target)
 
     def build_previews(self) -> dict:
         c = self.config
@@ -522,6 +548,22 @@ def _gate_version(path: Path) -> str | None:
 
 def _folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+# The pool stage's worker processes: each loads the base once and trains the LoRAs it is handed, on one thread.
+_POOL_WORKER: dict = {}
+
+
+def _pool_worker_start(config: WorldConfig, work: str) -> None:
+    torch.set_num_threads(1)
+    build = WorldBuild(config, Path(work) / "unused-out", Path(work), "cpu", progress=lambda line: None)
+    _POOL_WORKER.update(build=build, backbone=build.load_base())
+
+
+def _pool_worker_train(lora_id: str) -> str:
+    build = _POOL_WORKER["build"]
+    build.train_pool_lora(_POOL_WORKER["backbone"], build.plan.by_id(lora_id))
+    return lora_id
 
 
 def build_world(preset: str = "full", out: str | Path | None = None, work: str | Path = "build/world",
