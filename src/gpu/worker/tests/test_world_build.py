@@ -167,6 +167,10 @@ def test_world_bench_fast_runs_every_table(ci_bundle, tmp_path, capsys):
     assert "both_correct_ci" in summary["table5"]["without_global"]
     low, high = summary["table2_gated_minus_direct"]["both_correct_ci"]
     assert -1.0 <= low <= summary["table2_gated_minus_direct"]["both_correct"] <= high <= 1.0
+    # Every pair of Table 2 is listed with each method's score, so a win or a loss can be traced to its LoRAs.
+    assert len(report["table2_detail"]) == report["table5_pairs"] > 0
+    for pair in report["table2_detail"]:
+        assert set(summary["table2"]) <= set(pair["both_correct"]) and pair["object"] != pair["style"]
     assert (tmp_path / "bench-world.md").exists() and (tmp_path / "fig4-heatmap.png").exists()
     from PIL import Image
 
@@ -186,3 +190,28 @@ def test_demo_on_a_bundle_retrieves_and_fuses(ci_bundle, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("retrieved ") == 2 and "the evaluator sees" in printed
     assert (tmp_path / "grid-none.png").exists() and (tmp_path / "grid-gated.png").exists()
+
+
+def test_gate_study_compares_variants_with_direct_on_the_same_pairs(ci_bundle, tmp_path, capsys):
+    out, _ = ci_bundle
+    assert main(["bench", "gate-study", "--bundle", str(out), "--variants", "open-init,composed", "--pairs", "1",
+                 "--steps", "2", "--sample-steps", "2", "--out", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    table = report["table"]
+    assert list(table) == ["none", "direct", "bundle gates", "open-init", "composed"]
+    assert table["direct"]["minus_direct"] == 0.0  # a row's paired difference with itself
+    for name, row in table.items():
+        low, high = row["both_correct_ci"]
+        assert 0.0 <= low <= row["both_correct"] <= high <= 1.0, name
+    assert table["open-init"]["last_mse"] is not None and table["open-init"]["variant"]["init"] == "open"
+    assert [pair["prompt"] for pair in report["detail"]] and (tmp_path / "gate-study.md").exists()
+    # The same bundle gives the same pairs and prompts: variants are never judged on pairs picked after a look.
+    from autolora_worker.world.gate_study import held_out_pairs
+
+    records = json.loads(BundlePaths(out).pool_index.read_text())["loras"]
+    assert [p for *_, p in held_out_pairs(records, 1)] == [pair["prompt"] for pair in report["detail"]]
+
+
+def test_gate_study_refuses_an_unknown_variant(ci_bundle, capsys):
+    assert main(["bench", "gate-study", "--bundle", str(ci_bundle[0]), "--variants", "magic", "--out", ""]) == 2
+    assert "unknown gate variant(s) magic" in capsys.readouterr().err

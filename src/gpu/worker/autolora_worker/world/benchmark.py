@@ -149,6 +149,7 @@ def _pairs(world: World, count: int, rng: np.random.Generator) -> list[tuple[dic
 def bench_table2(world: World, settings: BenchSettings, rng: np.random.Generator, progress) -> tuple[dict, dict]:
     pairs = _pairs(world, settings.table2_pairs, rng)
     scores = {m: {"shape": [], "style": [], "both": []} for m in (*METHODS, "gated-no-global")}  # per pair: a list
+    detail = []  # per pair, for finding out why one method wins or loses (which concepts, which LoRAs)
     for number, (obj, sty) in enumerate(pairs):
         shape, style = obj["truth"]["shape"], sty["truth"]["style"]
         prompt = prompt_for(shape=shape, style=style, rng=rng, held_out_template=True)
@@ -162,6 +163,8 @@ def bench_table2(world: World, settings: BenchSettings, rng: np.random.Generator
             scores[method]["shape"].append([got == shape for got in predicted["shape"]])
             scores[method]["style"].append([got == style for got in predicted["style"]])
             scores[method]["both"].append([a == shape and b == style for a, b in zip(predicted["shape"], predicted["style"])])
+        detail.append({"object": obj["id"], "style": sty["id"], "prompt": prompt,
+                       "both_correct": {m: _mean(s["both"][-1]) for m, s in scores.items()}})
         progress(f"[bench] table2 pair {number + 1}/{len(pairs)}: {prompt!r}")
     intervals = np.random.default_rng(7)
     table2 = {m: {"shape_acc": _mean(_flat(s["shape"])), "style_acc": _mean(_flat(s["style"])),
@@ -175,7 +178,7 @@ def bench_table2(world: World, settings: BenchSettings, rng: np.random.Generator
     without = scores["gated-no-global"]["both"]
     table5 |= {"with_global": {"both_correct": table2["gated"]["both_correct"], "both_correct_ci": table2["gated"]["both_correct_ci"]},
               "without_global": {"both_correct": _mean(_flat(without)), "both_correct_ci": _bootstrap(without, intervals)},
-              "pairs": len(pairs)}
+              "pairs": len(pairs), "detail": detail}
     return table2, table5
 
 
@@ -394,7 +397,7 @@ def run_world_bench(bundle: str | Path | None = None, fast: bool = False, out_di
         "bundle": str(root), "versions": world.manifest.get("versions"), "fast": fast, "device": device,
         "settings": settings.__dict__ | {"seeds": list(settings.seeds)},
         "pool": {"loras": len(world.records), "heldout": sum(r["split"] == "heldout" for r in world.records)},
-        "retrieval_detail": {k: retrieval[k] for k in ("queries", "candidates")}, "table5_pairs": table5["pairs"],
+        "retrieval_detail": {k: retrieval[k] for k in ("queries", "candidates")}, "table5_pairs": table5["pairs"], "table2_detail": table5["detail"],
         "fig4_detail": fig4, "seconds": round(time.monotonic() - started, 1), "summary": summary,
     }
     if gallery is not None:

@@ -39,6 +39,29 @@ def bench_command(args) -> int:
     return 0
 
 
+def gate_study_command(args) -> int:
+    from .gate_study import VARIANTS, markdown, run_gate_study, write_report
+
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    try:
+        report = run_gate_study(args.bundle or _default_bundle(), variants=variants, pairs=args.pairs,
+                                steps=args.steps, sample_steps=args.sample_steps, device=args.device, progress=progress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.out:
+        write_report(report, args.out)
+    print(json.dumps(report) if args.json else markdown(report))
+    return 0
+
+
+def _default_bundle():
+    from .bundle import default_bundle_dir
+
+    return default_bundle_dir()
+
+
 def add_world_commands(commands, bench_kinds) -> None:
     world = commands.add_parser("world", help="the proving ground: build its bundle")
     world_kinds = world.add_subparsers(dest="world", required=True)
@@ -61,3 +84,14 @@ def add_world_commands(commands, bench_kinds) -> None:
     bench.add_argument("--gallery", default=None,
                        help="also draw the gallery PNG here: held-out prompts × base, each LoRA, direct, gated")
     bench.set_defaults(run=bench_command)
+
+    study = bench_kinds.add_parser("gate-study", help="gate variants (eq. 10 pairs, hinge, init) side by side on held-out pairs")
+    study.add_argument("--bundle", default=None, help="bundle folder (default: the embedded bundle/ folder)")
+    study.add_argument("--variants", default=None, help="comma-separated subset of the variants (default: all)")
+    study.add_argument("--pairs", type=int, default=24, help="held-out object + style pairs, 4 seeds each")
+    study.add_argument("--steps", type=int, default=300, help="gate training steps per variant")
+    study.add_argument("--sample-steps", type=int, default=20, help="sampling steps per image")
+    study.add_argument("--out", default="reports/world", help="folder for gate-study.json/.md ('' to skip)")
+    study.add_argument("--device", default="cpu")
+    study.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    study.set_defaults(run=gate_study_command)
