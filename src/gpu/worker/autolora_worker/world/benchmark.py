@@ -312,17 +312,21 @@ def bench_gallery(world: World, settings: BenchSettings, path: Path, rows: int =
     pairs = _pairs(world, rows, np.random.default_rng(seed))
     cell, label, heading = 128, 28, 18
     width = cell * len(GALLERY_COLUMNS)
-    canvas = Image.new("RGB", (width, heading + len(pairs) * (heading + cell + label)), "white")
+    header = 2 * heading  # the column names, then how to read the verdicts
+    canvas = Image.new("RGB", (width, header + len(pairs) * (heading + cell + label)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=11)
     for column, name in enumerate(GALLERY_COLUMNS):
         draw.text((column * cell + 4, 3), name, fill="black", font=font)
+    draw.text((4, heading + 3), "under each image, the evaluator's shape and style: + as asked, x not as asked",
+              fill="dimgray", font=font)
     rng = np.random.default_rng(seed + 1)
     for row, (obj, sty) in enumerate(pairs):
         shape, style = obj["truth"]["shape"], sty["truth"]["style"]
         prompt = prompt_for(shape=shape, style=style, rng=rng, held_out_template=True)
-        top = heading + row * (heading + cell + label)
+        top = header + row * (heading + cell + label)
         draw.text((4, top + 3), prompt, fill="black", font=font)
+        draw.text((width - 4, top + 3), f"{obj['id']} + {sty['id']}", fill="dimgray", font=font, anchor="ra")
         pair = [world.loras[obj["id"]], world.loras[sty["id"]]]
         runs = (("none", []), ("direct", pair[:1]), ("direct", pair[1:]), ("direct", pair), ("gated", pair))
         for column, (strategy, loras) in enumerate(runs):
@@ -331,7 +335,8 @@ def bench_gallery(world: World, settings: BenchSettings, path: Path, rows: int =
             labels = world.evaluator.predict(image)
             got_shape, got_style = labels["shape"][0], labels["style"][0]
             canvas.paste(Image.fromarray(image[0]).resize((cell, cell), Image.NEAREST), (column * cell, top + heading))
-            verdict = f"{'✓' if got_shape == shape else '✗'} {got_shape} {'✓' if got_style == style else '✗'} {got_style}"
+            # "+" right, "x" wrong (Pillow's built-in font has no check marks)
+            verdict = f"{'+' if got_shape == shape else 'x'}{got_shape} {'+' if got_style == style else 'x'}{got_style}"
             colour = "darkgreen" if got_shape == shape and got_style == style else "firebrick"
             draw.text((column * cell + 4, top + heading + cell + 6), verdict, fill=colour, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
