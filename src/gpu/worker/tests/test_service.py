@@ -27,17 +27,29 @@ from conftest import modules_matching, random_lora
 TOKEN = "test-token-" + "x" * 20
 REQUEST_TIMEOUT_S = 1
 WORKER_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = WORKER_ROOT.parents[2] / "bundle"  # the committed proving-ground bundle: its LoRA encoder serves /embed
+BUNDLE = WORKER_ROOT.parents[2] / "bundle"  # the committed proving-ground bundle
+RANDOM_ENCODER = "enc-random-model"  # the version of the encoder the worker below serves /embed with
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory):
+def encoder_dir(tmp_path_factory):
+    # An (untrained) LoRA encoder for the seeded random model: the bundle's encoder reads the bundle model's layers,
+    # whose shapes differ (a latent world), and a worker refuses an encoder that does not fit its model.
+    from autolora_worker.encoder import LoraEncoder, layer_table, save_encoder
+
+    folder = tmp_path_factory.mktemp("encoder")
+    save_encoder(LoraEncoder(layer_table(random_proving_ground().transformer), seed=0), folder, RANDOM_ENCODER)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, encoder_dir):
     # No bundle: the worker serves the seeded random model the LoRA fixture below is shaped for.
     env = {**os.environ, "AUTOLORA_WORKER_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "AUTOLORA_BUNDLE": str(tmp_path_factory.mktemp("no-bundle") / "missing")}
     # Small limits, so that the tests of them are quick: LoRA files up to 1 MiB, 1 s to send a request.
     process = subprocess.Popen([sys.executable, "-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu",
-                                "--encoder", str(BUNDLE / "encoder"), "--max-lora-mb", "1",
+                                "--encoder", str(encoder_dir), "--max-lora-mb", "1",
                                 "--request-timeout-s", str(REQUEST_TIMEOUT_S)],
                                cwd=WORKER_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
@@ -311,7 +323,16 @@ def test_reload_gates_swaps_them_without_a_restart_and_refuses_a_bad_file(worker
 def test_reload_encoder_swaps_it_and_refuses_a_folder_that_does_not_fit(worker, tmp_path):
     url, _ = worker
     before = json.load(call(url, "/health")[1])["encoder_version"]
-    assert before == json.loads((BUNDLE / "encoder" / "encoder.json").read_text())["version"]
+    assert before == RANDOM_ENCODER
     status, response = call(url, "/reload-encoder", {"path": str(tmp_path / "missing")})
     assert status == 422 and json.load(response)["error"]["code"] == "invalid-encoder"
     assert json.load(call(url, "/health")[1])["encoder_version"] == before
+    # The bundle's encoder reads the latent world's layers: it does not fit this worker's model, and is refused.
+    status, response = call(url, "/reload-encoder", {"path": str(BUNDLE / "encoder")})
+    assert status == 422 and json.load(response)["error"]["code"] == "invalid-encoder"
+    assert json.load(call(url, "/health")[1])["encoder_version"] == before
+    from autolora_worker.encoder import LoraEncoder, layer_table, save_encoder
+
+    save_encoder(LoraEncoder(layer_table(random_proving_ground().transformer), seed=1), tmp_path / "next", "enc-next")
+    status, response = call(url, "/reload-encoder", {"path": str(tmp_path / "next")})
+    assert status == 200 and json.load(call(url, "/health")[1])["encoder_version"] == "enc-next"

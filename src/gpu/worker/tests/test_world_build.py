@@ -11,7 +11,7 @@ import torch
 
 from autolora_worker.__main__ import main
 from autolora_worker.lora.formats import FORMATS, read_lora_file
-from autolora_worker.world.build import build_world, bundle_readme
+from autolora_worker.world.build import PRESETS, build_world, bundle_readme
 from autolora_worker.world.bundle import BundlePaths, default_bundle_dir
 from autolora_worker.world.gates import GATE_NAMES, WorldGateError, check
 from autolora_worker.world.pool import OBJECT_CONCEPTS, STYLE_CONCEPTS, plan_pool
@@ -46,6 +46,10 @@ def test_pool_plan_has_the_issue_s_shape():
         assert splits["train"] >= 1 and splits["heldout"] >= 1, concept
     assert plan_pool(seed=0) == plan  # a pure function of the seed
     assert plan_pool(seed=1) != plan
+    # The full build's smaller pool (the committed bundle's) still holds every community format.
+    full = PRESETS["full"]
+    built = plan_pool(seed=full.seed, variants_per_concept=full.variants_per_concept, odd_ones=full.odd_ones)
+    assert {lora.format for lora in built.loras} == set(FORMATS)
 
 
 @pytest.fixture(scope="module")

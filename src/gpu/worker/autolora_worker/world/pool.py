@@ -42,14 +42,14 @@ FORMATS_FOR_SUBSET = {
 }
 # A fused tensor holds our separately trained q, k, v (and proj_mlp) factors block-diagonally, so its up matrix is
 # mostly zeros: a rank-8 double-block LoRA is 300 kB fused and 227 kB per module, a rank-32 attention LoRA 985 kB
-# in XLabs and 546 kB in diffusers. Only the rank-2 "all" and "attention" LoRAs cycle through all five formats; the
-# rest are written in the per-module layouts (diffusers, kohya's per-module names). That keeps the 160-LoRA pool at
-# ~24 MB instead of ~29 MB, and the bundle under its 40 MB cap.
+# in XLabs and 546 kB in diffusers. Only the rank-2 LoRAs cycle through all five formats; the rest are written in
+# the per-module layouts (diffusers, kohya's per-module names). That keeps the pool small enough for the bundle's
+# 40 MB cap, and a pool of six variants per concept (the full build's) still holds every format.
 PER_MODULE_FORMATS_FOR_SUBSET = {"all": ("diffusers",), "attention": ("diffusers", "kohya"), "double": ("diffusers",)}
 
 
 def per_module_layout(rank: int, subset: str) -> bool:
-    return rank >= 4 or subset == "double"
+    return rank >= 4
 
 
 def subset_modules(module_names: list[str], subset: str) -> list[str]:
