@@ -210,10 +210,10 @@ def test_gate_study_compares_variants_with_direct_on_the_same_pairs(ci_bundle, t
     assert table["open-init"]["last_mse"] is not None and table["open-init"]["variant"]["init"] == "open"
     assert [pair["prompt"] for pair in report["detail"]] and (tmp_path / "gate-study.md").exists()
     # The same bundle gives the same pairs and prompts: variants are never judged on pairs picked after a look.
-    from autolora_worker.world.gate_study import held_out_pairs
+    from autolora_worker.world.gate_study import study_pairs
 
     records = json.loads(BundlePaths(out).pool_index.read_text())["loras"]
-    assert [p for *_, p in held_out_pairs(records, 1)] == [pair["prompt"] for pair in report["detail"]]
+    assert [p for *_, p in study_pairs(records, 1)] == [pair["prompt"] for pair in report["detail"]]
 
 
 def test_gate_study_refuses_an_unknown_variant(ci_bundle, capsys):

@@ -133,12 +133,10 @@ def bench_retrieval(world: World, settings: BenchSettings, rng: np.random.Genera
     return result
 
 
-def _held_out(world: World, kind: str) -> list[dict]:
-    return [r for r in world.records if r["split"] == "heldout" and r["kind"] == kind]
-
-
-def _pairs(world: World, count: int, rng: np.random.Generator) -> list[tuple[dict, dict]]:
-    objects, styles = _held_out(world, "object"), _held_out(world, "style")
+def held_out_pairs(records: list[dict], count: int, rng: np.random.Generator) -> list[tuple[dict, dict]]:
+    """`count` distinct (object, style) pairs of held-out LoRAs, drawn without replacement."""
+    objects = [r for r in records if r["split"] == "heldout" and r["kind"] == "object"]
+    styles = [r for r in records if r["split"] == "heldout" and r["kind"] == "style"]
     every = [(o, s) for o in objects for s in styles]
     if not every:
         return []
@@ -147,7 +145,7 @@ def _pairs(world: World, count: int, rng: np.random.Generator) -> list[tuple[dic
 
 
 def bench_table2(world: World, settings: BenchSettings, rng: np.random.Generator, progress) -> tuple[dict, dict]:
-    pairs = _pairs(world, settings.table2_pairs, rng)
+    pairs = held_out_pairs(world.records, settings.table2_pairs, rng)
     scores = {m: {"shape": [], "style": [], "both": []} for m in (*METHODS, "gated-no-global")}  # per pair: a list
     detail = []  # per pair, for finding out why one method wins or loses (which concepts, which LoRAs)
     for number, (obj, sty) in enumerate(pairs):
@@ -187,7 +185,7 @@ def bench_table34(world: World, settings: BenchSettings, rng: np.random.Generato
     result = {}
     for k in (2, 3):
         scores = {m: {"attr": [], "sim": []} for m in METHODS}
-        pairs = _pairs(world, settings.table34_sets, rng)
+        pairs = held_out_pairs(world.records, settings.table34_sets, rng)
         for number, (obj, sty) in enumerate(pairs):
             chosen = [obj, sty]
             if k == 3:
@@ -309,7 +307,7 @@ def bench_gallery(world: World, settings: BenchSettings, path: Path, rows: int =
     in columns (one fixed seed), with the prompt above each row and the evaluator's verdict under each image."""
     from PIL import Image, ImageDraw, ImageFont
 
-    pairs = _pairs(world, rows, np.random.default_rng(seed))
+    pairs = held_out_pairs(world.records, rows, np.random.default_rng(seed))
     cell, label, heading = 128, 28, 18
     width = cell * len(GALLERY_COLUMNS)
     header = 2 * heading  # the column names, then how to read the verdicts

@@ -493,12 +493,14 @@ def bundle_readme(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gate_pair_sampler(records: list[dict], loras: dict[str, CanonicalLora]):
-    """Eq. 10's data: a target LoRA and an interfering LoRA of another concept, the target's training images
-    with their captions, and captions of the interferer's concept (for the hinge term)."""
+def gate_pair_sampler(records: list[dict], loras: dict[str, CanonicalLora], same_kind: bool = False):
+    """Eq. 10's data: a target LoRA and an interfering LoRA of another concept (with `same_kind`, of the target's
+    own kind: two objects or two styles), the target's training images with their captions, and captions of the
+    interferer's concept (for the hinge term)."""
     def draw(rng: np.random.Generator, batch: int):
         target = records[int(rng.integers(len(records)))]
-        others = [r for r in records if r["concept"] != target["concept"]]
+        others = [r for r in records if r["concept"] != target["concept"]
+                  and (not same_kind or r["kind"] == target["kind"])]
         interference = others[int(rng.integers(len(others)))] if others else target
         images, texts = scene_sampler(*concept_scenes(target["truth"]))(rng, batch)
         _, other_texts = scene_sampler(*concept_scenes(interference["truth"]))(rng, batch)

@@ -45,7 +45,7 @@ def gate_study_command(args) -> int:
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     try:
-        report = run_gate_study(args.bundle or _default_bundle(), variants=variants, pairs=args.pairs,
+        report = run_gate_study(args.bundle, variants=variants, pairs=args.pairs,
                                 steps=args.steps, sample_steps=args.sample_steps, device=args.device, progress=progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -54,12 +54,6 @@ def gate_study_command(args) -> int:
         write_report(report, args.out)
     print(json.dumps(report) if args.json else markdown(report))
     return 0
-
-
-def _default_bundle():
-    from .bundle import default_bundle_dir
-
-    return default_bundle_dir()
 
 
 def add_world_commands(commands, bench_kinds) -> None:

@@ -24,14 +24,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..fusion import GateBank, gate_dims
-from .benchmark import _bootstrap, _flat, _mean
-from .build import concept_scenes, gate_pair_sampler, scene_sampler
+from .benchmark import _bootstrap, _flat, _mean, held_out_pairs
+from .build import gate_pair_sampler, scene_sampler
 from .generate import generate
 from .render import prompt_for
 from .retrain import _loras, _world
@@ -69,18 +70,6 @@ def open_gates(gates: GateBank, seed: int, bias: float = 3.0, spread: float = 0.
     return gates
 
 
-def same_kind_sampler(records: list[dict], loras: dict):
-    """Eq. 10's data with an interferer of the target's own kind and another concept (two objects, two styles)."""
-    def draw(rng: np.random.Generator, batch: int):
-        target = records[int(rng.integers(len(records)))]
-        others = [r for r in records if r["kind"] == target["kind"] and r["concept"] != target["concept"]]
-        interference = others[int(rng.integers(len(others)))] if others else target
-        images, texts = scene_sampler(*concept_scenes(target["truth"]))(rng, batch)
-        _, other_texts = scene_sampler(*concept_scenes(interference["truth"]))(rng, batch)
-        return loras[target["id"]], loras[interference["id"]], images, texts, other_texts
-    return draw
-
-
 def composed_sampler(records: list[dict], loras: dict):
     """An object LoRA and a style LoRA with renders of the object drawn in the style, captioned with both."""
     objects = [r for r in records if r["kind"] == "object"]
@@ -96,24 +85,21 @@ def composed_sampler(records: list[dict], loras: dict):
     return draw
 
 
-SAMPLERS = {"any": gate_pair_sampler, "same-kind": same_kind_sampler, "composed": composed_sampler}
+SAMPLERS = {"any": gate_pair_sampler, "same-kind": partial(gate_pair_sampler, same_kind=True),
+            "composed": composed_sampler}
 
 
-def held_out_pairs(records: list[dict], count: int) -> list[tuple[dict, dict, str]]:
+def study_pairs(records: list[dict], count: int) -> list[tuple[dict, dict, str]]:
     """(object record, style record, prompt) for `count` held-out pairs, the same for every variant and run."""
-    objects = [r for r in records if r["split"] == "heldout" and r["kind"] == "object"]
-    styles = [r for r in records if r["split"] == "heldout" and r["kind"] == "style"]
-    every = [(o, s) for o in objects for s in styles]
-    if not every:
-        raise ValueError("the bundle has no held-out object and style LoRAs to study gates on")
     rng = np.random.default_rng(PAIR_SEED)
-    picks = rng.choice(len(every), size=min(count, len(every)), replace=False)
-    return [(every[int(i)][0], every[int(i)][1],
-             prompt_for(shape=every[int(i)][0]["truth"]["shape"], style=every[int(i)][1]["truth"]["style"], rng=rng,
-                        held_out_template=True)) for i in picks]
+    pairs = held_out_pairs(records, count, rng)
+    if not pairs:
+        raise ValueError("the bundle has no held-out object and style LoRAs to study gates on")
+    return [(obj, sty, prompt_for(shape=obj["truth"]["shape"], style=sty["truth"]["style"], rng=rng,
+                                  held_out_template=True)) for obj, sty in pairs]
 
 
-def run_gate_study(bundle: str | Path, *, variants: list[str] | None = None, pairs: int = 24, steps: int = 300,
+def run_gate_study(bundle: str | Path | None = None, *, variants: list[str] | None = None, pairs: int = 24, steps: int = 300,
                    sample_steps: int = 20, batch: int = 8, lr: float = 1e-2, seed: int = 0,
                    seeds: tuple[int, ...] = SEEDS, device: str = "cpu", progress=print) -> dict:
     from .evaluator import load_evaluator
@@ -123,12 +109,14 @@ def run_gate_study(bundle: str | Path, *, variants: list[str] | None = None, pai
     if unknown:
         raise ValueError(f"unknown gate variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     started = time.monotonic()
-    bundle = Path(bundle)
+    from .bundle import default_bundle_dir
+
+    bundle = Path(bundle) if bundle else default_bundle_dir()
     paths, backbone, records = _world(bundle, device)
     training = [r for r in records if r["split"] == "train" and r["kind"] in ("object", "style")]
     loras = _loras(bundle, [r for r in records if r["kind"] in ("object", "style")])
     evaluator = load_evaluator(paths.evaluator)
-    study = held_out_pairs(records, pairs)
+    study = study_pairs(records, pairs)
     dims = gate_dims(backbone.transformer)
 
     def judge(method: str, gates: GateBank | None) -> list[list[bool]]:
