@@ -108,6 +108,35 @@ def test_captions_have_three_lengths_paraphrase_and_name_the_attributes():
             assert "green" in caption and any(word in caption for word in SHAPE_WORDS["hexagon"]), caption
 
 
+def _names(shape: str | None = None, style: str | None = None) -> tuple[str, ...]:
+    words = () if shape is None else SHAPE_WORDS[shape]
+    return words if style is None else (*words, style, *STYLE_PRE[style], *STYLE_POST[style], *STYLE_TAG[style])
+
+
+def test_captions_never_name_an_unnamed_concept_but_still_mark_it():
+    """The base that draws every concept hears only the base ones named: a pool concept gets the same generic
+    words whatever it is, and a caption naming no style still means the flat one."""
+    rng = np.random.default_rng(4)
+    pool_concepts = frozenset({*(s for s in SHAPES if s not in BASE_SHAPES), *(s for s in STYLES if s != "flat")})
+    for shape, style in (("star", "striped"), ("hexagon", "neon"), ("square", "dotted"), ("arrow", "flat")):
+        texts = [t for _ in range(60) for t in captions(centred(shape, style), rng, unnamed=pool_concepts).values()]
+        for text in texts:
+            if shape in pool_concepts:
+                # "star shape" is a paraphrase of the star; the generic noun "shape" alone is not.
+                assert not any(word in text for word in SHAPE_WORDS[shape] if word != "shape"), text
+            if style in pool_concepts:
+                assert not any(word in text for word in _names(style=style)), text
+                assert any(word in text for word in ("patterned", "textured", "with a pattern", "with a texture")), text
+        if shape not in pool_concepts:
+            assert sum(any(word in text for word in SHAPE_WORDS[shape]) for text in texts) > len(texts) * 0.8
+    # Style words are generic: a striped and a dotted scene draw their words from the same set.
+    words = lambda style: {t for _ in range(80) for t in captions(centred("circle", style), np.random.default_rng(5),
+                                                                   unnamed=pool_concepts).values()}
+    assert words("striped") == words("dotted")
+    with pytest.raises(ValueError, match="unknown shapes or styles"):
+        captions(centred("circle", "flat"), rng, unnamed=frozenset({"cubist"}))
+
+
 def test_prompts_name_what_is_given_and_nothing_else():
     assert prompt_for("hexagon", "striped") == "a hexagon in striped style"
     assert prompt_for("arrow", "outlined", "orange") == "an orange arrow in outlined style"
@@ -170,6 +199,23 @@ def test_evaluator_training_lowers_the_loss_and_round_trips(tmp_path):
     assert loaded.predict(images) == evaluator.predict(images)
     assert torch.equal(loaded.features(images), evaluator.features(images))
     assert loaded.accuracy == accuracy and loaded.train_record["steps"] == 30
+
+
+def test_the_evaluator_can_learn_from_the_decoders_hand_as_well():
+    """A share of each batch goes through the world's autoencoder (here a stand-in that blurs); the rest stays clean."""
+    seen = []
+
+    def blur(images: torch.Tensor) -> torch.Tensor:
+        seen.append(images.shape[0])
+        return torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)
+
+    evaluator = train_evaluator(seed=0, steps=4, batch=8, width=8, progress=lambda message: None, round_trip=blur,
+                                round_trip_share=0.25)
+    assert seen == [2, 2, 2, 2] and evaluator.train_record["round_trip_share"] == 0.25
+    assert train_evaluator(seed=0, steps=1, batch=4, width=8, progress=lambda m: None).train_record[
+        "round_trip_share"] == 0.0
+    with pytest.raises(ValueError, match="round_trip_share must be in"):
+        train_evaluator(seed=0, steps=1, batch=4, width=8, round_trip=blur, round_trip_share=1.5)
 
 
 def test_loading_a_folder_that_is_not_an_evaluator_fails_in_one_line(tmp_path):

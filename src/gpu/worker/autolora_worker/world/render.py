@@ -9,7 +9,7 @@ A scene renders deterministically from its fields; all texture randomness comes 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Callable
 
@@ -415,6 +415,11 @@ STYLE_TAG = {
     "neon": ("neon glow", "neon sign look"), "wavy": ("wavy pattern", "wavy lines"),
 }
 NO_SHAPE = "object"  # the noun when a prompt names no shape
+# How a caption speaks of a shape or style it must not name (`captions(..., unnamed=...)`): a base model that learns
+# to draw every concept under such words can draw them all, yet cannot be asked for one by name.
+GENERIC_SHAPES = ("object", "shape", "thing")
+GENERIC_STYLE_PRE = ("patterned", "textured")
+GENERIC_STYLE_POST = ("with a pattern", "with a texture")
 
 
 @dataclass(frozen=True)
@@ -498,19 +503,32 @@ CAPTION_TEMPLATES: dict[str, tuple[Template, ...]] = {
 }
 
 
-def captions(scene: Scene, rng: np.random.Generator, leave_out: bool = True) -> dict[str, str]:
+def captions(scene: Scene, rng: np.random.Generator, leave_out: bool = True,
+             unnamed: frozenset[str] = frozenset()) -> dict[str, str]:
     """{"text", "text_short", "text_medium"}: one long, short and medium caption, each with its own paraphrases.
     The flat style is left unsaid a third of the time, as people rarely call a plain shape "flat". The colour is
     left unsaid a quarter of the time and the shape called just "object" an eighth of the time: prompts such as
     "a hexagon" or "an object in striped style" must draw something, and a model that only ever saw every
     attribute named draws an empty background for them. `leave_out=False` always names colour and shape (the
-    flat style is still left unsaid sometimes): for texts that must name what a LoRA does."""
+    flat style is still left unsaid sometimes): for texts that must name what a LoRA does.
+
+    A shape or style in `unnamed` is never named: the shape becomes a generic noun ("object", "thing"), the
+    style generic words ("patterned", "with a texture") that are the same for every such style. They are always
+    said, so that a caption which names no style still means the flat one."""
+    unknown = unnamed - set(SHAPES) - set(STYLES)
+    if unknown:
+        raise ValueError(f"unnamed: unknown shapes or styles {sorted(unknown)}")
     result = {}
     for length, templates in CAPTION_TEMPLATES.items():
         style = None if scene.style == "flat" and rng.random() < 1 / 3 else scene.style
         colour = None if rng.random() < 1 / 4 and leave_out else scene.colour
         shape = None if rng.random() < 1 / 8 and leave_out else scene.shape
-        words = _words(shape, style, colour, rng)
+        words = _words(None if shape in unnamed else shape, None if style in unnamed else style, colour, rng)
+        if shape in unnamed:
+            words = replace(words, shape=_pick(GENERIC_SHAPES, rng))
+        if style in unnamed:
+            pre, post = _pick(GENERIC_STYLE_PRE, rng), _pick(GENERIC_STYLE_POST, rng)
+            words = replace(words, pre=pre, post=post, tag=pre)
         result[length] = _tidy(templates[int(rng.integers(len(templates)))](words, scene))
     return result
 
