@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
 from autolora_worker.__main__ import main
 from autolora_worker.lora.formats import FORMATS, read_lora_file
-from autolora_worker.world.build import PRESETS, build_world, bundle_readme
+from autolora_worker.world.build import PRESETS, build_world, bundle_readme, mixture, scene_sampler
 from autolora_worker.world.bundle import BundlePaths, default_bundle_dir
 from autolora_worker.world.gates import GATE_NAMES, WorldGateError, check
 from autolora_worker.world.pool import OBJECT_CONCEPTS, STYLE_CONCEPTS, plan_pool
+from autolora_worker.world.render import BASE_SHAPES, SHAPE_WORDS, SHAPES, STYLE_POST, STYLE_PRE, STYLES
 
 SUMMARY_KEYS = {
     "retrieval": {"encoder", "captions", "random"},
@@ -52,6 +54,23 @@ def test_pool_plan_has_the_issue_s_shape():
     assert {lora.format for lora in built.loras} == set(FORMATS)
 
 
+def test_the_base_sees_every_look_but_hears_only_its_own_names():
+    """Half of each base batch is the named base scenes; the other half draws every shape and style under
+    generic words, so the pool's names stay unknown to it."""
+    rng = np.random.default_rng(0)
+    first = scene_sampler(BASE_SHAPES, ("flat",))
+    second = scene_sampler(SHAPES, STYLES, unnamed=frozenset(OBJECT_CONCEPTS + STYLE_CONCEPTS))
+    images, texts = mixture(first, second, 0.5)(rng, 8)
+    assert images.shape == (8, 3, 64, 64) and len(texts) == 8
+    pool_words = {word for concept in OBJECT_CONCEPTS for word in SHAPE_WORDS[concept] if word != "shape"}
+    pool_words |= {word for concept in STYLE_CONCEPTS for word in (concept, *STYLE_PRE[concept], *STYLE_POST[concept])}
+    for text in [t for _ in range(30) for t in second(rng, 8)[1]]:
+        assert not any(word in text for word in pool_words), text
+    assert [len(mixture(first, second, share)(rng, 4)[1]) for share in (0.0, 1.0)] == [4, 4]
+    with pytest.raises(ValueError, match="share must be in"):
+        mixture(first, second, 1.5)
+
+
 @pytest.fixture(scope="module")
 def ci_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
@@ -62,7 +81,8 @@ def ci_bundle(tmp_path_factory):
 
 def test_reduced_build_runs_every_stage_and_writes_a_manifest(ci_bundle):
     out, lines = ci_bundle
-    for stage in ("evaluator", "autoencoder", "base", "pool", "previews", "single-loras", "encoder", "gates"):
+    for stage in ("autoencoder", "evaluator", "base", "base-gates", "pool", "previews", "single-loras", "encoder",
+                  "gates"):
         assert any(f"[world] {stage}: done" in line for line in lines), stage
     paths = BundlePaths(out)
     manifest = json.loads(paths.manifest.read_text())
