@@ -1,4 +1,4 @@
-// Retraining and promotion with the real worker: a deliberately worse candidate (fresh, untrained gates) is
+// Retraining and promotion with the real worker: a deliberately worse candidate (gates that let no LoRA through) is
 // refused and the served gates stay; a better one is promoted and served by the running worker without a
 // restart; a rollback serves the earlier version again. Every version keeps the metrics it was judged on.
 import { mkdtemp } from "node:fs/promises";
@@ -15,6 +15,16 @@ const root = join(import.meta.dirname, "..");
 const python = join(root, ".venv", "bin", "python");
 const bundle = join(root, "bundle");
 const bundleGates = join(bundle, "gates", "gates.safetensors");
+// Copies a gate file (argv[1]) to argv[2] with every w_o zeroed.
+const SHUT_GATES = `
+import sys
+from safetensors import safe_open
+from safetensors.torch import save_file
+with safe_open(sys.argv[1], framework="pt") as handle:
+    metadata, tensors = dict(handle.metadata()), {key: handle.get_tensor(key) for key in handle.keys()}
+save_file({key: tensor * 0 if key.endswith(".w_o") else tensor for key, tensor in tensors.items()}, sys.argv[2],
+          metadata={**metadata, "version": "gates-shut"})
+`;
 let supervisor: WorkerSupervisor | undefined;
 afterAll(async () => supervisor?.stop());
 
@@ -23,23 +33,27 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     const log: string[] = [];
     const common = { python, bundleDir: bundle, steps: 0, evalPairs: 2, log: (line: string) => log.push(line) };
 
-    // Served: the bundle's trained gates. Candidate: fresh gates, untrained: worse on held-out loss.
+    // Served: the bundle's trained gates. Candidate: the same gates with every output scale w_o at zero, so no
+    // LoRA reaches the image: clearly worse on held-out loss. (Fresh random gates are no test: on this bundle they
+    // measure within 0.01 of the trained ones, on either side depending on their seed.)
     const trained = await ModelRegistry.open(await mkdtemp(join(tmpdir(), "autolora-models-")), bundleGates);
-    const refused = await retrainModel({ ...common, registry: trained, workers: () => [], init: "fresh" });
+    const shut = join(await mkdtemp(join(tmpdir(), "autolora-shut-")), "shut.safetensors");
+    const { execFileSync } = await import("node:child_process");
+    execFileSync(python, ["-c", SHUT_GATES, bundleGates, shut]);
+    const refused = await retrainModel({ ...common, registry: trained, workers: () => [], init: shut });
     expect(refused.promoted).toBe(false);
     expect(refused.summary).toMatch(/^kept gates-0-300-\S+: candidate gates-\S+ is worse \(heldout_loss 0\.\d+ → 0\.\d+\)$/);
     expect(refused.candidate.metrics.heldout_loss).toBeGreaterThan(refused.serving.metrics.heldout_loss!);
     expect(trained.serving().version).toBe(refused.serving.version);
     expect(trained.list().map((entry) => [entry.status, typeof entry.metrics?.heldout_loss])).toEqual([["serving", "number"], ["refused", "number"]]);
 
-    // Now serve those untrained gates, from a worker that is running, and offer the trained ones as the candidate.
-    const untrained = trained.get(refused.candidate.version)!;
+    // Now serve those shut gates, from a worker that is running, and offer the trained ones as the candidate.
+    const shutGates = trained.get(refused.candidate.version)!;
     const root = await mkdtemp(join(tmpdir(), "autolora-models-"));
-    const registry = await ModelRegistry.open(root, untrained.file);
+    const registry = await ModelRegistry.open(root, shutGates.file);
     // The encoder too: serve an untrained one (trained for 0 steps), offer the bundle's.
     const freshEncoder = join(root, "fresh-encoder");
     const encoders = await (async () => {
-      const { execFileSync } = await import("node:child_process");
       execFileSync(python, ["-m", "autolora_worker", "encoder", "train", "--out", freshEncoder, "--steps", "0", "--bundle", bundle, "--json"], { stdio: "ignore" });
       return ModelRegistry.open(root, freshEncoder, ENCODER);
     })();
@@ -49,7 +63,7 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     });
     await supervisor.start(120_000);
     const worker = supervisor.ready()[0]!;
-    expect((await worker.health()).gate_version).toBe(untrained.version);
+    expect((await worker.health()).gate_version).toBe(shutGates.version);
     const promoted = await retrainModel({ ...common, registry, workers: () => supervisor!.ready(), init: bundleGates });
     expect(promoted.promoted).toBe(true);
     expect(promoted.summary).toMatch(/^promoted gates-\S+ over gates-\S+ \(heldout_loss .*\); 1 worker\(s\) reloaded$/);
@@ -58,14 +72,14 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     expect(job.gate_version).toBe(promoted.candidate.version);
 
     // Rollback: the earlier version is served again, by the same worker process.
-    await registry.promote(untrained.version, "rolled back in a test");
+    await registry.promote(shutGates.version, "rolled back in a test");
     expect(await reloadWorkers(registry, supervisor.ready())).toBe(1);
-    expect((await worker.health()).gate_version).toBe(untrained.version);
+    expect((await worker.health()).gate_version).toBe(shutGates.version);
     expect(registry.list().map((entry) => [entry.version, entry.status])).toEqual([
-      [untrained.version, "serving"], [promoted.candidate.version, "retired"]]);
+      [shutGates.version, "serving"], [promoted.candidate.version, "retired"]]);
     // Another process's registry view sees the same.
     const reopened = await ModelRegistry.open(root, bundleGates);
-    expect(reopened.serving().version).toBe(untrained.version);
+    expect(reopened.serving().version).toBe(shutGates.version);
 
     // A better encoder is promoted on held-out retrieval and embeds from then on, without a restart.
     const freshVersion = encoders.serving().version;

@@ -103,8 +103,10 @@ export async function retrainModel(options: RetrainOptions, signal?: AbortSignal
   }
   const candidateFile = join(work, `candidate-${Date.now()}${registry.kind.extension}`);
   try {
-    const init = options.init === "fresh" ? [] : ["--init", options.init === undefined || options.init === "serving" ? serving.file : options.init];
-    options.log?.(`[retrain] training a ${registry.kind.name} candidate (${options.steps} steps${init.length ? `, from ${serving.version}` : ", fresh"})`);
+    const fromServing = options.init === undefined || options.init === "serving";
+    const init = options.init === "fresh" ? [] : ["--init", fromServing ? serving.file : options.init!];
+    const origin = options.init === "fresh" ? "scratch" : fromServing ? serving.version : options.init!;
+    options.log?.(`[retrain] training a ${registry.kind.name} candidate (${options.steps} steps, from ${origin})`);
     const extras = await options.extras?.(work);
     const trained = await python(options, [...kind.train(candidateFile, extras), "--steps", String(options.steps),
       "--seed", String(Date.now() % 100_000), ...init], signal);
@@ -118,7 +120,7 @@ export async function retrainModel(options: RetrainOptions, signal?: AbortSignal
       const summary = `kept ${serving.version}: candidate ${version} is worse (${comparison})`;
       return { promoted: false, candidate: { version, metrics }, serving: { version: serving.version, metrics: servingMetrics }, summary };
     }
-    await registry.addCandidate(candidateFile, metrics, "retired", `trained from ${init.length ? serving.version : "scratch"} for ${options.steps} steps` +
+    await registry.addCandidate(candidateFile, metrics, "retired", `trained from ${origin} for ${options.steps} steps` +
       `${trained.rated_examples ? ` with ${String(trained.rated_examples)} rated generations` : ""}` +
       `${trained.crawled_loras ? ` with ${String(trained.crawled_loras)} crawled LoRAs` : ""}`);
     await registry.promote(version, `promoted over ${serving.version} (${comparison})`);

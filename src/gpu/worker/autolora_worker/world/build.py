@@ -553,6 +553,23 @@ def gate_pair_sampler(records: list[dict], loras: dict[str, CanonicalLora], same
     return draw
 
 
+def composed_sampler(records: list[dict], loras: dict):
+    """An object LoRA and a style LoRA with renders of the object drawn in the style, captioned with both: what a
+    user's prompt asks of two fused LoRAs. The gate study's `composed` diagnostic trains on it; retraining judges
+    candidate gates on it (real pools have no such images to train on)."""
+    objects = [r for r in records if r["kind"] == "object"]
+    styles = [r for r in records if r["kind"] == "style"]
+    if not objects or not styles:
+        raise ValueError("composed pairs need at least one object LoRA and one style LoRA")
+
+    def draw(rng: np.random.Generator, batch: int):
+        obj = objects[int(rng.integers(len(objects)))]
+        sty = styles[int(rng.integers(len(styles)))]
+        images, texts = scene_sampler((obj["truth"]["shape"],), (sty["truth"]["style"],))(rng, batch)
+        return loras[obj["id"]], loras[sty["id"]], images, texts, texts
+    return draw
+
+
 def validate_gates(backbone, gates, evaluator, records: list[dict], loras: dict[str, CanonicalLora],
                    config: WorldConfig) -> float:
     """Both-correct rate of "a {shape} in {style} style" with a *training* object + style LoRA pair: how a gate

@@ -32,7 +32,7 @@ import torch
 
 from ..fusion import GateBank, gate_dims
 from .benchmark import _bootstrap, _flat, _mean, held_out_pairs
-from .build import gate_pair_sampler, scene_sampler
+from .build import composed_sampler, gate_pair_sampler
 from .generate import generate
 from .render import prompt_for
 from .retrain import _loras, _world
@@ -68,21 +68,6 @@ def open_gates(gates: GateBank, seed: int, bias: float = 3.0, spread: float = 0.
                 weight.copy_(spread * torch.randn(weight.shape, generator=generator))
             gate.b.fill_(bias)
     return gates
-
-
-def composed_sampler(records: list[dict], loras: dict):
-    """An object LoRA and a style LoRA with renders of the object drawn in the style, captioned with both."""
-    objects = [r for r in records if r["kind"] == "object"]
-    styles = [r for r in records if r["kind"] == "style"]
-    if not objects or not styles:
-        raise ValueError("the composed variant needs training object and style LoRAs")
-
-    def draw(rng: np.random.Generator, batch: int):
-        obj = objects[int(rng.integers(len(objects)))]
-        sty = styles[int(rng.integers(len(styles)))]
-        images, texts = scene_sampler((obj["truth"]["shape"],), (sty["truth"]["style"],))(rng, batch)
-        return loras[obj["id"]], loras[sty["id"]], images, texts, texts
-    return draw
 
 
 SAMPLERS = {"any": gate_pair_sampler, "same-kind": partial(gate_pair_sampler, same_kind=True),
