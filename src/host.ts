@@ -14,7 +14,7 @@ import { modelLifecycle, openModels, type Models } from "./models/lifecycle.js";
 import { GenerationStore } from "./pipeline/generations.js";
 import { ImaginePipeline } from "./pipeline/imagine.js";
 import { FairQueue } from "./pipeline/queue.js";
-import { Retriever } from "./pipeline/retrieval.js";
+import { Retriever, selectionSettings } from "./pipeline/retrieval.js";
 import { TextEncoder } from "./pipeline/text-encoder.js";
 import { PluginRegistry } from "./plugins.js";
 import { ingestLora, type IngestMetadata, type IngestResult } from "./pool/ingest.js";
@@ -59,6 +59,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
     postProcessors: plugins.postProcessors.map((processor) => processor.run),
     settings: {
       k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, fusion: config.generation.fusion,
+      ...selectionSettings(config.retrieval),
       seedsPerPrompt: config.generation.seeds_per_prompt, steps: config.generation.steps,
       filters: { nsfw: config.retrieval.nsfw, ...(family ? { family } : {}) },
     },
@@ -73,7 +74,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
   });
   const context: CommandContext = {
     commands, pipeline, retriever, index: pool.index, store: pool.store, generations, dataDir,
-    k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, chat: chatSettings(config),
+    k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, ...selectionSettings(config.retrieval), chat: chatSettings(config),
     addFromUrl: (url, metadata) => ingestFromUrl(url, metadata, {
       tempDir: join(dataDir, "tmp"), maxBytes: config.chat.max_lora_mb * 1e6, allowLoopback: config.scheduler.allow_loopback,
     }, ingest),

@@ -2,6 +2,7 @@
 // admins), /pool status and /retrain now (admins), /help.
 import { FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, type Fusion } from "../gpu/protocol.js";
 import type { LoraRecord } from "../pool/index.js";
+import type { RetrievedHit } from "../pipeline/retrieval.js";
 import { CommandInputError, type Attachment, type ChatCommand, type CommandContext, type OptionSpec } from "./commands.js";
 import { imagineInChat } from "./imagine-flow.js";
 
@@ -53,17 +54,21 @@ const imagine: ChatCommand = {
 
 const loras: ChatCommand = {
   name: "loras",
-  description: "Which LoRAs a prompt would use, with their similarity",
+  description: "Which LoRAs a prompt would use, why, and the nearest others",
   private: true,
   options: [{ name: "search", description: "A prompt or a few words", type: "string", required: true, rest: true, autocomplete: true, maxLength: MAX_PROMPT_CHARS }],
   async run(call, context, reply) {
-    const { hits } = await context.retriever.retrieve(String(call.options.search), { k: Math.max(context.k, 5), minSimilarity: -1 });
-    if (hits.length === 0) return reply.send({ text: "the pool has no LoRAs yet" });
-    const lines = hits.map((hit, rank) => {
-      const used = rank < context.k && hit.similarity >= context.minSimilarity;
-      return `${used ? "✅" : "▫️"} ${hit.lora.name} (${hit.similarity.toFixed(2)}) \`${hit.lora.id.slice(0, 12)}\``;
-    });
-    await reply.send({ text: `LoRAs for **${call.options.search}** (✅ = /imagine would use it):\n${lines.join("\n")}` });
+    const prompt = String(call.options.search);
+    const settings = { minSimilarity: context.minSimilarity, selection: context.selection, covering: context.covering };
+    const [{ hits: used }, { hits: nearest }] = await Promise.all([
+      context.retriever.retrieve(prompt, { k: context.k, ...settings }),
+      context.retriever.retrieve(prompt, { k: Math.max(context.k, 5), minSimilarity: -1 })]);
+    if (nearest.length === 0) return reply.send({ text: "the pool has no LoRAs yet" });
+    const chosen = new Set(used.map((hit) => hit.lora.id));
+    const line = (hit: RetrievedHit, mark: string) => `${mark} ${hit.lora.name} (${hit.similarity.toFixed(2)})` +
+      `${hit.covers ? ` covers “${hit.covers.part}” (${hit.covers.similarity.toFixed(2)})` : ""} \`${hit.lora.id.slice(0, 12)}\``;
+    const lines = [...used.map((hit) => line(hit, "✅")), ...nearest.filter((hit) => !chosen.has(hit.lora.id)).map((hit) => line(hit, "▫️"))];
+    await reply.send({ text: `LoRAs for **${prompt}** (✅ = /imagine would use it; similarity to the whole prompt):\n${lines.join("\n")}` });
   },
   async complete(_option, typed, context) {
     if (!typed.trim()) return [];

@@ -4,7 +4,8 @@
 import { z } from "zod";
 import type { GenerationStore } from "../pipeline/generations.js";
 import type { ImaginePipeline } from "../pipeline/imagine.js";
-import type { Retriever } from "../pipeline/retrieval.js";
+import type { CoveringOptions } from "../pipeline/covering.js";
+import type { Retriever, Selection } from "../pipeline/retrieval.js";
 import type { LoraIndex } from "../pool/index.js";
 import type { IngestMetadata, IngestResult } from "../pool/ingest.js";
 import type { LoraStore } from "../pool/store.js";
@@ -103,6 +104,9 @@ export interface CommandContext {
   retrain?: () => Promise<string>;
   k: number;
   minSimilarity: number;
+  /** How /imagine picks its LoRAs (default top-k), so /loras shows the same picks. */
+  selection?: Selection;
+  covering?: CoveringOptions;
 }
 
 /** One chat command. Built-ins and plugins alike register through `CommandRegistry.add`. */

@@ -105,7 +105,8 @@ export function resultMessage(generation: GenerationRecord, loras: Array<{ name:
 /** What ℹ️ shows. */
 export function infoText(generation: GenerationRecord): string {
   const loras = generation.loras.length
-    ? generation.loras.map((lora) => `• ${lora.name} \`${lora.id.slice(0, 12)}\` similarity ${lora.similarity.toFixed(3)}`).join("\n")
+    ? generation.loras.map((lora) => `• ${lora.name} \`${lora.id.slice(0, 12)}\` similarity ${lora.similarity.toFixed(3)}` +
+      `${lora.covers ? ` · covers “${lora.covers}”` : ""}`).join("\n")
     : "• none";
   const seconds = (generation.timings.total_ms ?? 0) / 1000;
   return [

@@ -22,7 +22,7 @@ const USAGE = [
   "  pool add FILE... [--name N] [--tags a,b] [--source S] [--url U] [--license L] [--nsfw] [--json]",
   "                               validate, store, embed on a worker and index LoRA files",
   "  pool list [--family F] [--state active|blocked] [--tags a,b] [--json]",
-  "  pool search TEXT [--k N] [--min-similarity S] [--family F] [--tags a,b] [--json]   LoRAs a prompt retrieves",
+  "  pool search TEXT [--k N] [--min-similarity S] [--selection top-k|covering] [--family F] [--tags a,b] [--json]   LoRAs a prompt retrieves",
   "  pool remove|block|unblock ID  (ID: the sha256 or its first 8+ hex characters)",
   "  crawl [--source NAME] [--base-url URL] [--limit N] [--json]   crawl the configured LoRA sources now",
   "  retrain [--encoder] [--json]  train a gate (or encoder) candidate; promote it if not worse on held-out LoRAs",

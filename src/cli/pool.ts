@@ -10,7 +10,7 @@ import { ingestLora } from "../pool/ingest.js";
 import { InvalidLoraFileError } from "../pool/safetensors.js";
 import { resolve } from "node:path";
 import type { Config } from "../config/schema.js";
-import { Retriever } from "../pipeline/retrieval.js";
+import { Retriever, selectionSettings, type Selection } from "../pipeline/retrieval.js";
 import { TextEncoder } from "../pipeline/text-encoder.js";
 import type { CliIo } from "./main.js";
 
@@ -38,7 +38,7 @@ function parse(args: string[]) {
     options: {
       name: { type: "string" }, tags: { type: "string" }, source: { type: "string" }, url: { type: "string" },
       license: { type: "string" }, nsfw: { type: "boolean" }, family: { type: "string" }, state: { type: "string" },
-      json: { type: "boolean" }, k: { type: "string" }, "min-similarity": { type: "string" },
+      json: { type: "boolean" }, k: { type: "string" }, "min-similarity": { type: "string" }, selection: { type: "string" },
     },
   });
 }
@@ -100,8 +100,9 @@ const search: Run = async ({ positionals, values }, pool, io, _workers, config) 
   const text = positionals.join(" ").trim();
   const k = Number(values.k ?? 5);
   const floor = Number(values["min-similarity"] ?? -1);
-  if (!text || !Number.isInteger(k) || k < 1 || k > 100 || !(floor >= -1 && floor <= 1)) {
-    io.stderr("usage: autolora pool search TEXT [--k 1-100] [--min-similarity -1..1] [--family F] [--tags a,b] [--json]");
+  const selection = values.selection ?? config.retrieval.selection;
+  if (!text || !Number.isInteger(k) || k < 1 || k > 100 || !(floor >= -1 && floor <= 1) || !["top-k", "covering"].includes(selection)) {
+    io.stderr("usage: autolora pool search TEXT [--k 1-100] [--min-similarity -1..1] [--selection top-k|covering] [--family F] [--tags a,b] [--json]");
     return 2;
   }
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
@@ -109,9 +110,11 @@ const search: Run = async ({ positionals, values }, pool, io, _workers, config) 
     const tags = values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean);
     const { hits } = await new Retriever(encoder, pool.index).retrieve(text, {
       k, minSimilarity: floor, filters: { family: values.family, tags, nsfw: config.retrieval.nsfw },
+      ...selectionSettings(config.retrieval), selection: selection as Selection,
     });
-    for (const { lora, similarity } of hits) {
-      io.stdout(values.json ? JSON.stringify({ similarity, ...lora }) : `${similarity.toFixed(3)}  ${lora.id.slice(0, 12)}  ${lora.name}`);
+    for (const { lora, similarity, covers, gain } of hits) {
+      io.stdout(values.json ? JSON.stringify({ similarity, ...(covers ? { covers, gain } : {}), ...lora })
+        : `${similarity.toFixed(3)}  ${lora.id.slice(0, 12)}  ${lora.name}${covers ? `  covers “${covers.part}” (${covers.similarity.toFixed(3)})` : ""}`);
     }
     if (!values.json && hits.length === 0) io.stderr("no LoRA matches");
     return 0;

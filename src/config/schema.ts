@@ -55,6 +55,11 @@ export const configSchema = z.strictObject({
     k: z.int().min(0).max(MAX_LORAS_PER_JOB, `at most ${MAX_LORAS_PER_JOB}, the LoRAs a worker fuses in one job`),
     min_similarity: z.number().min(-1).max(1),
     nsfw: z.enum(["block", "allow"]),
+    selection: z.enum(["covering", "top-k"]),
+    covering: z.strictObject({
+      max_overlap: z.number().min(-1).max(1),
+      min_part_similarity: z.number().min(-1).max(1),
+    }),
   }),
   generation: z.strictObject({
     seeds_per_prompt: z.int().min(1).max(MAX_SEEDS_PER_JOB, `at most ${MAX_SEEDS_PER_JOB}, the seeds a worker draws in one job`),

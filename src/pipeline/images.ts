@@ -6,7 +6,8 @@ import { withPngText } from "./png-text.js";
 export interface GenerationMetadata {
   prompt: string;
   seeds: number[];
-  loras: Array<{ id: string; name: string; similarity: number; scale: number }>;
+  /** `covers`: the prompt word a covering pick was chosen for (absent for top-k picks and chosen LoRAs). */
+  loras: Array<{ id: string; name: string; similarity: number; scale: number; covers?: string }>;
   fusion: string;
   model_version: string;
   gate_version: string | null;

@@ -10,7 +10,8 @@ import type { LoraStore } from "../pool/store.js";
 import type { GenerationRecord, GenerationStore } from "./generations.js";
 import { composeImages, type GenerationMetadata } from "./images.js";
 import type { FairQueue } from "./queue.js";
-import type { Retriever } from "./retrieval.js";
+import type { CoveringOptions } from "./covering.js";
+import type { RetrievedHit, Retriever, Selection } from "./retrieval.js";
 
 export type { Fusion };
 
@@ -23,6 +24,8 @@ export class ImagineInputError extends Error {
 export interface ImagineSettings {
   k: number;
   minSimilarity: number;
+  selection?: Selection;
+  covering?: CoveringOptions;
   fusion: Fusion;
   seedsPerPrompt: number;
   /** 0: the model family's default. */
@@ -106,6 +109,7 @@ export class ImaginePipeline {
       ? await this.deps.retriever.score(prompt, options.loras)
       : await this.deps.retriever.retrieve(prompt, {
         k: options.k ?? settings.k, minSimilarity: settings.minSimilarity, filters: settings.filters,
+        selection: settings.selection, covering: settings.covering,
       });
     options.onUpdate?.({ type: "retrieved", loras: hits });
     const fusion = options.fusion ?? settings.fusion;
@@ -128,7 +132,9 @@ export class ImaginePipeline {
     });
     const workerMs = performance.now() - workerStarted;
     const composeStarted = performance.now();
-    const loras = hits.map((hit) => ({ id: hit.lora.id, name: hit.lora.name, similarity: hit.similarity, scale: 1 }));
+    const loras = hits.map((hit: RetrievedHit) => ({
+      id: hit.lora.id, name: hit.lora.name, similarity: hit.similarity, scale: 1, ...(hit.covers ? { covers: hit.covers.part } : {}),
+    }));
     const metadata: GenerationMetadata = {
       prompt, seeds, loras, fusion: end.fusion, model_version: end.model_version, gate_version: end.gate_version,
     };

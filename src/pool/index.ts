@@ -58,8 +58,9 @@ export interface LoraIndex {
   /** LoRAs whose name contains `text` (case-insensitive), exact matches first, at most `limit`. */
   findByName(text: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
   list(filters?: LoraFilters, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
-  /** The k most similar LoRAs to `vector` passing the filters, at or above `minSimilarity`, best first. */
-  search(vector: number[], k: number, filters?: LoraFilters, minSimilarity?: number): Promise<SearchHit[]>;
+  /** The k most similar LoRAs to `vector` passing the filters, at or above `minSimilarity`, best first; with
+   *  `withVectors`, each hit carries the LoRA's embedding too. */
+  search(vector: number[], k: number, filters?: LoraFilters, minSimilarity?: number, withVectors?: boolean): Promise<Array<SearchHit & { vector?: number[] }>>;
   setState(id: string, state: LoraState): Promise<boolean>;
   remove(id: string): Promise<boolean>;
   count(filters?: LoraFilters): Promise<number>;

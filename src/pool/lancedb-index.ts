@@ -129,9 +129,11 @@ export class LanceLoraIndex implements LoraIndex {
     return (await query.toArray()).map(fromRow).sort((a, b) => a.added_at.localeCompare(b.added_at) || a.id.localeCompare(b.id));
   }
 
-  async search(vector: number[], k: number, filters: LoraFilters = {}, minSimilarity = -1): Promise<SearchHit[]> {
+  async search(vector: number[], k: number, filters: LoraFilters = {}, minSimilarity = -1,
+    withVectors = false): Promise<Array<SearchHit & { vector?: number[] }>> {
     if (!this.table || k <= 0) return [];
-    let query = this.table.vectorSearch(vector).distanceType("cosine").select([...COLUMNS, "_distance"]).limit(k);
+    const columns = withVectors ? [...COLUMNS, "vector", "_distance"] : [...COLUMNS, "_distance"];
+    let query = this.table.vectorSearch(vector).distanceType("cosine").select(columns).limit(k);
     // PQ distances are approximate: re-rank 10k candidates by their exact vectors, so the order and the
     // similarities returned are true cosines.
     if (this.indexed) query = query.refineFactor(10);
@@ -139,7 +141,10 @@ export class LanceLoraIndex implements LoraIndex {
     if (where) query = query.where(where);
     const rows = await query.toArray();
     return rows
-      .map((row) => ({ lora: fromRow(row), similarity: 1 - Number(row._distance) }))
+      .map((row) => {
+        const { vector: loraVector, ...lora } = fromRow(row);
+        return { lora, similarity: 1 - Number(row._distance), ...(withVectors ? { vector: loraVector } : {}) };
+      })
       .filter((hit) => hit.similarity >= minSimilarity);
   }
 

@@ -82,7 +82,7 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     expect((await host.generations.get(generation))?.user).toBe(harness.idOf("alice"));
   }, 30_000);
 
-  it("U2 posts that image at full size; ℹ️ shows prompt, seeds, LoRAs with scores, fusion and versions", async () => {
+  it("U2 posts that image at full size; ℹ️ shows prompt, seeds, LoRAs with scores and the words they cover, fusion and versions", async () => {
     const { harness } = setup();
     const result = await waitForPost(harness, isResult);
     const before = await count();
@@ -92,7 +92,9 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await harness.press("bob", result, "ℹ️");
     const info = await waitForPost(harness, (post) => /seeds: /.test(post.text), before);
     expect(info.text).toMatch(/fusion: gated/);
-    expect(info.text).toMatch(/hexagon shapes .*similarity 0\.\d{3}/);
+    expect(info.text).toMatch(/hexagon shapes .*similarity 0\.\d{3} · covers “hexagon”/);
+    // Covering selection: the prompt names an object and a style, so the second LoRA is the style's.
+    expect(info.text).toMatch(/diagonal stripes .*similarity 0\.\d{3} · covers “(diagonal|stripes)”/);
     expect(info.text).toMatch(/model \S+ · gates \S+/);
   }, 30_000);
 
@@ -184,7 +186,8 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await harness.command("alice", "/imagine a star loras:no-such-lora");
     await waitForPost(harness, (post) => /no LoRA called no-such-lora; try \/loras/.test(post.text), before);
     await harness.command("alice", "/loras search:hexagon");
-    await waitForPost(harness, (post) => /LoRAs for .*hexagon/.test(post.text) && /hexagon shapes \(0\.\d\d\)/.test(post.text), before);
+    await waitForPost(harness, (post) => /LoRAs for .*hexagon/.test(post.text) && /✅ hexagon shapes \(0\.\d\d\) covers “hexagon”/.test(post.text)
+      && /▫️ diagonal stripes/.test(post.text), before);
     await harness.command("alice", "/lora info diagonal stripes");
     await waitForPost(harness, (post) => /diagonal stripes/.test(post.text) && /proving-ground · diffusers/.test(post.text), before);
   }, 30_000);
