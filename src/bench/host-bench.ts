@@ -1,6 +1,7 @@
 // `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N]`: the host's own costs, measured here.
 // `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack]`: a burst of /imagine through
 // the chat adapters against their local fakes (src/bench/burst.ts).
+// `npm run bench -- retrieval [--json]`: which LoRAs retrieval picks on the bundle's pool (src/bench/retrieval-bench.ts).
 // - retrieval: text encoding + LanceDB search latency (p50/p99) on synthetic pools of each size (an IVF-PQ index
 //   from 10 000 LoRAs, as the product builds it);
 // - ingest: MB/s of adding the bundle's LoRA files (validate, hash, store, embed on the real worker, index),
@@ -12,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { runBurst, type BurstReport } from "./burst.js";
+import { retrievalMarkdown, runRetrievalBench } from "./retrieval-bench.js";
 import { loadConfig } from "../config/load.js";
 import { startWorkers } from "../gpu/workers.js";
 import { openModels } from "../models/lifecycle.js";
@@ -22,7 +24,7 @@ import { LoraStore } from "../pool/store.js";
 import { GenerationStore } from "../pipeline/generations.js";
 import { ImaginePipeline } from "../pipeline/imagine.js";
 import { FairQueue } from "../pipeline/queue.js";
-import { Retriever } from "../pipeline/retrieval.js";
+import { Retriever, selectionSettings } from "../pipeline/retrieval.js";
 import { TextEncoder } from "../pipeline/text-encoder.js";
 
 const ROOT = resolve(import.meta.dirname, "..", "..");
@@ -87,7 +89,11 @@ async function main(): Promise<void> {
     },
   });
   if (positionals[0] === "burst") return burst(values);
-  if (positionals.length > 0) throw new Error(`unknown benchmark ${positionals[0]}; the one named benchmark is "burst"`);
+  if (positionals[0] === "retrieval") {
+    const report = await runRetrievalBench((line) => process.stderr.write(`${line}\n`));
+    return void process.stdout.write(`${values.json ? JSON.stringify(report) : retrievalMarkdown(report)}\n`);
+  }
+  if (positionals.length > 0) throw new Error(`unknown benchmark ${positionals[0]}; the named benchmarks are "burst" and "retrieval"`);
   const sizes = (values.sizes ?? "1000,100000,1000000").split(",").map(Number);
   const runs = Number(values.runs ?? 200);
   const log = (line: string) => process.stderr.write(`${line}\n`);
@@ -119,7 +125,7 @@ async function main(): Promise<void> {
     const pipeline = new ImaginePipeline({
       retriever, queue: new FairQueue({ concurrency: 1, perUser: 5, global: 10 }), dispatcher: workers.dispatcher,
       store, generations, dataDir: data,
-      settings: { k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, fusion: "gated",
+      settings: { k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, ...selectionSettings(config.retrieval), fusion: "gated",
         seedsPerPrompt: config.generation.seeds_per_prompt, steps: 0, filters: {} },
     });
     const overheads: number[] = [];

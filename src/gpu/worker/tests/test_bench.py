@@ -49,3 +49,26 @@ def test_demo_writes_both_grids(tmp_path):
     none, gated = (Image.open(tmp_path / f"grid-{fusion}.png") for fusion in ("none", "gated"))
     assert none.size == gated.size == (512, 512)
     assert list(none.getdata()) != list(gated.getdata()), "the LoRA should change the images"
+
+
+def test_world_prompts_name_the_split_concepts_in_held_out_phrasings(capsys):
+    """The host's retrieval bench reads its prompts from `world prompts`: the same set for a seed, in phrasings the
+    training captions never use, one per object + style pair, and every LoRA of the split listed."""
+    from autolora_worker.world.render import SHAPES, STYLES, prompt_for
+
+    bundle = Path(__file__).resolve().parents[4] / "bundle"
+    assert main(["world", "prompts", "--split", "heldout", "--seed", "5", "--per-concept", "2", "--bundle", str(bundle)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["world", "prompts", "--split", "heldout", "--seed", "5", "--per-concept", "2", "--bundle", str(bundle)]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    records = json.loads((bundle / "pool" / "pool.json").read_text())["loras"]
+    held = [r for r in records if r["split"] == "heldout"]
+    assert [lora["id"] for lora in first["loras"]] == [r["id"] for r in held]
+    objects = {r["truth"]["shape"] for r in held if r["kind"] == "object"}
+    styles = {r["truth"]["style"] for r in held if r["kind"] == "style"}
+    assert len(first["singles"]) == 2 * (len(objects) + len(styles))
+    assert len(first["pairs"]) == len(objects) * len(styles)
+    assert all(p["concepts"][0] in SHAPES and p["concepts"][1] in STYLES for p in first["pairs"])
+    training_phrasings = {prompt_for(shape=s) for s in SHAPES}  # the first training template, for contrast
+    assert not training_phrasings & {p["prompt"] for p in first["singles"]}
+    assert main(["world", "prompts", "--split", "heldout", "--seed", "5", "--bundle", str(bundle / "nowhere")]) == 2

@@ -133,6 +133,24 @@ def bench_retrieval(world: World, settings: BenchSettings, rng: np.random.Genera
     return result
 
 
+def retrieval_prompts(records: list[dict], split: str, seed: int, per_concept: int = 4) -> dict:
+    """Prompts for judging retrieval among one split's LoRAs, in phrasings no training caption used: `per_concept`
+    naming each concept alone, and one naming each object + style pair. Each LoRA of the split is listed with its
+    concept (None for off-concept ones), so a consumer can tell which retrieved LoRAs are relevant."""
+    candidates = [r for r in records if r["split"] == split]
+    if not candidates:
+        raise ValueError(f"the bundle has no {split} LoRAs")
+    rng = np.random.default_rng(seed)
+    objects = sorted({r["truth"]["shape"] for r in candidates if r["kind"] == "object"})
+    styles = sorted({r["truth"]["style"] for r in candidates if r["kind"] == "style"})
+    singles = [{"prompt": prompt_for(**({"shape": c} if c in SHAPES else {"style": c}), rng=rng, held_out_template=True),
+                "concepts": [c]} for c in objects + styles for _ in range(per_concept)]
+    pairs = [{"prompt": prompt_for(shape=o, style=s, rng=rng, held_out_template=True), "concepts": [o, s]}
+             for o in objects for s in styles]
+    loras = [{"id": r["id"], "file": r["file"], "kind": r["kind"], "concept": concept_of(r)} for r in candidates]
+    return {"split": split, "seed": seed, "singles": singles, "pairs": pairs, "loras": loras}
+
+
 def held_out_pairs(records: list[dict], count: int, rng: np.random.Generator) -> list[tuple[dict, dict]]:
     """`count` distinct (object, style) pairs of held-out LoRAs, drawn without replacement."""
     objects = [r for r in records if r["split"] == "heldout" and r["kind"] == "object"]

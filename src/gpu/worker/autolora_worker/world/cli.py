@@ -56,6 +56,23 @@ def gate_study_command(args) -> int:
     return 0
 
 
+def prompts_command(args) -> int:
+    from .benchmark import retrieval_prompts
+    from .bundle import BundlePaths, default_bundle_dir
+
+    paths = BundlePaths(args.bundle or default_bundle_dir())
+    if not paths.pool_index.exists():
+        print(f"error: {paths.pool_index} not found: not a proving-ground bundle", file=sys.stderr)
+        return 2
+    records = json.loads(paths.pool_index.read_text())["loras"]
+    try:
+        print(json.dumps(retrieval_prompts(records, args.split, args.seed, args.per_concept)))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def add_world_commands(commands, bench_kinds) -> None:
     world = commands.add_parser("world", help="the proving ground: build its bundle")
     world_kinds = world.add_subparsers(dest="world", required=True)
@@ -68,6 +85,13 @@ def add_world_commands(commands, bench_kinds) -> None:
     build.add_argument("--below-gates", action="store_true",
                        help="publish the bundle even if it misses build gates (each is recorded in its manifest and README)")
     build.set_defaults(run=build_command)
+    prompts = world_kinds.add_parser("prompts", help="retrieval prompts for the host's retrieval bench (JSON)")
+    prompts.add_argument("--split", choices=("train", "heldout"), required=True,
+                         help="whose LoRAs are the candidates: train (validation) or heldout (test)")
+    prompts.add_argument("--seed", type=int, required=True, help="draws the templates and paraphrases")
+    prompts.add_argument("--per-concept", type=int, default=4, help="single-concept prompts per concept")
+    prompts.add_argument("--bundle", default=None, help="bundle folder (default: the embedded bundle/ folder)")
+    prompts.set_defaults(run=prompts_command)
 
     bench = bench_kinds.add_parser("world", help="the paper's tables on the proving-ground bundle")
     bench.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")

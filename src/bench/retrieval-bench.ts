@@ -1,0 +1,208 @@
+// `npm run bench -- retrieval [--json]`: how well the host's retrieval picks LoRAs for a prompt, on the bundle's pool.
+//
+// The bundle's LoRAs go through the product's own ingest (validate, hash, store, embed on the real worker, index)
+// into one pool per split, and the product's Retriever answers prompts phrased from templates no training caption
+// used (`world prompts`): some name one concept, some an object and a style. A pick is relevant when it draws a
+// concept the prompt names.
+// - validation: the training LoRAs as candidates (seed 101); covering's two thresholds are chosen here, by pairs
+//   "all in the top 3" minus single-concept prompts given an unrelated extra LoRA;
+// - test: the held-out LoRAs as candidates (seed 202), reported for top-k, for covering at the configured
+//   thresholds and at the ones validation chose. The seeds were fixed before any result was seen.
+import { execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { loadConfig } from "../config/load.js";
+import { startWorkers, workerPython } from "../gpu/workers.js";
+import { openModels } from "../models/lifecycle.js";
+import type { CoveringOptions } from "../pipeline/covering.js";
+import {
+  coverPrompt, Retriever, selectionSettings, type CoveringPool, type RetrievalOptions, type TextEmbedder,
+} from "../pipeline/retrieval.js";
+import { TextEncoder } from "../pipeline/text-encoder.js";
+import { ingestLora } from "../pool/ingest.js";
+import { LanceLoraIndex } from "../pool/lancedb-index.js";
+import { LoraStore } from "../pool/store.js";
+
+interface PromptSet {
+  split: string;
+  seed: number;
+  singles: Array<{ prompt: string; concepts: string[] }>;
+  pairs: Array<{ prompt: string; concepts: string[] }>;
+  loras: Array<{ id: string; file: string; kind: string; concept: string | null }>;
+}
+
+export const SPLITS = { validation: { split: "train", seed: 101 }, test: { split: "heldout", seed: 202 } } as const;
+const OVERLAPS = [0.7, 0.8, 0.9];
+const PART_FLOORS = [0.15, 0.2, 0.25, 0.3, 0.35, 0.4];
+
+export interface SelectionScores {
+  /** Single-concept prompts: the first pick draws the concept. */
+  single_first_relevant: number;
+  /** Single-concept prompts given any pick beyond the first that draws another concept. */
+  single_unrelated_extra: number;
+  single_picks: number;
+  /** Object + style prompts: both concepts among the picks at k = 2 and k = 3. */
+  pair_all_top2: number;
+  pair_all_top3: number;
+  pair_picks: number;
+}
+
+export interface RetrievalBenchReport {
+  pool: { validation: number; test: number };
+  prompts: { validation: { singles: number; pairs: number }; test: { singles: number; pairs: number } };
+  /** Single-concept ranking on the test split (the paper's retrieval metrics): top-k over the whole pool. */
+  ranking: { recall_at_1: number; recall_at_3: number; mrr: number };
+  validation: Array<{ max_overlap: number; min_part_similarity: number } & SelectionScores & { objective: number }>;
+  chosen: CoveringOptions;
+  test: { "top-k": SelectionScores; "covering (configured)": SelectionScores & CoveringOptions; "covering (validation's choice)": SelectionScores & CoveringOptions };
+  seconds: number;
+}
+
+const round = (value: number) => Math.round(value * 1000) / 1000;
+const mean = (values: number[]) => (values.length ? values.reduce((sum, value) => sum + value, 0) / values.length : 0);
+
+/** Embeddings cached by text: the sweep asks for the same prompts and words many times. */
+function cached(encoder: TextEmbedder): TextEmbedder {
+  const memo = new Map<string, ArrayLike<number>>();
+  return {
+    async embed(texts) {
+      const missing = [...new Set(texts.filter((text) => !memo.has(text)))];
+      if (missing.length) (await encoder.embed(missing)).forEach((vector, n) => memo.set(missing[n]!, vector));
+      return texts.map((text) => memo.get(text)!);
+    },
+  };
+}
+
+/** LoRA ids a selection picks for a prompt at k. */
+type Picker = (prompt: string, k: number) => Promise<string[]>;
+
+/** The product's retrieval at these options. */
+const retrieved = (retriever: Retriever, options: Omit<RetrievalOptions, "k">): Picker =>
+  async (prompt, k) => (await retriever.retrieve(prompt, { ...options, k })).hits.map((hit) => hit.lora.id);
+
+/** Covering at these options from candidates fetched once per prompt and k (the sweep tries many options). */
+function coveredFrom(pools: Map<string, CoveringPool>, options: Omit<RetrievalOptions, "k">): Picker {
+  return async (prompt, k) => coverPrompt(pools.get(`${k} ${prompt}`)!, { ...options, k }).map((hit) => hit.lora.id);
+}
+
+async function score(pick: Picker, set: PromptSet, concepts: Map<string, string | null>): Promise<SelectionScores> {
+  const conceptsOf = async (prompt: string, k: number) => (await pick(prompt, k)).map((id) => concepts.get(id) ?? null);
+  const singles = [];
+  for (const { prompt, concepts: asked } of set.singles) {
+    const got = await conceptsOf(prompt, 3);
+    singles.push({ first: got[0] === asked[0], extra: got.slice(1).some((concept) => concept !== asked[0]), picks: got.length });
+  }
+  const pairs = [];
+  for (const { prompt, concepts: asked } of set.pairs) {
+    const [two, three] = [await conceptsOf(prompt, 2), await conceptsOf(prompt, 3)];
+    pairs.push({ two: asked.every((c) => two.includes(c)), three: asked.every((c) => three.includes(c)), picks: three.length });
+  }
+  return {
+    single_first_relevant: round(mean(singles.map((s) => Number(s.first)))),
+    single_unrelated_extra: round(mean(singles.map((s) => Number(s.extra)))),
+    single_picks: round(mean(singles.map((s) => s.picks))),
+    pair_all_top2: round(mean(pairs.map((p) => Number(p.two)))),
+    pair_all_top3: round(mean(pairs.map((p) => Number(p.three)))),
+    pair_picks: round(mean(pairs.map((p) => p.picks))),
+  };
+}
+
+async function ranking(retriever: Retriever, set: PromptSet, concepts: Map<string, string | null>) {
+  const firsts = [];
+  for (const { prompt, concepts: asked } of set.singles) {
+    const { hits } = await retriever.retrieve(prompt, { k: set.loras.length, minSimilarity: -1 });
+    const first = hits.findIndex((hit) => concepts.get(hit.lora.id) === asked[0]);
+    firsts.push(first < 0 ? Infinity : first);
+  }
+  return {
+    recall_at_1: round(mean(firsts.map((f) => Number(f < 1)))), recall_at_3: round(mean(firsts.map((f) => Number(f < 3)))),
+    mrr: round(mean(firsts.map((f) => (Number.isFinite(f) ? 1 / (f + 1) : 0)))),
+  };
+}
+
+export async function runRetrievalBench(log: (line: string) => void): Promise<RetrievalBenchReport> {
+  const started = performance.now();
+  const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false" });
+  const python = workerPython(config);
+  const prompts = async (split: string, seed: number): Promise<PromptSet> => JSON.parse((await promisify(execFile)(python,
+    ["-m", "autolora_worker", "world", "prompts", "--split", split, "--seed", String(seed), "--bundle", config.bundle_dir],
+    { maxBuffer: 16 << 20 })).stdout);
+  const sets = { validation: await prompts(SPLITS.validation.split, SPLITS.validation.seed), test: await prompts(SPLITS.test.split, SPLITS.test.seed) };
+  const data = await mkdtemp(join(tmpdir(), "autolora-retrieval-bench-"));
+  const encoder = await TextEncoder.load(config.text_encoder_dir);
+  const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
+  try {
+    const retrievers: Record<string, { retriever: Retriever; concepts: Map<string, string | null> }> = {};
+    for (const [name, set] of Object.entries(sets)) {
+      const index = await LanceLoraIndex.open({ uri: join(data, name, "lancedb") });
+      const store = new LoraStore(join(data, name, "pool"));
+      const concepts = new Map<string, string | null>();
+      for (const lora of set.loras) {
+        const result = await ingestLora(join(config.bundle_dir, lora.file), { name: lora.id, source: "bundle" },
+          { store, index, embed: (path) => workers.dispatcher.embed(path) });
+        concepts.set(result.lora.id, lora.concept);
+      }
+      log(`[bench] ${name}: ${set.loras.length} ${set.split} LoRAs ingested`);
+      retrievers[name] = { retriever: new Retriever(cached(encoder), index), concepts };
+    }
+    const { validation, test } = retrievers as Record<"validation" | "test", { retriever: Retriever; concepts: Map<string, string | null> }>;
+    const pools = new Map<string, CoveringPool>();
+    for (const { prompt } of [...sets.validation.singles, ...sets.validation.pairs]) {
+      for (const k of [2, 3]) pools.set(`${k} ${prompt}`, await validation.retriever.coveringCandidates(prompt, k));
+    }
+    const sweep = [];
+    for (const maxOverlap of OVERLAPS) {
+      for (const minPartSimilarity of PART_FLOORS) {
+        const scores = await score(coveredFrom(pools, { minSimilarity: -1, covering: { maxOverlap, minPartSimilarity } }),
+          sets.validation, validation.concepts);
+        sweep.push({ max_overlap: maxOverlap, min_part_similarity: minPartSimilarity, ...scores,
+          objective: round(scores.pair_all_top3 - scores.single_unrelated_extra) });
+      }
+    }
+    // Best objective; among ties the lower floor (it admits more), then the middle overlap.
+    const best = Math.max(...sweep.map((row) => row.objective));
+    const tied = sweep.filter((row) => row.objective === best);
+    const floor = Math.min(...tied.map((row) => row.min_part_similarity));
+    const atFloor = tied.filter((row) => row.min_part_similarity === floor);
+    const pick = atFloor.find((row) => row.max_overlap === 0.8) ?? atFloor[0]!;
+    const chosen = { maxOverlap: pick.max_overlap, minPartSimilarity: pick.min_part_similarity };
+    log(`[bench] validation chose max_overlap ${chosen.maxOverlap}, min_part_similarity ${chosen.minPartSimilarity}; test split next`);
+    const configured = selectionSettings(config.retrieval).covering!;
+    const floorSetting = { minSimilarity: config.retrieval.min_similarity };
+    const report: RetrievalBenchReport = {
+      pool: { validation: sets.validation.loras.length, test: sets.test.loras.length },
+      prompts: {
+        validation: { singles: sets.validation.singles.length, pairs: sets.validation.pairs.length },
+        test: { singles: sets.test.singles.length, pairs: sets.test.pairs.length },
+      },
+      ranking: await ranking(test.retriever, sets.test, test.concepts),
+      validation: sweep,
+      chosen,
+      test: {
+        "top-k": await score(retrieved(test.retriever, { ...floorSetting, selection: "top-k" }), sets.test, test.concepts),
+        "covering (configured)": { ...configured, ...await score(retrieved(test.retriever, { ...floorSetting, selection: "covering", covering: configured }), sets.test, test.concepts) },
+        "covering (validation's choice)": { ...chosen, ...await score(retrieved(test.retriever, { ...floorSetting, selection: "covering", covering: chosen }), sets.test, test.concepts) },
+      },
+      seconds: Math.round((performance.now() - started) / 100) / 10,
+    };
+    return report;
+  } finally {
+    await workers.stop();
+    await encoder.close();
+    await rm(data, { recursive: true, force: true });
+  }
+}
+
+export function retrievalMarkdown(report: RetrievalBenchReport): string {
+  const columns = ["single_first_relevant", "single_unrelated_extra", "single_picks", "pair_all_top2", "pair_all_top3", "pair_picks"] as const;
+  const lines = [
+    `test: ${report.pool.test} held-out LoRAs, ${report.prompts.test.singles} single-concept and ${report.prompts.test.pairs} object + style prompts`,
+    `single-concept ranking (top-k): recall@1 ${report.ranking.recall_at_1}, recall@3 ${report.ranking.recall_at_3}, MRR ${report.ranking.mrr}`,
+    "", `| selection | ${columns.join(" | ")} |`, `|---|${columns.map(() => "---").join("|")}|`,
+    ...Object.entries(report.test).map(([name, row]) => `| ${name} | ${columns.map((column) => row[column]).join(" | ")} |`),
+    "", `validation (${report.pool.validation} training LoRAs) chose max_overlap ${report.chosen.maxOverlap}, min_part_similarity ${report.chosen.minPartSimilarity}`,
+  ];
+  return lines.join("\n");
+}
