@@ -48,9 +48,9 @@ describeRequiring(pythonWorker)("autolora serve", () => {
       expect(answer?.error, answer?.text).toBeUndefined();
       // "LoRAs: name (0.83), name (0.61), …" under the prompt
       const loras = [...answer!.text.split("\n")[1]!.matchAll(/([\w -]+?) \((\d\.\d\d)\)/g)].map((match) => ({ name: match[1]!.trim(), similarity: Number(match[2]) }));
-      expect(loras.length).toBe(3);
+      // Covering retrieval: the prompt names an object and a style, so one LoRA of each (top-k gave three hexagons).
+      expect(loras.map((lora) => lora.name)).toEqual([expect.stringMatching(/^shape-hexagon-/), expect.stringMatching(/^style-striped-/)]);
       expect(loras.every((lora) => lora.similarity > 0.2)).toBe(true);
-      expect(loras.some((lora) => /hexagon|striped/.test(lora.name))).toBe(true);
       const image = await fetch(`${url}${answer!.image!}`);
       expect(image.headers.get("content-type")).toBe("image/webp");
       expect((await image.arrayBuffer()).byteLength).toBeGreaterThan(500);
