@@ -134,8 +134,7 @@ export async function runRetrievalBench(log: (line: string) => void): Promise<Re
   const encoder = await TextEncoder.load(config.text_encoder_dir);
   const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
   try {
-    const retrievers: Record<string, { retriever: Retriever; concepts: Map<string, string | null> }> = {};
-    for (const [name, set] of Object.entries(sets)) {
+    const ingestSplit = async (name: string, set: PromptSet) => {
       const index = await LanceLoraIndex.open({ uri: join(data, name, "lancedb") });
       const store = new LoraStore(join(data, name, "pool"));
       const concepts = new Map<string, string | null>();
@@ -145,9 +144,10 @@ export async function runRetrievalBench(log: (line: string) => void): Promise<Re
         concepts.set(result.lora.id, lora.concept);
       }
       log(`[bench] ${name}: ${set.loras.length} ${set.split} LoRAs ingested`);
-      retrievers[name] = { retriever: new Retriever(cached(encoder), index), concepts };
-    }
-    const { validation, test } = retrievers as Record<"validation" | "test", { retriever: Retriever; concepts: Map<string, string | null> }>;
+      return { retriever: new Retriever(cached(encoder), index), concepts };
+    };
+    const validation = await ingestSplit("validation", sets.validation);
+    const test = await ingestSplit("test", sets.test);
     const pools = new Map<string, CoveringPool>();
     for (const { prompt } of [...sets.validation.singles, ...sets.validation.pairs]) {
       for (const k of [2, 3]) pools.set(`${k} ${prompt}`, await validation.retriever.coveringCandidates(prompt, k));

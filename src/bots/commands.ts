@@ -4,8 +4,7 @@
 import { z } from "zod";
 import type { GenerationStore } from "../pipeline/generations.js";
 import type { ImaginePipeline } from "../pipeline/imagine.js";
-import type { CoveringOptions } from "../pipeline/covering.js";
-import type { Retriever, Selection } from "../pipeline/retrieval.js";
+import type { Retriever, SelectionSettings } from "../pipeline/retrieval.js";
 import type { LoraIndex } from "../pool/index.js";
 import type { IngestMetadata, IngestResult } from "../pool/ingest.js";
 import type { LoraStore } from "../pool/store.js";
@@ -86,7 +85,8 @@ export interface ChatSettings {
   progressIntervalMs: number;
 }
 
-export interface CommandContext {
+/** `selection` and `covering`: how /imagine picks its LoRAs (default top-k), so /loras shows the same picks. */
+export interface CommandContext extends SelectionSettings {
   commands: CommandRegistry;
   chat: ChatSettings;
   /** Where generated images live (the config's data_dir). */
@@ -104,9 +104,6 @@ export interface CommandContext {
   retrain?: () => Promise<string>;
   k: number;
   minSimilarity: number;
-  /** How /imagine picks its LoRAs (default top-k), so /loras shows the same picks. */
-  selection?: Selection;
-  covering?: CoveringOptions;
 }
 
 /** One chat command. Built-ins and plugins alike register through `CommandRegistry.add`. */

@@ -76,8 +76,9 @@ export function selectCovering(query: ArrayLike<number>, candidates: Candidate[]
     picked.push(best);
     gains.push(bestGain);
     if (closest[best]) covered.add(closest[best]!.index);
-    basis.push(orthogonalised(units[best]!, basis));
-    residual = orthogonalised(Float64Array.from(query), basis, false);
+    const axis = orthogonalised(units[best]!, basis);
+    basis.push(axis);
+    residual = orthogonalised(residual, [axis], false);
   }
   return picked.map((i, n) => {
     const { vector: _vector, ...hit } = candidates[i]!;
@@ -108,7 +109,7 @@ function orthogonalised(vector: Float64Array, basis: Float64Array[], normalise =
 }
 
 function unit(vector: ArrayLike<number>): Float64Array {
-  const out = Float64Array.from(vector as ArrayLike<number>);
+  const out = Float64Array.from(vector);
   const norm = Math.sqrt(dot(out, out));
   return norm > 0 ? out.map((value) => value / norm) : out;
 }

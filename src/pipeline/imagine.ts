@@ -10,8 +10,7 @@ import type { LoraStore } from "../pool/store.js";
 import type { GenerationRecord, GenerationStore } from "./generations.js";
 import { composeImages, type GenerationMetadata } from "./images.js";
 import type { FairQueue } from "./queue.js";
-import type { CoveringOptions } from "./covering.js";
-import type { RetrievedHit, Retriever, Selection } from "./retrieval.js";
+import type { RetrievedHit, Retriever, SelectionSettings } from "./retrieval.js";
 
 export type { Fusion };
 
@@ -21,11 +20,9 @@ export class ImagineInputError extends Error {
   readonly code = "bad-imagine-input";
 }
 
-export interface ImagineSettings {
+export interface ImagineSettings extends SelectionSettings {
   k: number;
   minSimilarity: number;
-  selection?: Selection;
-  covering?: CoveringOptions;
   fusion: Fusion;
   seedsPerPrompt: number;
   /** 0: the model family's default. */

@@ -22,6 +22,9 @@ export interface RetrievalOptions {
   covering?: CoveringOptions;
 }
 
+/** How LoRAs are chosen: what the config's retrieval section sets beside k and the floor. */
+export type SelectionSettings = Pick<RetrievalOptions, "selection" | "covering">;
+
 export type RetrievedHit = SearchHit & Partial<Pick<CoveringHit, "covers" | "gain">>;
 
 export interface Retrieval {
@@ -50,7 +53,7 @@ export function coverPrompt(pool: CoveringPool, options: Pick<RetrievalOptions, 
 }
 
 /** The config's retrieval section as RetrievalOptions' selection and covering. */
-export function selectionSettings(retrieval: Config["retrieval"]): Pick<RetrievalOptions, "selection" | "covering"> {
+export function selectionSettings(retrieval: Config["retrieval"]): SelectionSettings {
   return {
     selection: retrieval.selection,
     covering: { maxOverlap: retrieval.covering.max_overlap, minPartSimilarity: retrieval.covering.min_part_similarity },
@@ -93,8 +96,10 @@ export class Retriever {
     const add = (hits: Array<SearchHit & { vector?: number[] }>) => {
       for (const hit of hits) if (hit.vector && !found.has(hit.lora.id)) found.set(hit.lora.id, hit as Candidate);
     };
-    add(await this.index.search(Array.from(query!), CANDIDATES_PER_PICK * k, filters, -1, true));
-    for (const vector of wordVectors) add(await this.index.search(Array.from(vector), CANDIDATES_PER_WORD, filters, -1, true));
+    const searches = await Promise.all([
+      this.index.search(Array.from(query!), CANDIDATES_PER_PICK * k, filters, -1, true),
+      ...wordVectors.map((vector) => this.index.search(Array.from(vector), CANDIDATES_PER_WORD, filters, -1, true))]);
+    for (const hits of searches) add(hits);
     const candidates = [...found.values()].map((candidate) => ({ ...candidate, similarity: cosine(query!, candidate.vector) }))
       .sort((a, b) => b.similarity - a.similarity);
     return { query: query!, parts: words.map((text, n) => ({ text, vector: wordVectors[n]! })), candidates, encodeMs };
