@@ -12,6 +12,7 @@ import type { Secrets } from "./config/secrets.js";
 import { startWorkers, type Workers } from "./gpu/workers.js";
 import { modelLifecycle, openModels, type Models } from "./models/lifecycle.js";
 import { GenerationStore } from "./pipeline/generations.js";
+import { CachedVotes } from "./pipeline/rating-prior.js";
 import { ImaginePipeline } from "./pipeline/imagine.js";
 import { FairQueue } from "./pipeline/queue.js";
 import { Retriever, selectionSettings } from "./pipeline/retrieval.js";
@@ -20,6 +21,7 @@ import { PluginRegistry } from "./plugins.js";
 import { ingestLora, type IngestMetadata, type IngestResult } from "./pool/ingest.js";
 import { ingestFromUrl } from "./pool/ingest-url.js";
 import { openPool, seedFromBundle, type Pool } from "./pool/open.js";
+import { backfillLoraText } from "./pool/text-backfill.js";
 import { crawlSources, poolJobs, stateFile } from "./scheduler/jobs.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 
@@ -46,8 +48,8 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const commands = new CommandRegistry();
   for (const command of plugins.commands) commands.add(command);
   const ingest = (path: string, metadata: IngestMetadata) =>
-    ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file) });
-  const retriever = new Retriever(parts.textEncoder, pool.index);
+    ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file), embedText: parts.textEncoder });
+  const retriever = new Retriever(parts.textEncoder, pool.index, new CachedVotes(() => generations.ratingsByLora()));
   const state = stateFile(config);
   const queue = new FairQueue({
     concurrency: Math.max(1, config.workers.local.length + config.workers.remote.length),
@@ -109,6 +111,7 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
   try {
     const generations = await GenerationStore.open(config.lancedb_uri || join(resolve(config.data_dir), "lancedb"));
     host = await createHost({ config, secrets, log, plugins, pool, textEncoder, workers, generations, models });
+    await backfillLoraText(pool, textEncoder, log);
     if (config.seed_pool_from_bundle) await seedFromBundle(resolve(config.bundle_dir), pool.index, host.ingest, log);
     return host;
   } catch (error) {

@@ -35,6 +35,10 @@ describeRequiring(pythonWorker)("autolora pool add/list/block/remove", () => {
     const found = await cli(env, "pool", "search", "six-sided", "hexagon", "--k", "2", "--json");
     expect(found.code).toBe(0);
     expect(found.out.map((line) => JSON.parse(line).name)[0]).toBe("shape-hexagon-01");
+    // Why it was picked: the score's parts (its tags are its text here; nobody has rated it) and the word it covers.
+    const best = JSON.parse(found.out[0]!);
+    expect(best.parts).toEqual({ weights: expect.any(Number), text: expect.any(Number), rating: 0, score: best.similarity });
+    expect(best.covers.part).toMatch(/^(six-sided|hexagon)$/);
     const hexagon = reports[0].id as string;
     expect((await cli(env, "pool", "block", hexagon.slice(0, 10))).out).toEqual([`blocked ${hexagon}`]);
     const blocked = await cli(env, "pool", "list", "--state", "blocked", "--json");

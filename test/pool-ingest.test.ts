@@ -53,6 +53,38 @@ describe("LoRA ingest", () => {
     expect((await index.search(embedding, 1))[0]?.lora.id).toBe(sha);
   });
 
+  it("embeds the LoRA's text beside its weights: its source's name, tags and captions, and its file's training tags", async () => {
+    const { index, deps } = await pool();
+    // The hexagon LoRA with kohya's training metadata in its header (the tensors' offsets are relative to the data).
+    const whole = await readFile(hexagon);
+    const length = Number(whole.readBigUInt64LE(0));
+    const header = JSON.parse(whole.subarray(8, 8 + length).toString("utf8"));
+    header.__metadata__ = { ...header.__metadata__, ss_tag_frequency: JSON.stringify({ "10_hex": { "hexagon": 30, "six sides": 12 } }) };
+    const json = Buffer.from(JSON.stringify(header));
+    const prefix = Buffer.alloc(8);
+    prefix.writeBigUInt64LE(BigInt(json.length));
+    const tagged = join(await mkdtemp(join(tmpdir(), "autolora-kohya-")), "hexagons.safetensors");
+    await writeFile(tagged, Buffer.concat([prefix, json, whole.subarray(8 + length)]));
+    const embedded: string[] = [];
+    const embedText = {
+      async embed(texts: string[]) {
+        embedded.push(...texts);
+        return texts.map((_, n) => Array.from({ length: 8 }, (_, d) => (d === n % 8 ? 1 : 0)));
+      },
+    };
+    const added = await ingestLora(tagged, { name: "Hexagons", tags: ["shape"], captions: ["a hexagon"] }, { ...deps, embedText });
+    expect(embedded).toEqual(["Hexagons", "shape", "a hexagon", "hexagon, six sides"]);
+    const record = await index.get(added.lora.id);
+    expect(record!.text_vector![0]).toBeCloseTo(0.5, 5); // the unit mean of four unit pieces
+    expect(record!.text_checked).toBe(true);
+    // A LoRA that came with nothing written about it has no text embedding (its weights alone score it).
+    embedded.length = 0;
+    const bare = await ingestLora(striped, {}, { ...deps, embedText });
+    expect(embedded).toEqual([]);
+    expect((await index.get(bare.lora.id))!.text_vector).toBeUndefined();
+    expect(await index.textUnchecked()).toEqual([]);
+  });
+
   it("refuses a malformed file before anything is stored", async () => {
     const { store, index, deps } = await pool();
     const folder = await mkdtemp(join(tmpdir(), "autolora-bad-"));

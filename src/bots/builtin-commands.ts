@@ -1,12 +1,12 @@
 // The commands every chat offers: /imagine, /loras, /lora (info for all; add, remove, block, unblock for
 // admins), /pool status and /retrain now (admins), /help.
 import { FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, type Fusion } from "../gpu/protocol.js";
-import type { LoraRecord } from "../pool/index.js";
-import type { RetrievedHit } from "../pipeline/retrieval.js";
+import type { LoraSummary } from "../pool/index.js";
+import { describeParts, type RetrievedHit } from "../pipeline/retrieval.js";
 import { CommandInputError, type Attachment, type ChatCommand, type CommandContext, type OptionSpec } from "./commands.js";
 import { imagineInChat } from "./imagine-flow.js";
 
-type Lora = Omit<LoraRecord, "vector">;
+type Lora = LoraSummary;
 
 // LoRAs a chat user may name or ask to retrieve for one /imagine: the chats' own cap, never above what a worker
 // takes (MAX_LORAS_PER_JOB), up to which the config's retrieval.k may go.
@@ -59,13 +59,14 @@ const loras: ChatCommand = {
   options: [{ name: "search", description: "A prompt or a few words", type: "string", required: true, rest: true, autocomplete: true, maxLength: MAX_PROMPT_CHARS }],
   async run(call, context, reply) {
     const prompt = String(call.options.search);
-    const settings = { minSimilarity: context.minSimilarity, selection: context.selection, covering: context.covering };
+    const settings = { minSimilarity: context.minSimilarity, selection: context.selection, covering: context.covering, hybrid: context.hybrid };
     const [{ hits: used }, { hits: nearest }] = await Promise.all([
       context.retriever.retrieve(prompt, { k: context.k, ...settings }),
-      context.retriever.retrieve(prompt, { k: Math.max(context.k, 5), minSimilarity: -1 })]);
+      context.retriever.retrieve(prompt, { k: Math.max(context.k, 5), minSimilarity: -1, hybrid: context.hybrid })]);
     if (nearest.length === 0) return reply.send({ text: "the pool has no LoRAs yet" });
     const chosen = new Set(used.map((hit) => hit.lora.id));
-    const line = (hit: RetrievedHit, mark: string) => `${mark} ${hit.lora.name} (${hit.similarity.toFixed(2)})` +
+    const line = (hit: RetrievedHit, mark: string) => `${mark} ${hit.lora.name} (${hit.similarity.toFixed(2)}` +
+      `${hit.parts ? `: ${describeParts(hit.parts)}` : ""})` +
       `${hit.covers ? ` covers “${hit.covers.part}” (${hit.covers.similarity.toFixed(2)})` : ""} \`${hit.lora.id.slice(0, 12)}\``;
     const lines = [...used.map((hit) => line(hit, "✅")), ...nearest.filter((hit) => !chosen.has(hit.lora.id)).map((hit) => line(hit, "▫️"))];
     await reply.send({ text: `LoRAs for **${prompt}** (✅ = /imagine would use it; similarity to the whole prompt):\n${lines.join("\n")}` });

@@ -3,6 +3,7 @@
 // commands, variations and rerolls all go through here.
 import type { GenerationRecord } from "../pipeline/generations.js";
 import type { Fusion, ImagineResult, ImagineUpdate } from "../pipeline/imagine.js";
+import { describeParts } from "../pipeline/retrieval.js";
 import type { CommandContext, Reply } from "./commands.js";
 import { buttonId, type BotButton, type BotMessage } from "./messages.js";
 
@@ -106,7 +107,7 @@ export function resultMessage(generation: GenerationRecord, loras: Array<{ name:
 export function infoText(generation: GenerationRecord): string {
   const loras = generation.loras.length
     ? generation.loras.map((lora) => `• ${lora.name} \`${lora.id.slice(0, 12)}\` similarity ${lora.similarity.toFixed(3)}` +
-      `${lora.covers ? ` · covers “${lora.covers}”` : ""}`).join("\n")
+      `${lora.parts ? ` (${describeParts(lora.parts)})` : ""}${lora.covers ? ` · covers “${lora.covers}”` : ""}`).join("\n")
     : "• none";
   const seconds = (generation.timings.total_ms ?? 0) / 1000;
   return [

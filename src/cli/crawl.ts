@@ -1,6 +1,7 @@
 // `autolora crawl`: one crawl now, of every configured source or the one named, with the configured workers
 // embedding what it finds. Shares the scheduler's state and lock, so it never runs beside a scheduled crawl and
 // resumes where an interrupted one stopped.
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { builtinPlugin } from "../builtins.js";
@@ -9,6 +10,7 @@ import { openModels } from "../models/lifecycle.js";
 import { openPool } from "../pool/open.js";
 import { PluginRegistry } from "../plugins.js";
 import { ingestLora } from "../pool/ingest.js";
+import { TextEncoder } from "../pipeline/text-encoder.js";
 import { crawlAll, crawlSources, stateFile, summarize } from "../scheduler/jobs.js";
 import { JobBusyError } from "../scheduler/state.js";
 import type { CliIo } from "./main.js";
@@ -37,13 +39,17 @@ export async function crawlCommand(args: string[], io: CliIo): Promise<number> {
   const state = stateFile(config);
   const pool = await openPool(config, io.stderr);
   const workers = await startWorkers(config, secrets, io.stderr, await openModels(config));
+  const encoder = await TextEncoder.load(resolve(config.text_encoder_dir)).catch(async (error: unknown) => {
+    await workers.stop();
+    throw error;
+  });
   const controller = new AbortController();
   const interrupt = () => controller.abort(new Error("interrupted; the next crawl resumes here"));
   process.once("SIGINT", interrupt);
   try {
     const reports = await state.exclusive("crawl", () => crawlAll({
       config, sources, state, limit, log: values.json ? undefined : io.stderr,
-      ingest: (path, metadata) => ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file) }),
+      ingest: (path, metadata) => ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file), embedText: encoder }),
     }, controller.signal));
     await state.update((saved) => {
       saved.jobs.crawl = { ...saved.jobs.crawl, lastFinished: new Date().toISOString(), lastOutcome: "ok", lastSummary: summarize(reports) };
@@ -69,6 +75,6 @@ export async function crawlCommand(args: string[], io: CliIo): Promise<number> {
     throw error;
   } finally {
     process.off("SIGINT", interrupt);
-    await workers.stop();
+    await Promise.all([workers.stop(), encoder.close()]);
   }
 }

@@ -8,10 +8,12 @@ import { openPool, type Pool } from "../pool/open.js";
 import type { LoraState } from "../pool/index.js";
 import { ingestLora } from "../pool/ingest.js";
 import { InvalidLoraFileError } from "../pool/safetensors.js";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import type { Config } from "../config/schema.js";
-import { Retriever, selectionSettings, type Selection } from "../pipeline/retrieval.js";
+import { describeParts, Retriever, selectionSettings, type Selection } from "../pipeline/retrieval.js";
 import { TextEncoder } from "../pipeline/text-encoder.js";
+import { GenerationStore } from "../pipeline/generations.js";
+import { CachedVotes } from "../pipeline/rating-prior.js";
 import type { CliIo } from "./main.js";
 
 export async function poolCommand(command: string, args: string[], io: CliIo): Promise<number> {
@@ -46,7 +48,7 @@ function parse(args: string[]) {
 type Parsed = ReturnType<typeof parse>;
 type Run = (parsed: Parsed, pool: Pool, io: CliIo, workers: () => ReturnType<typeof startWorkers>, config: Config) => Promise<number>;
 
-const add: Run = async ({ positionals, values }, pool, io, workers) => {
+const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
   if (positionals.length === 0) {
     io.stderr("usage: autolora pool add FILE... [--name N] [--tags a,b] [--source S] [--url U] [--license L] [--nsfw]");
     return 2;
@@ -56,6 +58,7 @@ const add: Run = async ({ positionals, values }, pool, io, workers) => {
     return 2;
   }
   const started = await workers();
+  const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
   let failed = 0;
   try {
     for (const file of positionals) {
@@ -63,7 +66,7 @@ const add: Run = async ({ positionals, values }, pool, io, workers) => {
         const { status, lora } = await ingestLora(file, {
           name: values.name, source: values.source ?? "upload", url: values.url, license: values.license,
           nsfw: values.nsfw ?? false, tags: values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean),
-        }, { ...pool, embed: (path) => started.dispatcher.embed(path) });
+        }, { ...pool, embed: (path) => started.dispatcher.embed(path), embedText: encoder });
         io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora })
           : `${status === "added" ? "added" : "already in the pool"}: ${lora.id.slice(0, 12)} ${lora.name} ` +
             `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})`);
@@ -75,7 +78,7 @@ const add: Run = async ({ positionals, values }, pool, io, workers) => {
       }
     }
   } finally {
-    await started.stop();
+    await Promise.all([started.stop(), encoder.close()]);
   }
   return failed > 0 ? 2 : 0;
 };
@@ -108,13 +111,15 @@ const search: Run = async ({ positionals, values }, pool, io, _workers, config) 
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
   try {
     const tags = values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean);
-    const { hits } = await new Retriever(encoder, pool.index).retrieve(text, {
+    const generations = await GenerationStore.open(config.lancedb_uri || join(resolve(config.data_dir), "lancedb"));
+    const { hits } = await new Retriever(encoder, pool.index, new CachedVotes(() => generations.ratingsByLora())).retrieve(text, {
       k, minSimilarity: floor, filters: { family: values.family, tags, nsfw: config.retrieval.nsfw },
       ...selectionSettings(config.retrieval), selection: selection as Selection,
     });
-    for (const { lora, similarity, covers, gain } of hits) {
-      io.stdout(values.json ? JSON.stringify({ similarity, ...(covers ? { covers, gain } : {}), ...lora })
-        : `${similarity.toFixed(3)}  ${lora.id.slice(0, 12)}  ${lora.name}${covers ? `  covers “${covers.part}” (${covers.similarity.toFixed(3)})` : ""}`);
+    for (const { lora, similarity, covers, gain, parts } of hits) {
+      io.stdout(values.json ? JSON.stringify({ similarity, ...(parts ? { parts } : {}), ...(covers ? { covers, gain } : {}), ...lora })
+        : `${similarity.toFixed(3)}  ${lora.id.slice(0, 12)}  ${lora.name}${parts ? `  [${describeParts(parts)}]` : ""}` +
+          `${covers ? `  covers “${covers.part}” (${covers.similarity.toFixed(3)})` : ""}`);
     }
     if (!values.json && hits.length === 0) io.stderr("no LoRA matches");
     return 0;

@@ -60,6 +60,11 @@ export const configSchema = z.strictObject({
       max_overlap: z.number().min(-1).max(1),
       min_part_similarity: z.number().min(-1).max(1),
     }),
+    hybrid: z.strictObject({
+      text_weight: z.number().min(0).max(1),
+      rating_weight: z.number().min(0).max(1),
+      rating_pseudo_count: z.number().min(0),
+    }),
   }),
   generation: z.strictObject({
     seeds_per_prompt: z.int().min(1).max(MAX_SEEDS_PER_JOB, `at most ${MAX_SEEDS_PER_JOB}, the seeds a worker draws in one job`),

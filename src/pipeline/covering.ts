@@ -24,14 +24,21 @@ export interface PromptPart {
 }
 
 export interface Candidate extends SearchHit {
-  /** The LoRA's embedding. */
+  /** The LoRA's embedding (with hybrid scoring, the mix of its weight and text embeddings). */
   vector: ArrayLike<number>;
+  /** Added to the candidate's gain at every step: its rating prior's share of the score. */
+  bonus?: number;
+  /** What the LoRA draws, for which prompt word it covers and whether it duplicates a pick: its weight embedding
+   *  (default: `vector`). Text describes a LoRA's preview images, colours and backgrounds included, so a LoRA whose
+   *  caption says "red" would otherwise cover the word "red". */
+  drawn?: ArrayLike<number>;
 }
 
 export interface CoveringHit extends SearchHit {
   /** The prompt word this LoRA is closest to, and that cosine; absent when the prompt has no content words. */
   covers?: { part: string; similarity: number };
-  /** How much of the prompt not yet covered this pick matched: the residual's dot product with the LoRA. */
+  /** How much of the prompt not yet covered this pick matched: the residual's dot product with the LoRA (plus its
+   *  rating bonus). */
   gain: number;
 }
 
@@ -49,11 +56,13 @@ export function promptWords(prompt: string): string[] {
   return [...new Set(words.filter((word) => !FUNCTION_WORDS.has(word)))];
 }
 
-export function selectCovering(query: ArrayLike<number>, candidates: Candidate[], parts: PromptPart[], k: number,
-  options: CoveringOptions): CoveringHit[] {
+/** Up to k picks (see the top of this file); the first must have `similarity` ≥ `firstFloor`. */
+export function selectCovering<C extends Candidate>(query: ArrayLike<number>, candidates: C[], parts: PromptPart[], k: number,
+  options: CoveringOptions, firstFloor = -Infinity): Array<CoveringHit & Omit<C, "vector" | "bonus" | "drawn">> {
   const units = candidates.map((candidate) => unit(candidate.vector));
+  const drawn = candidates.map((candidate, i) => (candidate.drawn ? unit(candidate.drawn) : units[i]!));
   const partUnits = parts.map((part) => unit(part.vector));
-  const closest = units.map((vector) => closestPart(vector, partUnits));
+  const closest = drawn.map((vector) => closestPart(vector, partUnits));
   const picked: number[] = [];
   const covered = new Set<number>();
   const basis: Float64Array[] = [];
@@ -64,12 +73,13 @@ export function selectCovering(query: ArrayLike<number>, candidates: Candidate[]
     let bestGain = -Infinity;
     for (let i = 0; i < candidates.length; i++) {
       if (picked.includes(i)) continue;
+      if (picked.length === 0 && candidates[i]!.similarity < firstFloor) continue;
       if (picked.length > 0) {
-        if (picked.some((j) => dot(units[i]!, units[j]!) > options.maxOverlap)) continue;
+        if (picked.some((j) => dot(drawn[i]!, drawn[j]!) > options.maxOverlap)) continue;
         const part = closest[i];
         if (!part || covered.has(part.index) || part.similarity < options.minPartSimilarity) continue;
       }
-      const gain = dot(residual, units[i]!);
+      const gain = dot(residual, units[i]!) + (candidates[i]!.bonus ?? 0);
       if (gain > bestGain) [best, bestGain] = [i, gain];
     }
     if (best < 0) break;
@@ -81,7 +91,7 @@ export function selectCovering(query: ArrayLike<number>, candidates: Candidate[]
     residual = orthogonalised(residual, [axis], false);
   }
   return picked.map((i, n) => {
-    const { vector: _vector, ...hit } = candidates[i]!;
+    const { vector: _vector, bonus: _bonus, drawn: _drawn, ...hit } = candidates[i]!;
     const part = closest[i];
     return { ...hit, gain: gains[n]!, ...(part ? { covers: { part: parts[part.index]!.text, similarity: part.similarity } } : {}) };
   });

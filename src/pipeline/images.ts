@@ -2,12 +2,13 @@
 // carrying the generation's metadata, plus a compact WebP of the grid for chat messages.
 import sharp from "sharp";
 import { withPngText } from "./png-text.js";
+import type { ScoreParts } from "./retrieval.js";
 
 export interface GenerationMetadata {
   prompt: string;
   seeds: number[];
   /** `covers`: the prompt word a covering pick was chosen for (absent for top-k picks and chosen LoRAs). */
-  loras: Array<{ id: string; name: string; similarity: number; scale: number; covers?: string }>;
+  loras: Array<{ id: string; name: string; similarity: number; scale: number; covers?: string; parts?: ScoreParts }>;
   fusion: string;
   model_version: string;
   gate_version: string | null;

@@ -103,10 +103,10 @@ export class ImaginePipeline {
     const settings = this.deps.settings;
     const started = performance.now();
     const { hits, timings } = options.loras
-      ? await this.deps.retriever.score(prompt, options.loras)
+      ? await this.deps.retriever.score(prompt, options.loras, settings.hybrid)
       : await this.deps.retriever.retrieve(prompt, {
         k: options.k ?? settings.k, minSimilarity: settings.minSimilarity, filters: settings.filters,
-        selection: settings.selection, covering: settings.covering,
+        selection: settings.selection, covering: settings.covering, hybrid: settings.hybrid,
       });
     options.onUpdate?.({ type: "retrieved", loras: hits });
     const fusion = options.fusion ?? settings.fusion;
@@ -131,6 +131,7 @@ export class ImaginePipeline {
     const composeStarted = performance.now();
     const loras = hits.map((hit: RetrievedHit) => ({
       id: hit.lora.id, name: hit.lora.name, similarity: hit.similarity, scale: 1, ...(hit.covers ? { covers: hit.covers.part } : {}),
+      ...(hit.parts ? { parts: hit.parts } : {}),
     }));
     const metadata: GenerationMetadata = {
       prompt, seeds, loras, fusion: end.fusion, model_version: end.model_version, gate_version: end.gate_version,

@@ -27,6 +27,11 @@ export interface LoraRecord {
   bytes: number;
   /** The LoRA encoder's embedding: a unit vector in the text encoder's space. */
   vector: number[];
+  /** The embedding of what the LoRA's text says (trigger words, tags, captions, training tags; lora-text.ts), a
+   *  unit vector in the same space; absent when the LoRA came with no text. */
+  text_vector?: number[];
+  /** False for a LoRA indexed before LoRAs got text embeddings: the host's backfill still has to embed its text. */
+  text_checked?: boolean;
   encoder_version: string;
   added_at: string;
 }
@@ -41,8 +46,13 @@ export interface LoraFilters {
   tags?: string[];
 }
 
+export type LoraSummary = Omit<LoraRecord, "vector" | "text_vector">;
+
+/** Which embedding a search compares with: the LoRA's weights (the encoder's) or its text. */
+export type EmbeddingColumn = "vector" | "text_vector";
+
 export interface SearchHit {
-  lora: Omit<LoraRecord, "vector">;
+  lora: LoraSummary;
   /** Cosine similarity between the query and the LoRA's embedding. */
   similarity: number;
 }
@@ -54,18 +64,22 @@ export interface LoraIndex {
   /** Every LoRA's id, any state: what the store's files are checked against. */
   ids(): Promise<Set<string>>;
   /** LoRAs whose sha256 starts with `prefix` (lower-case hex, 8+ characters), at most `limit` of them. */
-  findByPrefix(prefix: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
+  findByPrefix(prefix: string, limit?: number): Promise<LoraSummary[]>;
   /** LoRAs whose name contains `text` (case-insensitive), exact matches first, at most `limit`. */
-  findByName(text: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
-  list(filters?: LoraFilters, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
+  findByName(text: string, limit?: number): Promise<LoraSummary[]>;
+  list(filters?: LoraFilters, limit?: number): Promise<LoraSummary[]>;
   /** The k most similar LoRAs to `vector` passing the filters, at or above `minSimilarity`, best first; with
-   *  `withVectors`, each hit carries the LoRA's embedding too. */
-  search(vector: number[], k: number, filters?: LoraFilters, minSimilarity?: number, withVectors?: boolean): Promise<Array<SearchHit & { vector?: number[] }>>;
+   *  `withVectors`, each hit carries the LoRA's embeddings too. `column` "text_vector" searches the text
+   *  embeddings (LoRAs without text are left out). */
+  search(vector: number[], k: number, filters?: LoraFilters, minSimilarity?: number, withVectors?: boolean,
+    column?: EmbeddingColumn): Promise<Array<SearchHit & { vector?: number[]; text_vector?: number[] }>>;
+  /** LoRAs (any state) whose text has not been embedded yet: what the text backfill still has to do. */
+  textUnchecked?(limit?: number): Promise<LoraSummary[]>;
   setState(id: string, state: LoraState): Promise<boolean>;
   remove(id: string): Promise<boolean>;
   count(filters?: LoraFilters): Promise<number>;
   /** LoRAs (any state) embedded by another encoder than `encoderVersion`: what a re-embed still has to do. */
-  embeddedByOther(encoderVersion: string, limit?: number): Promise<Array<Omit<LoraRecord, "vector">>>;
+  embeddedByOther(encoderVersion: string, limit?: number): Promise<LoraSummary[]>;
   /** Periodic upkeep (compaction, index refresh); resolves to a one-line summary. */
   maintain?(): Promise<string>;
 }

@@ -5,8 +5,9 @@
 // sweep (sweep.ts) that the stored copy is an orphan, while a live process's copy is never swept.
 import { basename } from "node:path";
 import type { EmbedResult } from "../gpu/protocol.js";
-import type { LoraIndex, LoraRecord } from "./index.js";
+import type { LoraIndex, LoraRecord, LoraSummary } from "./index.js";
 import { inspectLora } from "./inspect.js";
+import { embedLoraText, loraTextPieces, type TextEmbedder } from "./lora-text.js";
 import { DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, type SafetensorsLimits } from "./safetensors.js";
 import { sha256File, type LoraStore } from "./store.js";
 
@@ -15,6 +16,9 @@ export interface IngestDependencies {
   index: LoraIndex;
   /** The worker's /embed for a stored file (see WorkerDispatcher.embed). */
   embed: (path: string) => Promise<EmbedResult>;
+  /** The frozen text encoder, for the LoRA's text embedding (lora-text.ts); without it the LoRA is indexed by its
+   *  weights alone and the text backfill embeds its text later. */
+  embedText?: TextEmbedder;
   limits?: SafetensorsLimits;
   now?: () => Date;
 }
@@ -33,7 +37,7 @@ export interface IngestMetadata {
 
 export interface IngestResult {
   status: "added" | "exists";
-  lora: Omit<LoraRecord, "vector">;
+  lora: LoraSummary;
 }
 
 const inFlight = new Map<string, Promise<IngestResult>>();
@@ -45,7 +49,7 @@ export async function ingestLora(file: string, metadata: IngestMetadata, deps: I
   // Two ingests of the same file at once in this process share one run (other processes wait on the store lock).
   const running = inFlight.get(sha256);
   if (running) return running.then((result) => ({ ...result, status: "exists" as const }));
-  const run = ingestNew(file, sha256, header.fileBytes, inspected.family, metadata, deps);
+  const run = ingestNew(file, sha256, header.fileBytes, inspected.family, metadata, header.metadata, deps);
   inFlight.set(sha256, run);
   try {
     return await run;
@@ -55,7 +59,7 @@ export async function ingestLora(file: string, metadata: IngestMetadata, deps: I
 }
 
 async function ingestNew(file: string, sha256: string, bytes: number, family: string | null, metadata: IngestMetadata,
-  deps: IngestDependencies): Promise<IngestResult> {
+  fileMetadata: Record<string, string>, deps: IngestDependencies): Promise<IngestResult> {
   const existing = await deps.index.get(sha256);
   if (existing) return alreadyThere(existing);
   const lock = await deps.store.lock(sha256);
@@ -65,7 +69,7 @@ async function ingestNew(file: string, sha256: string, bytes: number, family: st
     if (added) return alreadyThere(added);
     const path = await deps.store.put(file, sha256);
     try {
-      return await embedAndIndex(file, path, sha256, bytes, family, metadata, deps);
+      return await embedAndIndex(file, path, sha256, bytes, family, metadata, fileMetadata, deps);
     } catch (error) {
       // Under the lock, a stored copy with no index row is nobody's: it goes, whoever stored it.
       if (!(await deps.index.get(sha256))) await deps.store.remove(sha256);
@@ -77,12 +81,12 @@ async function ingestNew(file: string, sha256: string, bytes: number, family: st
 }
 
 function alreadyThere(record: LoraRecord): IngestResult {
-  const { vector: _vector, ...lora } = record;
+  const { vector: _vector, text_vector: _text, ...lora } = record;
   return { status: "exists", lora };
 }
 
 async function embedAndIndex(file: string, path: string, sha256: string, bytes: number, family: string | null,
-  metadata: IngestMetadata, deps: IngestDependencies): Promise<IngestResult> {
+  metadata: IngestMetadata, fileMetadata: Record<string, string>, deps: IngestDependencies): Promise<IngestResult> {
   const embedded = await deps.embed(path);
   if (embedded.sha256 !== sha256) {
     throw new Error(`the worker read a different file (sha256 ${embedded.sha256}) than was stored (${sha256})`);
@@ -110,9 +114,15 @@ async function embedAndIndex(file: string, path: string, sha256: string, bytes: 
     bytes,
     vector: embedded.embedding,
     encoder_version: embedded.encoder_version,
+    text_checked: !!deps.embedText,
     added_at: (deps.now?.() ?? new Date()).toISOString(),
   };
+  if (deps.embedText) {
+    const pieces = loraTextPieces({ ...record, name: metadata.name }, fileMetadata);
+    const text = await embedLoraText(deps.embedText, pieces);
+    if (text) record.text_vector = text;
+  }
   await deps.index.upsert([record]);
-  const { vector: _vector, ...lora } = record;
+  const { vector: _vector, text_vector: _text, ...lora } = record;
   return { status: "added", lora };
 }

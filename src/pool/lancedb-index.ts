@@ -5,7 +5,7 @@ import * as lancedb from "@lancedb/lancedb";
 import {
   Bool, Field, FixedSizeList, Float32, Int32, List, Schema, Utf8, Int64,
 } from "apache-arrow";
-import type { LoraFilters, LoraIndex, LoraRecord, LoraState, SearchHit } from "./index.js";
+import type { EmbeddingColumn, LoraFilters, LoraIndex, LoraRecord, LoraState, LoraSummary, SearchHit } from "./index.js";
 
 export interface LanceLoraIndexOptions {
   /** A LanceDB URI: a local folder (data/lancedb) or object storage. */
@@ -45,13 +45,17 @@ function schemaFor(dimension: number): Schema {
     new Field("file", new Utf8(), false),
     new Field("bytes", new Int64(), false),
     new Field("vector", new FixedSizeList(dimension, new Field("item", new Float32(), true)), false),
+    // Zeros when the LoRA has no text (has_text false): LanceDB's vector search wants a value in every row.
+    new Field("text_vector", new FixedSizeList(dimension, new Field("item", new Float32(), true)), false),
+    new Field("has_text", new Bool(), false),
+    new Field("text_checked", new Bool(), false),
     new Field("encoder_version", new Utf8(), false),
     new Field("added_at", new Utf8(), false),
   ]);
 }
 
 const COLUMNS = ["id", "name", "source", "url", "family", "format", "ranks", "modules", "trigger_words", "tags",
-  "captions", "license", "nsfw", "state", "file", "bytes", "encoder_version", "added_at"];
+  "captions", "license", "nsfw", "state", "file", "bytes", "encoder_version", "added_at", "has_text", "text_checked"];
 
 export class LanceLoraIndex implements LoraIndex {
   private table: lancedb.Table | undefined;
@@ -63,9 +67,31 @@ export class LanceLoraIndex implements LoraIndex {
     const index = new LanceLoraIndex(await lancedb.connect(options.uri), options.annThreshold ?? 10_000);
     if ((await index.db.tableNames()).includes(TABLE)) {
       index.table = await index.db.openTable(TABLE);
+      if (!(await index.table.schema()).fields.some((field) => field.name === "text_vector")) await index.addTextColumns();
       index.indexed = (await index.table.listIndices()).some((config) => config.columns.includes("vector"));
     }
     return index;
+  }
+
+  /**
+   * A pool indexed before LoRAs had text embeddings: rewrite the table with the text columns (no text yet, not
+   * checked: the host's backfill embeds each LoRA's text). The rewrite is one new table version, so a crash
+   * in between leaves the old version readable; the ANN index is rebuilt on the new rows.
+   */
+  private async addTextColumns(): Promise<void> {
+    const table = this.table!;
+    const field = (await table.schema()).fields.find((f) => f.name === "vector");
+    const dimension = (field?.type as FixedSizeList).listSize;
+    const rows = (await table.query().toArray()).map((row) => {
+      const record = fromRow(row);
+      return { ...record, bytes: BigInt(record.bytes), text_vector: new Array(dimension).fill(0), has_text: false, text_checked: false };
+    });
+    const schema = schemaFor(dimension);
+    this.table = rows.length > 0
+      ? await this.db.createTable(TABLE, rows, { mode: "overwrite", schema })
+      : await this.db.createEmptyTable(TABLE, schema, { mode: "overwrite" });
+    this.indexed = false;
+    await this.maybeBuildAnnIndex();
   }
 
   async upsert(records: LoraRecord[]): Promise<void> {
@@ -76,8 +102,10 @@ export class LanceLoraIndex implements LoraIndex {
     const dimension = records[0]!.vector.length;
     const wrong = records.find((record) => record.vector.length !== dimension);
     if (wrong || dimension === 0) throw new Error("every LoRA in one upsert needs an embedding of the same, non-zero size");
+    const text = records.find((record) => record.text_vector && record.text_vector.length !== dimension);
+    if (text) throw new Error(`the text embedding of ${text.id.slice(0, 12)} has ${text.text_vector!.length} dimensions, its weight embedding ${dimension}`);
     const table = await this.tableFor(dimension);
-    const rows = records.map((record) => ({ ...record, bytes: BigInt(record.bytes) }));
+    const rows = records.map((record) => toRow(record, dimension));
     await table.mergeInsert("id").whenMatchedUpdateAll().whenNotMatchedInsertAll().execute(rows);
     await this.maybeBuildAnnIndex();
   }
@@ -85,8 +113,9 @@ export class LanceLoraIndex implements LoraIndex {
   /** Bulk load of records known to be new (a benchmark's synthetic pool, a migration): one append, no id check. */
   async append(records: LoraRecord[]): Promise<void> {
     if (records.length === 0) return;
-    const table = await this.tableFor(records[0]!.vector.length);
-    await table.add(records.map((record) => ({ ...record, bytes: BigInt(record.bytes) })));
+    const dimension = records[0]!.vector.length;
+    const table = await this.tableFor(dimension);
+    await table.add(records.map((record) => toRow(record, dimension)));
     await this.maybeBuildAnnIndex();
   }
 
@@ -101,12 +130,12 @@ export class LanceLoraIndex implements LoraIndex {
     return new Set((await this.table.query().select(["id"]).toArray()).map((row) => String(row.id)));
   }
 
-  async findByPrefix(prefix: string, limit = 10): Promise<Array<Omit<LoraRecord, "vector">>> {
+  async findByPrefix(prefix: string, limit = 10): Promise<Array<LoraSummary>> {
     if (!this.table || !/^[0-9a-f]{8,64}$/.test(prefix)) return [];
     return (await this.table.query().where(`starts_with(id, '${prefix}')`).select(COLUMNS).limit(limit).toArray()).map(fromRow);
   }
 
-  async findByName(text: string, limit = 25): Promise<Array<Omit<LoraRecord, "vector">>> {
+  async findByName(text: string, limit = 25): Promise<Array<LoraSummary>> {
     // LIKE's own wildcards and quotes are dropped from what was typed: a name search, not a pattern language.
     const needle = text.toLowerCase().replace(/[%_'\\]/g, "").trim();
     if (!this.table || !needle) return [];
@@ -115,13 +144,13 @@ export class LanceLoraIndex implements LoraIndex {
     return rows.sort((a, b) => rank(a.name) - rank(b.name) || a.name.localeCompare(b.name)).slice(0, limit);
   }
 
-  async embeddedByOther(encoderVersion: string, limit = 100): Promise<Array<Omit<LoraRecord, "vector">>> {
+  async embeddedByOther(encoderVersion: string, limit = 100): Promise<Array<LoraSummary>> {
     if (!this.table) return [];
     const where = `encoder_version != '${encoderVersion.replace(/'/g, "''")}'`;
     return (await this.table.query().where(where).select(COLUMNS).limit(limit).toArray()).map(fromRow);
   }
 
-  async list(filters: LoraFilters = {}, limit = 1000): Promise<Array<Omit<LoraRecord, "vector">>> {
+  async list(filters: LoraFilters = {}, limit = 1000): Promise<Array<LoraSummary>> {
     if (!this.table) return [];
     let query = this.table.query().select(COLUMNS).limit(limit);
     const where = whereClause(filters);
@@ -129,23 +158,32 @@ export class LanceLoraIndex implements LoraIndex {
     return (await query.toArray()).map(fromRow).sort((a, b) => a.added_at.localeCompare(b.added_at) || a.id.localeCompare(b.id));
   }
 
-  async search(vector: number[], k: number, filters: LoraFilters = {}, minSimilarity = -1,
-    withVectors = false): Promise<Array<SearchHit & { vector?: number[] }>> {
+  async search(vector: number[], k: number, filters: LoraFilters = {}, minSimilarity = -1, withVectors = false,
+    column: EmbeddingColumn = "vector"): Promise<Array<SearchHit & { vector?: number[]; text_vector?: number[] }>> {
     if (!this.table || k <= 0) return [];
-    const columns = withVectors ? [...COLUMNS, "vector", "_distance"] : [...COLUMNS, "_distance"];
-    let query = this.table.vectorSearch(vector).distanceType("cosine").select(columns).limit(k);
+    const columns = withVectors ? [...COLUMNS, "vector", "text_vector", "_distance"] : [...COLUMNS, "_distance"];
+    let query = this.table.vectorSearch(vector).column(column).distanceType("cosine").select(columns).limit(k);
     // PQ distances are approximate: re-rank 10k candidates by their exact vectors, so the order and the
-    // similarities returned are true cosines.
-    if (this.indexed) query = query.refineFactor(10);
-    const where = whereClause({ state: "active", ...filters });
+    // similarities returned are true cosines. (Text embeddings have no ANN index: an exact scan.)
+    if (this.indexed && column === "vector") query = query.refineFactor(10);
+    const where = [whereClause({ state: "active", ...filters }), column === "text_vector" ? "has_text = true" : ""]
+      .filter(Boolean).join(" AND ");
     if (where) query = query.where(where);
     const rows = await query.toArray();
     return rows
       .map((row) => {
-        const { vector: loraVector, ...lora } = fromRow(row);
-        return { lora, similarity: 1 - Number(row._distance), ...(withVectors ? { vector: loraVector } : {}) };
+        const { vector: loraVector, text_vector: textVector, ...lora } = fromRow(row);
+        return {
+          lora, similarity: 1 - Number(row._distance),
+          ...(withVectors ? { vector: loraVector, ...(textVector ? { text_vector: textVector } : {}) } : {}),
+        };
       })
       .filter((hit) => hit.similarity >= minSimilarity);
+  }
+
+  async textUnchecked(limit = 100): Promise<LoraSummary[]> {
+    if (!this.table) return [];
+    return (await this.table.query().where("text_checked = false").select(COLUMNS).limit(limit).toArray()).map(fromRow);
   }
 
   async setState(id: string, state: LoraState): Promise<boolean> {
@@ -240,7 +278,15 @@ function sqlString(value: string): string {
   return `'${value.replaceAll("'", "''")}'`;
 }
 
-function fromRow(row: Record<string, unknown>): Omit<LoraRecord, "vector"> & { vector?: number[] } {
+function toRow(record: LoraRecord, dimension: number): Record<string, unknown> {
+  const hasText = !!record.text_vector && record.text_vector.length > 0;
+  return {
+    ...record, bytes: BigInt(record.bytes), text_vector: hasText ? record.text_vector : new Array(dimension).fill(0),
+    has_text: hasText, text_checked: record.text_checked ?? true,
+  };
+}
+
+function fromRow(row: Record<string, unknown>): LoraSummary & { vector?: number[]; text_vector?: number[] } {
   const list = (value: unknown) => (value && typeof (value as Iterable<unknown>)[Symbol.iterator] === "function"
     ? [...(value as Iterable<unknown>)] : []);
   const record: Record<string, unknown> = {};
@@ -248,6 +294,9 @@ function fromRow(row: Record<string, unknown>): Omit<LoraRecord, "vector"> & { v
   for (const column of ["ranks", "trigger_words", "tags", "captions"]) record[column] = list(row[column]).map((v) => (typeof v === "bigint" ? Number(v) : v));
   record.bytes = Number(row.bytes);
   record.modules = Number(row.modules);
+  record.text_checked = row.text_checked === undefined ? true : Boolean(row.text_checked);
+  delete record.has_text;
   if (row.vector !== undefined) record.vector = list(row.vector).map(Number);
-  return record as Omit<LoraRecord, "vector"> & { vector?: number[] };
+  if (row.text_vector !== undefined && row.has_text) record.text_vector = list(row.text_vector).map(Number);
+  return record as LoraSummary & { vector?: number[]; text_vector?: number[] };
 }

@@ -69,10 +69,13 @@ export async function fakeHost(options: FakeHostOptions = {}) {
   const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
   const names = ["hexagon shapes", "diagonal stripes", "five-pointed stars"];
   const vectors = await textEncoder.embed(names);
+  // The stripes LoRA came with a description (its text embedding); the others with none.
+  const [stripesText] = await textEncoder.embed(["a striped pattern"]);
   await index.upsert(names.map((name, n): LoraRecord => ({
     id: String(n + 1).repeat(64), name, source: "test", url: "", family: "proving-ground", format: "diffusers",
-    ranks: [4], modules: 10, trigger_words: [], tags: [], captions: [], license: "", nsfw: false, state: "active",
-    file: "", bytes: 100, vector: Array.from(vectors[n]!), encoder_version: "t", added_at: new Date().toISOString(),
+    ranks: [4], modules: 10, trigger_words: [], tags: [], captions: n === 1 ? ["a striped pattern"] : [], license: "", nsfw: false,
+    state: "active", file: "", bytes: 100, vector: Array.from(vectors[n]!), encoder_version: "t", added_at: new Date().toISOString(),
+    ...(n === 1 ? { text_vector: Array.from(stripesText!) } : {}),
   })));
   const plugins = new PluginRegistry(config, () => undefined);
   await plugins.use(builtinPlugin);

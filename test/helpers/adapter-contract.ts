@@ -92,9 +92,10 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await harness.press("bob", result, "ℹ️");
     const info = await waitForPost(harness, (post) => /seeds: /.test(post.text), before);
     expect(info.text).toMatch(/fusion: gated/);
-    expect(info.text).toMatch(/hexagon shapes .*similarity 0\.\d{3} · covers “hexagon”/);
+    // Each LoRA's score parts (weights, text when it has any) and the prompt word it covers.
+    expect(info.text).toMatch(/hexagon shapes .*similarity 0\.\d{3} \(weights 0\.\d\d · no text\) · covers “hexagon”/);
     // Covering selection: the prompt names an object and a style, so the second LoRA is the style's.
-    expect(info.text).toMatch(/diagonal stripes .*similarity 0\.\d{3} · covers “(diagonal|stripes)”/);
+    expect(info.text).toMatch(/diagonal stripes .*similarity 0\.\d{3} \(weights 0\.\d\d · text 0\.\d\d\) · covers “(diagonal|stripes)”/);
     expect(info.text).toMatch(/model \S+ · gates \S+/);
   }, 30_000);
 
@@ -186,7 +187,7 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await harness.command("alice", "/imagine a star loras:no-such-lora");
     await waitForPost(harness, (post) => /no LoRA called no-such-lora; try \/loras/.test(post.text), before);
     await harness.command("alice", "/loras search:hexagon");
-    await waitForPost(harness, (post) => /LoRAs for .*hexagon/.test(post.text) && /✅ hexagon shapes \(0\.\d\d\) covers “hexagon”/.test(post.text)
+    await waitForPost(harness, (post) => /LoRAs for .*hexagon/.test(post.text) && /✅ hexagon shapes \(0\.\d\d: weights 0\.\d\d · no text\) covers “hexagon”/.test(post.text)
       && /▫️ diagonal stripes/.test(post.text), before);
     await harness.command("alice", "/lora info diagonal stripes");
     await waitForPost(harness, (post) => /diagonal stripes/.test(post.text) && /proving-ground · diffusers/.test(post.text), before);
