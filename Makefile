@@ -71,7 +71,7 @@ bench: setup
 	$(PYTHON) -m autolora_worker bench fusion --json
 
 # The proving ground from scratch: autoencoder, evaluator, base model, LoRA pool, previews, encoder, gates -> bundle/
-# (60-85 minutes on 2 CPU cores; `--device cuda` is faster). Interrupted? `$(PYTHON) -m autolora_worker world build
+# (about 90 minutes on 2 CPU cores; `--device cuda` is faster). Interrupted? `$(PYTHON) -m autolora_worker world build
 # --resume` continues from build/world/.
 world: setup
 	$(PYTHON) -m autolora_worker world build --preset full

@@ -295,11 +295,18 @@ def _outlined(c: _Canvas) -> np.ndarray:
 
 
 def _gradient(c: _Canvas) -> np.ndarray:
-    # Dark tint -> colour -> light tint across the shape, in a random direction.
+    # Dark tint -> colour -> light tint across the shape, in a random direction. The ramp spans the shape's own
+    # extent along that direction, not its bounding circle: a thin arrow shaded across its short side would
+    # otherwise stay near the middle tint and read as flat.
     angle = c.phase()
-    s = c.scene
-    t = ((c.x - s.cx * c.size) * math.cos(angle) + (c.y - s.cy * c.size) * math.sin(angle)) / c.radius
-    t = np.clip(t, -1, 1)[..., None]
+    along = c.x * math.cos(angle) + c.y * math.sin(angle)
+    inside = along[c.coverage[..., 0] > 0.5]
+    if inside.size > 1:
+        low, high = float(inside.min()), float(inside.max())
+    else:
+        centre = (c.scene.cx * math.cos(angle) + c.scene.cy * math.sin(angle)) * c.size
+        low, high = centre - c.radius, centre + c.radius
+    t = np.clip(2 * (along - low) / max(high - low, 1.0) - 1, -1, 1)[..., None]
     fill = np.where(t < 0, c.colour + (c.colour - c.dark) * t, c.colour + (c.light - c.colour) * t)
     return c.compose(fill)
 
