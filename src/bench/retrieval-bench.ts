@@ -149,7 +149,9 @@ async function ranking(pick: Picker, set: PromptSet, concepts: Map<string, strin
 
 export async function runRetrievalBench(log: (line: string) => void): Promise<RetrievalBenchReport> {
   const started = performance.now();
-  const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false" });
+  // Its own data folder: the worker embeds with the bundle's encoder, not whatever data/models serves.
+  const data = await mkdtemp(join(tmpdir(), "autolora-retrieval-bench-"));
+  const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false", AUTOLORA_DATA_DIR: data });
   const python = workerPython(config);
   const prompts = async (split: string, seed: number): Promise<PromptSet> => JSON.parse((await promisify(execFile)(python,
     ["-m", "autolora_worker", "world", "prompts", "--split", split, "--seed", String(seed), "--bundle", config.bundle_dir],
@@ -159,7 +161,6 @@ export async function runRetrievalBench(log: (line: string) => void): Promise<Re
     { loras: Array<{ id: string; previews: Array<{ caption: string }> }> }).loras;
   const texts = new Map(listing.map((lora, n) => [lora.id,
     n % UNDOCUMENTED_EVERY === UNDOCUMENTED_EVERY - 1 ? [] : lora.previews.map((preview) => preview.caption)]));
-  const data = await mkdtemp(join(tmpdir(), "autolora-retrieval-bench-"));
   const encoder = await TextEncoder.load(config.text_encoder_dir);
   const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
   try {
