@@ -1,7 +1,7 @@
 // The models' life as scheduler jobs: a promotion made by another process reaches this process's workers, LoRAs
 // embedded by another encoder are re-embedded, enough new ratings start a retrain, and /retrain now starts one
 // unless one is running.
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -61,6 +61,31 @@ describe("the models' lifecycle", () => {
     expect(world.reloads).toEqual([world.gates.servingPath]);
     expect(await world.run("follow-models")).toBe("");
     expect(world.reloads).toHaveLength(1);
+  });
+
+  it("takes up a new bundle's gates, even under the same version name, and retires those trained for the old one", async () => {
+    const root = await mkdtemp(join(tmpdir(), "autolora-bundle-"));
+    const bundled = join(root, "gates-0.safetensors");
+    await writeFile(bundled, "the first bundle's gates");
+    const models = join(root, "models");
+    const registry = await ModelRegistry.open(models, bundled, NAMED_GATES);
+    const trained = join(root, "gates-1.safetensors");
+    await writeFile(trained, "retrained on the first bundle's model");
+    await registry.addCandidate(trained, { heldout_loss: 0.1 }, "retired", "trained");
+    await registry.promote("gates-1");
+    // Reopened on the same bundle: nothing changes.
+    expect((await ModelRegistry.open(models, bundled, NAMED_GATES)).serving().version).toBe("gates-1");
+    // A new bundle with gates of the same name: they are served, under a name of their own.
+    await writeFile(bundled, "the second bundle's gates");
+    const upgraded = await ModelRegistry.open(models, bundled, NAMED_GATES);
+    const serving = upgraded.serving();
+    expect(serving.version).toMatch(/^gates-0\+[0-9a-f]{8}$/);
+    expect(serving.note).toMatch(/a new bundle/);
+    expect(await readFile(upgraded.servingPath, "utf8")).toBe("the second bundle's gates");
+    expect(upgraded.list().map((entry) => [entry.version, entry.status])).toEqual([
+      ["gates-0", "retired"], ["gates-1", "retired"], [serving.version, "serving"]]);
+    // And from then on it is the bundle this registry knows.
+    expect((await ModelRegistry.open(models, bundled, NAMED_GATES)).list()).toHaveLength(3);
   });
 
   it("re-embeds, in the background, LoRAs that another encoder embedded", async () => {

@@ -78,7 +78,7 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     expect(registry.list().map((entry) => [entry.version, entry.status])).toEqual([
       [shutGates.version, "serving"], [promoted.candidate.version, "retired"]]);
     // Another process's registry view sees the same.
-    const reopened = await ModelRegistry.open(root, bundleGates);
+    const reopened = await ModelRegistry.open(root, shutGates.file);
     expect(reopened.serving().version).toBe(shutGates.version);
 
     // A better encoder is promoted on held-out retrieval and embeds from then on, without a restart.

@@ -3,7 +3,8 @@
 // path (data/models/<kind>/serving…, replaced by rename), so workers started or restarted at any time load the
 // promoted version, and running ones are told to reload it. Each kind's registry is one JSON file, written
 // atomically; other processes (`autolora models promote`) change it and `serve` notices.
-import { copyFile, cp, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { copyFile, cp, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { readSafetensorsHeader } from "../pool/safetensors.js";
 
@@ -37,6 +38,8 @@ export interface ModelVersion {
 
 interface RegistryFile {
   versions: ModelVersion[];
+  /** The sha256 of the bundle's artifact this registry last took up (see `open`). */
+  bundle_sha256?: string;
 }
 
 export class ModelError extends Error {
@@ -47,20 +50,43 @@ export class ModelError extends Error {
 export class ModelRegistry {
   private constructor(readonly dir: string, readonly kind: ModelKind, private data: RegistryFile) {}
 
-  /** Open (or start) the registry of `kind` under `root`, serving `initial` (the bundle's) when it is new. */
+  /**
+   * Open (or start) the registry of `kind` under `root`, serving `initial` (the bundle's) when it is new. When the
+   * bundle's artifact has changed since the registry took it up (a new bundle: its gates belong to its own base
+   * model, its encoder to its own pool), the new one is served and every earlier version retired: versions
+   * trained for the earlier bundle do not fit the new model, and bundles' version names repeat (seed and steps).
+   */
   static async open(root: string, initial: string, kind: ModelKind = GATES): Promise<ModelRegistry> {
     const dir = join(root, kind.name);
     await mkdir(join(dir, "versions"), { recursive: true });
     const registry = new ModelRegistry(dir, kind, await readRegistry(join(dir, "registry.json")));
+    const bundle = await fingerprint(initial);
     if (registry.data.versions.length === 0) {
-      const version = await kind.versionOf(initial);
-      const file = join(dir, "versions", `${safe(version)}${kind.extension}`);
-      await copyArtifact(initial, file);
-      registry.data.versions.push({ version, file, status: "serving", created_at: new Date().toISOString(), promoted_at: new Date().toISOString(), note: `from ${initial}` });
-      await registry.save();
-      await registry.publish(file);
+      await registry.takeUp(initial, bundle, `from ${initial}`);
+    } else {
+      // A registry written before fingerprints were kept: its first version is the copy it took of the bundle's.
+      registry.data.bundle_sha256 ??= await fingerprint(registry.data.versions[0]!.file).catch(() => undefined);
+      if (registry.data.bundle_sha256 !== bundle) {
+        await registry.takeUp(initial, bundle, `from ${initial}, a new bundle: the versions before it were for the earlier bundle's model`);
+      }
     }
     return registry;
+  }
+
+  /** Serve a copy of the bundle's artifact as a new version (suffixed when its name is taken) and remember it. */
+  private async takeUp(initial: string, bundle: string, note: string): Promise<void> {
+    const named = await this.kind.versionOf(initial);
+    const version = this.get(named) ? `${named}+${bundle.slice(0, 8)}` : named;
+    const file = join(this.dir, "versions", `${safe(version)}${this.kind.extension}`);
+    await rm(file, { recursive: true, force: true });
+    await copyArtifact(initial, file);
+    const now = new Date().toISOString();
+    for (const other of this.data.versions) if (other.status === "serving") other.status = "retired";
+    this.data.versions = this.data.versions.filter((entry) => entry.version !== version);
+    this.data.versions.push({ version, file, status: "serving", created_at: now, promoted_at: now, note });
+    this.data.bundle_sha256 = bundle;
+    await this.save();
+    await this.publish(file);
   }
 
   /** What workers load: always the serving version. */
@@ -151,7 +177,10 @@ export class ModelRegistry {
 async function readRegistry(path: string): Promise<RegistryFile> {
   try {
     const parsed = JSON.parse(await readFile(path, "utf8")) as Partial<RegistryFile>;
-    return { versions: Array.isArray(parsed.versions) ? parsed.versions : [] };
+    return {
+      versions: Array.isArray(parsed.versions) ? parsed.versions : [],
+      ...(typeof parsed.bundle_sha256 === "string" ? { bundle_sha256: parsed.bundle_sha256 } : {}),
+    };
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return { versions: [] };
     throw new ModelError(`${path} is unreadable (${error instanceof Error ? error.message : String(error)})`);
@@ -162,6 +191,21 @@ async function writeAtomically(path: string, text: string): Promise<void> {
   const temporary = `${path}.${process.pid}.tmp`;
   await writeFile(temporary, text);
   await rename(temporary, path);
+}
+
+/** sha256 of a file, or of a folder's files (names and contents, in name order). */
+async function fingerprint(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  if ((await stat(path)).isDirectory()) {
+    for (const name of (await readdir(path, { recursive: true })).sort()) {
+      const file = join(path, name);
+      if (!(await stat(file)).isFile()) continue;
+      hash.update(`${name}\0`).update(await readFile(file));
+    }
+  } else {
+    hash.update(await readFile(path));
+  }
+  return hash.digest("hex");
 }
 
 async function copyArtifact(from: string, to: string): Promise<void> {
