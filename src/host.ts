@@ -20,7 +20,7 @@ import { TextEncoder } from "./pipeline/text-encoder.js";
 import { PluginRegistry } from "./plugins.js";
 import { ingestLora, type IngestMetadata, type IngestResult } from "./pool/ingest.js";
 import { ingestFromUrl } from "./pool/ingest-url.js";
-import { openPool, seedFromBundle, type Pool } from "./pool/open.js";
+import { lancedbUri, openPool, seedFromBundle, type Pool } from "./pool/open.js";
 import { backfillLoraText } from "./pool/text-backfill.js";
 import { crawlSources, poolJobs, stateFile } from "./scheduler/jobs.js";
 import { Scheduler } from "./scheduler/scheduler.js";
@@ -109,7 +109,7 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
   });
   let host: Host | undefined;
   try {
-    const generations = await GenerationStore.open(config.lancedb_uri || join(resolve(config.data_dir), "lancedb"));
+    const generations = await GenerationStore.open(lancedbUri(config));
     host = await createHost({ config, secrets, log, plugins, pool, textEncoder, workers, generations, models });
     await backfillLoraText(pool, textEncoder, log);
     if (config.seed_pool_from_bundle) await seedFromBundle(resolve(config.bundle_dir), pool.index, host.ingest, log);

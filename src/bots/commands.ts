@@ -85,7 +85,8 @@ export interface ChatSettings {
   progressIntervalMs: number;
 }
 
-/** `selection` and `covering`: how /imagine picks its LoRAs (default top-k), so /loras shows the same picks. */
+/** `selection`, `covering` and `hybrid`: how /imagine picks its LoRAs (default top-k, weights only), so /loras
+ *  shows the same picks. */
 export interface CommandContext extends SelectionSettings {
   commands: CommandRegistry;
   chat: ChatSettings;

@@ -6,7 +6,7 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { workerPython } from "../gpu/workers.js";
 import { openModels } from "../models/lifecycle.js";
-import { openPool } from "../pool/open.js";
+import { lancedbUri, openPool } from "../pool/open.js";
 import { ModelError, type ModelRegistry } from "../models/registry.js";
 import { retrainModel, writeCaptionedLoras, writeRatedExamples } from "../models/retrain.js";
 import { GenerationStore } from "../pipeline/generations.js";
@@ -82,7 +82,7 @@ export async function retrainCommand(args: string[], io: CliIo): Promise<number>
       extras: async (folder) => {
         const pool = await openPool(config, io.stderr);
         if (values.encoder) return writeCaptionedLoras(pool.index, pool.store, folder);
-        return writeRatedExamples(await GenerationStore.open(config.lancedb_uri || join(dataDir, "lancedb")), pool.store, dataDir, folder, settings.rated_min_score);
+        return writeRatedExamples(await GenerationStore.open(lancedbUri(config)), pool.store, dataDir, folder, settings.rated_min_score);
       },
     }));
     await state.update((saved) => {

@@ -4,11 +4,11 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { startWorkers } from "../gpu/workers.js";
 import { openModels } from "../models/lifecycle.js";
-import { openPool, type Pool } from "../pool/open.js";
+import { lancedbUri, openPool, type Pool } from "../pool/open.js";
 import type { LoraState } from "../pool/index.js";
 import { ingestLora } from "../pool/ingest.js";
 import { InvalidLoraFileError } from "../pool/safetensors.js";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import type { Config } from "../config/schema.js";
 import { describeParts, Retriever, selectionSettings, type Selection } from "../pipeline/retrieval.js";
 import { TextEncoder } from "../pipeline/text-encoder.js";
@@ -111,7 +111,7 @@ const search: Run = async ({ positionals, values }, pool, io, _workers, config) 
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
   try {
     const tags = values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean);
-    const generations = await GenerationStore.open(config.lancedb_uri || join(resolve(config.data_dir), "lancedb"));
+    const generations = await GenerationStore.open(lancedbUri(config));
     const { hits } = await new Retriever(encoder, pool.index, new CachedVotes(() => generations.ratingsByLora())).retrieve(text, {
       k, minSimilarity: floor, filters: { family: values.family, tags, nsfw: config.retrieval.nsfw },
       ...selectionSettings(config.retrieval), selection: selection as Selection,

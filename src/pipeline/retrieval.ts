@@ -121,8 +121,7 @@ export class Retriever {
       hits = await this.index.search(Array.from(vector!), options.k, options.filters, options.minSimilarity);
     } else if (hybrid && options.k > 0) {
       const candidates = await this.candidates(vector!, [], options.k, options.filters, hybrid);
-      hits = candidates.filter((candidate) => candidate.similarity >= options.minSimilarity).slice(0, options.k)
-        .map(({ vector: _vector, bonus: _bonus, drawn: _drawn, ...hit }) => hit);
+      hits = candidates.filter((candidate) => candidate.similarity >= options.minSimilarity).slice(0, options.k).map(asHit);
     }
     return { hits, timings: { encode_ms: encoded - started, search_ms: performance.now() - encoded } };
   }
@@ -174,12 +173,15 @@ export class Retriever {
       const record = await this.index.get(id);
       if (!record) throw new Error(`the LoRA ${id.slice(0, 12)} is no longer in the pool`);
       const { vector: loraVector, text_vector: textVector, ...lora } = record;
-      const { vector: _vector, bonus: _bonus, drawn: _drawn, ...hit } = scoreHit(vector!, { lora, similarity: 0, vector: loraVector, text_vector: textVector },
-        settings, votes.get(id));
-      hits.push(hit);
+      hits.push(asHit(scoreHit(vector!, { lora, similarity: 0, vector: loraVector, text_vector: textVector }, settings, votes.get(id))));
     }
     return { hits, timings: { encode_ms: encoded - started, search_ms: performance.now() - encoded } };
   }
+}
+
+/** A scored candidate as a hit: without the embeddings it was compared through. */
+function asHit({ vector: _vector, bonus: _bonus, drawn: _drawn, ...hit }: Candidate & { parts: ScoreParts }): RetrievedHit {
+  return hit;
 }
 
 /** The hybrid settings if they change anything; undefined for weights only. */

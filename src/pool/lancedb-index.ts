@@ -82,10 +82,8 @@ export class LanceLoraIndex implements LoraIndex {
     const table = this.table!;
     const field = (await table.schema()).fields.find((f) => f.name === "vector");
     const dimension = (field?.type as FixedSizeList).listSize;
-    const rows = (await table.query().toArray()).map((row) => {
-      const record = fromRow(row);
-      return { ...record, bytes: BigInt(record.bytes), text_vector: new Array(dimension).fill(0), has_text: false, text_checked: false };
-    });
+    const rows = (await table.query().toArray())
+      .map((row) => toRow({ ...fromRow(row), text_checked: false } as LoraRecord, dimension));
     const schema = schemaFor(dimension);
     this.table = rows.length > 0
       ? await this.db.createTable(TABLE, rows, { mode: "overwrite", schema })

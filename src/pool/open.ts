@@ -14,12 +14,17 @@ export interface Pool {
   index: LoraIndex;
 }
 
+/** Where the pool's index and the generations are kept: `lancedb_uri`, or data/lancedb. */
+export function lancedbUri(config: Config): string {
+  return config.lancedb_uri || join(resolve(config.data_dir), "lancedb");
+}
+
 /** Open the pool and sweep it (see sweep.ts); `log` gets one line if anything was removed. */
 export async function openPool(config: Config, log?: (line: string) => void): Promise<Pool> {
   const dataDir = resolve(config.data_dir);
   const pool = {
     store: new LoraStore(join(dataDir, "pool")),
-    index: await LanceLoraIndex.open({ uri: config.lancedb_uri || join(dataDir, "lancedb") }),
+    index: await LanceLoraIndex.open({ uri: lancedbUri(config) }),
   };
   await sweepPool(pool, { downloads: join(dataDir, "tmp"), log });
   return pool;
