@@ -207,6 +207,13 @@ describeRequiring(pythonWorker)("the real Python worker", () => {
     const hits = await index.search(hexagon!.vector, 3);
     expect(hits[0]!.lora.name).toBe("shape-hexagon-01");
     expect(hits[0]!.similarity).toBeCloseTo(1, 4);
+
+    // The proving ground's evaluator names what the worker's own picture shows (how `bench quality` scores images).
+    expect(health.judge).toBe(true);
+    const verdict = await dispatcher.judge([Buffer.from(end.images[0]!.png_base64, "base64")]);
+    expect(verdict.labels).toHaveLength(1);
+    expect(Object.keys(verdict.labels[0]!).sort()).toEqual(["colour", "shape", "style"]);
+    await expect(dispatcher.judge([Buffer.from("not a picture")])).rejects.toThrow(/field 'images.0': not a base64 PNG/);
   }, 120_000);
 
   it("exits when its host is killed with SIGKILL", async () => {

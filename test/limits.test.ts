@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { main } from "../src/cli/main.js";
 import {
-  FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, SIZE_MULTIPLE, generateRequestSchema,
+  FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, SIZE_MULTIPLE, generateRequestSchema, judgeRequestSchema,
 } from "../src/gpu/protocol.js";
 import { ImaginePipeline, type ImagineDependencies } from "../src/pipeline/imagine.js";
 import { FAMILIES } from "../src/pool/families.js";
@@ -22,6 +22,7 @@ import json
 from autolora_worker import families, protocol
 print(json.dumps({
     "generate": protocol.GenerateRequest.model_json_schema(),
+    "judge": protocol.JudgeRequest.model_json_schema(),
     "fusions": list(protocol.FUSIONS),
     "max_seed": protocol.MAX_SEED,
     "families": {name: {"hidden": spec.inner_dim, "double_blocks": spec.transformer["num_layers"],
@@ -52,7 +53,7 @@ describe("the two sides of the worker protocol", () => {
   itRequiring(pythonWorker)("agree on every limit of POST /generate, the fusion names and the model families", () => {
     const worker = JSON.parse(execFileSync(python, ["-c", dumpWorkerSide], {
       cwd: join(root, "src", "gpu", "worker"), encoding: "utf8", env: { ...process.env, PYTHONPATH: join(root, "src", "gpu", "worker") },
-    })) as { generate: JsonSchema; fusions: string[]; max_seed: number; families: Record<string, Record<string, number>> };
+    })) as { generate: JsonSchema; judge: JsonSchema; fusions: string[]; max_seed: number; families: Record<string, Record<string, number>> };
 
     const host = limitsOf(z.toJSONSchema(generateRequestSchema) as JsonSchema, {});
     const workerLimits = limitsOf(worker.generate, (worker.generate.$defs ?? {}) as Record<string, JsonSchema>);
@@ -61,6 +62,8 @@ describe("the two sides of the worker protocol", () => {
     const hostFields = host.properties as Record<string, JsonSchema>;
     const workerFields = workerLimits.properties as Record<string, JsonSchema>;
     for (const [field, limits] of Object.entries(hostFields)) expect([field, workerFields[field]]).toEqual([field, limits]);
+
+    expect(limitsOf(z.toJSONSchema(judgeRequestSchema) as JsonSchema, {})).toEqual(limitsOf(worker.judge, {}));
 
     expect(worker.fusions).toEqual([...FUSIONS]);
     expect(worker.max_seed).toBe(MAX_SEED);

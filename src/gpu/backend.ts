@@ -1,6 +1,6 @@
 // What the host needs of a GPU worker, apart from how it is reached: a local process the supervisor spawned, a
 // remote URL, or a test's fake all look like this.
-import type { EmbedResult, GenerateRequest, JobEndEvent, WorkerEvent, WorkerHealth } from "./protocol.js";
+import type { EmbedResult, GenerateRequest, JobEndEvent, JudgeResult, WorkerEvent, WorkerHealth } from "./protocol.js";
 
 export interface GenerateOptions {
   /** Aborting asks the worker to stop at its next step and rejects with JobCancelledError. */
@@ -17,6 +17,8 @@ export interface WorkerBackend {
   generate(request: GenerateRequest, options?: GenerateOptions): Promise<JobEndEvent>;
   /** Read a LoRA file at a path the worker can see and embed it with the LoRA encoder. */
   embed(path: string, signal?: AbortSignal): Promise<EmbedResult>;
+  /** The proving ground's evaluator on PNG images (benchmarks). Absent on backends that cannot reach one. */
+  judge?(pngs: Buffer[], signal?: AbortSignal): Promise<JudgeResult>;
   /** Ask the worker to stop a job; false if it has no such job (already over). */
   cancel(jobId: string): Promise<boolean>;
   /** Serve the gate file at `path` (one the worker can read) from its next job on; resolves to the new version. */

@@ -5,8 +5,8 @@ import {
   JobCancelledError, WorkerJobError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
 } from "./errors.js";
 import {
-  embedResultSchema, generateRequestSchema, readWorkerEvents, workerHealthSchema,
-  type EmbedResult, type GenerateRequest, type JobEndEvent, type WorkerHealth,
+  embedResultSchema, generateRequestSchema, judgeRequestSchema, judgeResultSchema, readWorkerEvents, workerHealthSchema,
+  type EmbedResult, type GenerateRequest, type JobEndEvent, type JudgeResult, type WorkerHealth,
 } from "./protocol.js";
 
 export interface WorkerClientOptions {
@@ -74,6 +74,22 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     if (!response.ok) throw await refusal(response);
     const parsed = embedResultSchema.safeParse(await response.json().catch(() => undefined));
     if (!parsed.success) throw new WorkerUnavailableError(`worker ${id} sent an invalid /embed answer`);
+    return parsed.data;
+  }
+
+  async function judge(pngs: Buffer[], signal?: AbortSignal): Promise<JudgeResult> {
+    const body = judgeRequestSchema.safeParse({ images: pngs.map((png) => png.toString("base64")) });
+    if (!body.success) throw new WorkerRequestError("invalid-request", `invalid /judge request: ${body.error.issues[0]!.message}`, 400);
+    const timeout = AbortSignal.timeout(jobTimeoutMs); // the evaluator waits for nothing, but the machine may be busy
+    const response = await call("/judge", {
+      method: "POST", body: JSON.stringify(body.data), signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+    }).catch((error: unknown) => {
+      if (timeout.aborted) throw new WorkerTimeoutError(`worker ${id} did not judge ${pngs.length} images within ${Math.round(jobTimeoutMs / 1000)} s`);
+      throw error;
+    });
+    if (!response.ok) throw await refusal(response);
+    const parsed = judgeResultSchema.safeParse(await response.json().catch(() => undefined));
+    if (!parsed.success || parsed.data.labels.length !== pngs.length) throw new WorkerUnavailableError(`worker ${id} sent an invalid /judge answer`);
     return parsed.data;
   }
 
@@ -145,7 +161,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
   }
 
   return {
-    id, health, generate, embed, cancel,
+    id, health, generate, embed, judge, cancel,
     reloadGates: (path: string) => reload("/reload-gates", "gate_version", path),
     reloadEncoder: (path: string) => reload("/reload-encoder", "encoder_version", path),
   };

@@ -3,7 +3,7 @@
 // otherwise fails with a message that says so.
 import type { GenerateOptions, WorkerBackend } from "./backend.js";
 import { WorkerUnavailableError } from "./errors.js";
-import type { EmbedResult, GenerateRequest, JobEndEvent } from "./protocol.js";
+import type { EmbedResult, GenerateRequest, JobEndEvent, JudgeResult } from "./protocol.js";
 
 export interface WorkerSource {
   /** Workers able to take a job now. */
@@ -75,6 +75,14 @@ export class WorkerDispatcher {
       if (!second) throw error;
       return second.embed(path, signal);
     }
+  }
+
+  /** The proving ground's evaluator on PNG images, on a ready worker that has one (benchmarks only). */
+  async judge(pngs: Buffer[], signal?: AbortSignal): Promise<JudgeResult> {
+    const worker = await this.pick();
+    if (!worker) throw new WorkerUnavailableError(`no GPU worker became ready within ${Math.round(this.waitForWorkerMs / 1000)} s to judge images`);
+    if (!worker.judge) throw new WorkerUnavailableError(`worker ${worker.id} has no /judge route (an older worker)`);
+    return worker.judge(pngs, signal);
   }
 
   /** The least busy ready worker, preferring one other than `avoid`; waits for one if none is ready. */

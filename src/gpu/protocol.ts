@@ -77,6 +77,8 @@ export const workerHealthSchema = z.object({
   gate_version: z.string().nullable(),
   /** The LoRA encoder /embed uses; null when the worker has none. Older workers do not say. */
   encoder_version: z.string().nullable().optional(),
+  /** Whether the worker scores images on /judge (proving ground with its evaluator). Older workers do not say. */
+  judge: z.boolean().optional(),
   cached_loras: z.array(
     z.object({
       sha256: z.string(),
@@ -110,6 +112,8 @@ export const MAX_SIZE = 2048;
  * ground's 8), so one size works whichever model a worker hosts. Host-side only; the worker checks its own model.
  */
 export const SIZE_MULTIPLE = 16;
+/** Images one `POST /judge` scores (autolora_worker/protocol.py MAX_JUDGE_IMAGES). */
+export const MAX_JUDGE_IMAGES = 32;
 
 /** Fusion strategies, by the names the worker gives them (autolora_worker/fusion/strategies.py). */
 export const FUSIONS = ["none", "direct", "dare", "klora", "gated"] as const;
@@ -245,3 +249,16 @@ export const embedResultSchema = z.object({
 });
 
 export type EmbedResult = z.infer<typeof embedResultSchema>;
+
+/** `POST /judge`'s body: base64 PNGs for the proving ground's image evaluator (benchmarks only). */
+export const judgeRequestSchema = z.strictObject({
+  images: z.array(z.string()).min(1).max(MAX_JUDGE_IMAGES),
+});
+
+/** `POST /judge`'s answer: the evaluator's labels for each image, in the order sent. */
+export const judgeResultSchema = z.object({
+  labels: z.array(z.object({ shape: z.string(), style: z.string(), colour: z.string() })),
+  evaluator: z.string(),
+});
+
+export type JudgeResult = z.infer<typeof judgeResultSchema>;

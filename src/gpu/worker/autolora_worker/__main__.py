@@ -57,12 +57,25 @@ def serve_encoder(family: str, model_path: str | None, encoder: str | None,
                   bundle_dir: Path | None = None) -> str | None:
     """The LoRA encoder `serve` uses for /embed: the one asked for, else the proving-ground bundle's when serving
     the bundle's model; None (no /embed) otherwise."""
-    if encoder is not None or family != "proving-ground" or model_path is not None:
-        return encoder
+    return _bundle_folder("encoder", family, model_path, encoder, bundle_dir)
+
+
+def serve_evaluator(family: str, model_path: str | None, evaluator: str | None,
+                    bundle_dir: Path | None = None) -> str | None:
+    """The image evaluator `serve` uses for /judge: the one asked for, else the proving-ground bundle's when serving
+    the bundle's model; None (no /judge) otherwise."""
+    return _bundle_folder("evaluator", family, model_path, evaluator, bundle_dir)
+
+
+def _bundle_folder(part: str, family: str, model_path: str | None, asked: str | None,
+                   bundle_dir: Path | None) -> str | None:
+    if asked is not None or family != "proving-ground" or model_path is not None:
+        return asked
     from .world.bundle import BundlePaths, default_bundle_dir
 
     paths = BundlePaths(bundle_dir or default_bundle_dir())
-    return str(paths.encoder) if paths.manifest.exists() and paths.encoder.is_dir() else None
+    folder = getattr(paths, part)
+    return str(folder) if paths.manifest.exists() and folder.is_dir() else None
 
 
 def _serve(args) -> int:
@@ -80,6 +93,9 @@ def _serve(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
+    if args.evaluator is not None and args.family != "proving-ground":
+        print(f"error: --evaluator judges proving-ground images; this worker runs {args.family}", file=sys.stderr)
+        return 2
     model_path, gates, note = serve_paths(args.family, args.model_path, args.gates)
     if note:
         print(note, file=sys.stderr)
@@ -87,6 +103,7 @@ def _serve(args) -> int:
         backbone = load_backbone(args.family, model_path, args.device)
         engine = Engine(backbone, gates, cache_bytes=int(args.cache_mb) << 20,
                         encoder_path=serve_encoder(args.family, args.model_path, args.encoder),
+                        evaluator_path=serve_evaluator(args.family, args.model_path, args.evaluator),
                         max_lora_bytes=args.max_lora_mb << 20)
     except (WorkerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -176,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cuda" if _cuda() else "cpu")
     serve.add_argument("--encoder", default=None,
                        help="LoRA encoder folder for /embed (default: the bundle's, when serving the bundle's model)")
+    serve.add_argument("--evaluator", default=None,
+                       help="image evaluator folder for /judge, proving ground only (default: the bundle's evaluator/ "
+                            "when serving the bundle's model)")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
     serve.add_argument("--max-lora-mb", type=_positive(int), default=2048,
                        help="largest LoRA file read (/inspect, /embed, /generate); default 2048, the host's own limit")

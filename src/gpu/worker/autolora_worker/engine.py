@@ -7,6 +7,7 @@ second job waits its turn, and can be cancelled while it waits.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import io
 import threading
@@ -20,13 +21,14 @@ from PIL import Image
 
 from .cache import LoraCache
 from .encoder import embed_loras, load_encoder
-from .errors import IncompatibleLoraError, JobCancelledError, ModelLoadError, WorkerError
+from .errors import (IncompatibleLoraError, InvalidRequestError, JobCancelledError, ModelLoadError, NoEvaluatorError,
+                     WorkerError)
 from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
 from .lora.canonical import CanonicalLora
 from .lora.files import DEFAULT_MAX_LORA_BYTES
 from .lora.formats import inspect_lora_file, read_lora_file
 from .models import Backbone
-from .protocol import GenerateRequest
+from .protocol import MAX_SIZE, GenerateRequest
 from .sampling import SampleRequest, sample
 
 Emit = Callable[[dict], None]
@@ -45,10 +47,38 @@ def mask_seed(loras: list[CanonicalLora]) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def _decode_png(data: str, field: str, size: int) -> np.ndarray:
+    """One base64 PNG as (size, size, 3) uint8; InvalidRequestError naming the field when it is anything else.
+    A square image a whole number of times larger (the chats' nearest-neighbour enlargements) is averaged down
+    block by block, which gives back the worker's own pixels exactly."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.format != "PNG":
+                raise ValueError(f"a {image.format} image")
+            # checked before decoding: a small file may declare a huge image
+            factor = image.width // size
+            if image.width != image.height or image.width % size or not 1 <= factor <= MAX_SIZE // size:
+                raise InvalidRequestError(f"field '{field}': the evaluator judges {size}x{size} images (or square "
+                                          f"whole multiples up to {MAX_SIZE}), got {image.width}x{image.height}")
+            pixels = np.asarray(image.convert("RGB"))
+    except (binascii.Error, ValueError, OSError) as error:
+        raise InvalidRequestError(f"field '{field}': not a base64 PNG ({error})") from None
+    if factor == 1:
+        return pixels
+    blocks = pixels.reshape(size, factor, size, factor, 3).astype(np.float32).mean(axis=(1, 3))
+    return np.round(blocks).astype(np.uint8)
+
+
 class Engine:
     def __init__(self, backbone: Backbone, gates_path: str | Path | None = None, cache_bytes: int = 2 << 30,
-                 encoder_path: str | Path | None = None, max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES):
+                 encoder_path: str | Path | None = None, max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES,
+                 evaluator_path: str | Path | None = None):
         self.backbone = backbone
+        # The proving ground's image judge (/judge), loaded on first use; None on a worker that has none.
+        self._evaluator_path = Path(evaluator_path) if evaluator_path is not None else None
+        self._evaluator = None
+        self._evaluator_lock = threading.Lock()
         self.max_lora_bytes = max_lora_bytes  # no LoRA file over this is read, whichever route names it
         self._encoder_path = Path(encoder_path) if encoder_path is not None else None
         self._encoder = None
@@ -77,6 +107,7 @@ class Engine:
             "model_version": self.backbone.version,
             "gate_version": self.gates.info.version,
             "encoder_version": self._encoder_version(),
+            "judge": self._evaluator_path is not None,
             "cached_loras": self.cache.describe(),
             "busy": self._model_lock.locked(),
         }
@@ -132,6 +163,23 @@ class Engine:
             "ranks": sorted(set(lora.ranks.values())), "unknown_keys": lora.unknown_keys,
             "embedding": embedding.tolist(), "dim": int(embedding.numel()), "encoder_version": self._encoder.version,
         }
+
+    def judge(self, images: list[str]) -> dict:
+        """The evaluator's shape, style and colour for each base64 PNG, in order: how the benchmarks score images
+        that went through the product (proving ground only; no other family has a judge)."""
+        if self._evaluator_path is None:
+            raise NoEvaluatorError("this worker has no image evaluator: /judge scores proving-ground images, "
+                                   "so start a proving-ground worker with --evaluator FOLDER (the bundle's evaluator/)")
+        with self._evaluator_lock:
+            if self._evaluator is None:
+                from .world.evaluator import load_evaluator
+
+                self._evaluator = load_evaluator(self._evaluator_path)
+        size = self._evaluator.image_size
+        pixels = np.stack([_decode_png(image, f"images.{index}", size) for index, image in enumerate(images)])
+        predicted = self._evaluator.predict(pixels)
+        return {"labels": [dict(zip(predicted, values)) for values in zip(*predicted.values())],
+                "evaluator": str(self._evaluator_path.name)}
 
     def generate(self, request: GenerateRequest, emit: Emit, cancel: threading.Event) -> None:
         """Run one job, emitting job-start, job-progress…, then job-end or job-error; never raises for a

@@ -31,3 +31,9 @@ class JobCancelledError(WorkerError):
 
 class ModelLoadError(WorkerError):
     code = "model-load-failed"
+
+
+class NoEvaluatorError(WorkerError):
+    """/judge on a worker that has no image evaluator (only proving-ground workers have one)."""
+
+    code = "no-evaluator"

@@ -24,6 +24,8 @@ MAX_LORAS_PER_JOB = 8
 MAX_STEPS = 200
 MIN_SIZE = 16
 MAX_SIZE = 2048
+# Images one /judge call scores (proving ground: 64² PNGs of a few KB, well inside the 1 MiB body limit).
+MAX_JUDGE_IMAGES = 32
 # The fusion strategies by name (fusion/strategies.py STRATEGIES registers one class under each).
 Fusion = Literal["none", "direct", "dare", "klora", "gated"]
 FUSIONS: tuple[str, ...] = get_args(Fusion)
@@ -61,6 +63,10 @@ class GenerateRequest(Strict):
 
 class InspectRequest(Strict):
     path: str = Field(min_length=1)
+
+
+class JudgeRequest(Strict):
+    images: list[str] = Field(min_length=1, max_length=MAX_JUDGE_IMAGES, description="base64 PNGs")
 
 
 class CancelRequest(Strict):

@@ -14,8 +14,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .engine import Engine
-from .errors import IncompatibleLoraError, InvalidLoraFileError, InvalidRequestError, ModelLoadError
-from .protocol import CancelRequest, GenerateRequest, InspectRequest, parse
+from .errors import IncompatibleLoraError, InvalidLoraFileError, InvalidRequestError, ModelLoadError, NoEvaluatorError
+from .protocol import CancelRequest, GenerateRequest, InspectRequest, JudgeRequest, parse
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -132,7 +132,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
         if not self._authorised():
             return
         routes = {"/generate": self._generate, "/inspect": self._inspect, "/embed": self._embed, "/cancel": self._cancel,
-                  "/reload-gates": self._reload_gates, "/reload-encoder": self._reload_encoder}
+                  "/judge": self._judge, "/reload-gates": self._reload_gates, "/reload-encoder": self._reload_encoder}
         route = routes.get(self.path)
         if route is None:
             self._error(HTTPStatus.NOT_FOUND, "not-found", f"no route POST {self.path}")
@@ -160,6 +160,16 @@ class WorkerHandler(BaseHTTPRequestHandler):
         except OSError as error:
             self._error(HTTPStatus.UNPROCESSABLE_ENTITY, InvalidLoraFileError.code,
                         f"cannot read {request.path}: {error.strerror or error}")
+
+    def _judge(self):
+        """The evaluator's labels for images (the proving ground's benchmarks score the product's output)."""
+        request = parse(JudgeRequest, self._body())
+        try:
+            self._send_json(HTTPStatus.OK, self.server.engine.judge(request.images))
+        except NoEvaluatorError as error:
+            self._error(HTTPStatus.CONFLICT, error.code, str(error))
+        except ModelLoadError as error:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, error.code, str(error))
 
     def _reload_gates(self):
         """Swap in promoted gates without a restart."""

@@ -14,10 +14,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from autolora_worker.__main__ import serve_encoder, serve_paths
+from autolora_worker.__main__ import serve_encoder, serve_evaluator, serve_paths
 from autolora_worker.fusion import GateBank, gate_dims
 from autolora_worker.lora.formats import write_lora_file
 from autolora_worker.models import random_proving_ground
@@ -49,7 +50,8 @@ def worker(tmp_path_factory, encoder_dir):
            "AUTOLORA_BUNDLE": str(tmp_path_factory.mktemp("no-bundle") / "missing")}
     # Small limits, so that the tests of them are quick: LoRA files up to 1 MiB, 1 s to send a request.
     process = subprocess.Popen([sys.executable, "-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu",
-                                "--encoder", str(encoder_dir), "--max-lora-mb", "1",
+                                "--encoder", str(encoder_dir), "--evaluator", str(BUNDLE / "evaluator"),
+                                "--max-lora-mb", "1",
                                 "--request-timeout-s", str(REQUEST_TIMEOUT_S)],
                                cwd=WORKER_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
@@ -300,6 +302,52 @@ def test_a_worker_without_an_encoder_says_so():
     engine = Engine(random_proving_ground())
     with pytest.raises(ModelLoadError, match="no LoRA encoder; start it with --encoder"):
         engine.embed(str(BUNDLE / "pool" / "shape-hexagon-01.safetensors"))
+
+
+def _png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_judge_names_what_a_picture_shows_and_refuses_what_it_cannot_judge(worker):
+    from autolora_worker.world.render import Scene, render
+
+    url, _ = worker
+    scenes = [Scene("hexagon", "striped", "red", 0.7, 0.5, 0.5, 0.0, (128, 128, 128), seed=7),
+              Scene("star", "dotted", "blue", 0.7, 0.5, 0.5, 0.0, (100, 100, 100), seed=8)]
+    status, response = call(url, "/judge", {"images": [_png(render(scene)) for scene in scenes]})
+    assert status == 200
+    labels = json.load(response)["labels"]
+    assert labels == [{"shape": s.shape, "style": s.style, "colour": s.colour} for s in scenes]
+
+    # What a chat shows: the same picture enlarged 4x by nearest neighbour, judged the same
+    enlarged = render(scenes[1]).repeat(4, axis=0).repeat(4, axis=1)
+    status, response = call(url, "/judge", {"images": [_png(enlarged)]})
+    assert json.load(response)["labels"] == labels[1:]
+
+    small = _png(np.zeros((32, 32, 3), np.uint8))
+    for images, message in (([small], "field 'images.0': the evaluator judges 64x64 images (or square whole "
+                                      "multiples up to 2048), got 32x32"),
+                            ([_png(np.zeros((64, 128, 3), np.uint8))], "got 128x64"),
+                            ([_png(render(scenes[0])), "bm90IGEgcG5n"], "field 'images.1': not a base64 PNG"),
+                            ([], "field 'images'")):
+        status, response = call(url, "/judge", {"images": images})
+        assert status == 400 and message in json.load(response)["error"]["message"]
+
+
+def test_only_a_worker_with_an_evaluator_judges(tmp_path):
+    from autolora_worker.engine import Engine
+    from autolora_worker.errors import NoEvaluatorError
+
+    with pytest.raises(NoEvaluatorError, match="no image evaluator: /judge scores proving-ground images"):
+        Engine(random_proving_ground()).judge([_png(np.zeros((64, 64, 3), np.uint8))])
+    bundle = tmp_path / "bundle"
+    (bundle / "evaluator").mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    assert serve_evaluator("proving-ground", None, None, bundle) == str(bundle / "evaluator")
+    assert serve_evaluator("proving-ground", "/models/pg", None, bundle) is None  # another model: not its judge
+    assert serve_evaluator("flux", "/models/flux", None, bundle) is None
 
 
 def test_reload_gates_swaps_them_without_a_restart_and_refuses_a_bad_file(worker, tmp_path):
