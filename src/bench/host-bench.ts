@@ -2,6 +2,8 @@
 // `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack]`: a burst of /imagine through
 // the chat adapters against their local fakes (src/bench/burst.ts).
 // `npm run bench -- retrieval [--json]`: which LoRAs retrieval picks on the bundle's pool (src/bench/retrieval-bench.ts).
+// `npm run bench -- quality [--json] [--prompts N] [--out DIR]`: Table 1 through /imagine, images judged by the
+// proving ground's evaluator (src/bench/quality-bench.ts).
 // - retrieval: text encoding + LanceDB search latency (p50/p99) on synthetic pools of each size (an IVF-PQ index
 //   from 10 000 LoRAs, as the product builds it);
 // - ingest: MB/s of adding the bundle's LoRA files (validate, hash, store, embed on the real worker, index),
@@ -13,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { runBurst, type BurstReport } from "./burst.js";
+import { qualityMarkdown, runQualityBench } from "./quality-bench.js";
 import { retrievalMarkdown, runRetrievalBench } from "./retrieval-bench.js";
 import { loadConfig } from "../config/load.js";
 import { startWorkers } from "../gpu/workers.js";
@@ -86,6 +89,7 @@ async function main(): Promise<void> {
     options: {
       json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" },
       requests: { type: "string" }, users: { type: "string" }, via: { type: "string" },
+      prompts: { type: "string" }, out: { type: "string" },
     },
   });
   if (positionals[0] === "burst") return burst(values);
@@ -93,7 +97,13 @@ async function main(): Promise<void> {
     const report = await runRetrievalBench((line) => process.stderr.write(`${line}\n`));
     return void process.stdout.write(`${values.json ? JSON.stringify(report) : retrievalMarkdown(report)}\n`);
   }
-  if (positionals.length > 0) throw new Error(`unknown benchmark ${positionals[0]}; the named benchmarks are "burst" and "retrieval"`);
+  if (positionals[0] === "quality") {
+    const prompts = values.prompts === undefined ? undefined : Number(values.prompts);
+    if (prompts !== undefined && !(Number.isInteger(prompts) && prompts > 0)) throw new Error("--prompts must be a whole number above 0");
+    const report = await runQualityBench({ prompts, out: values.out }, (line) => process.stderr.write(`${line}\n`));
+    return void process.stdout.write(`${values.json ? JSON.stringify(report) : qualityMarkdown(report)}\n`);
+  }
+  if (positionals.length > 0) throw new Error(`unknown benchmark ${positionals[0]}; the named benchmarks are "burst", "retrieval" and "quality"`);
   const sizes = (values.sizes ?? "1000,100000,1000000").split(",").map(Number);
   const runs = Number(values.runs ?? 200);
   const log = (line: string) => process.stderr.write(`${line}\n`);

@@ -13,12 +13,10 @@
 // - test: the held-out LoRAs as candidates (seed 202), reported for weights only (the paper), text only (what
 //   caption-based systems do; LoRAs without text cannot be found), hybrid, each as top-k, and hybrid + covering at
 //   the configured settings and at the ones validation chose. The seeds were fixed before any result was seen.
-import { execFile } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
+import { bundleTexts, cached, ingestSplit, loadPromptSet, type PromptSet } from "./bundle-pool.js";
 import { loadConfig } from "../config/load.js";
 import { startWorkers, workerPython } from "../gpu/workers.js";
 import { openModels } from "../models/lifecycle.js";
@@ -27,24 +25,12 @@ import {
   coverPrompt, Retriever, selectionSettings, type CoveringPool, type HybridOptions, type RetrievalOptions, type TextEmbedder,
 } from "../pipeline/retrieval.js";
 import { TextEncoder } from "../pipeline/text-encoder.js";
-import { ingestLora } from "../pool/ingest.js";
-import { LanceLoraIndex } from "../pool/lancedb-index.js";
-import { LoraStore } from "../pool/store.js";
-
-interface PromptSet {
-  split: string;
-  seed: number;
-  singles: Array<{ prompt: string; concepts: string[] }>;
-  pairs: Array<{ prompt: string; concepts: string[] }>;
-  loras: Array<{ id: string; file: string; kind: string; concept: string | null }>;
-}
+import type { LanceLoraIndex } from "../pool/lancedb-index.js";
 
 export const SPLITS = { validation: { split: "train", seed: 101 }, test: { split: "heldout", seed: 202 } } as const;
 const OVERLAPS = [0.7, 0.8, 0.9];
 const PART_FLOORS = [0.15, 0.2, 0.25, 0.3, 0.35, 0.4];
 const TEXT_WEIGHTS = [0, 0.25, 0.5, 0.75];
-/** Every UNDOCUMENTED_EVERY-th LoRA of the bundle's listing comes with no text. */
-const UNDOCUMENTED_EVERY = 3;
 const NO_RATINGS = { ratingWeight: 0, ratingPseudoCount: 0 };
 const FIRST_PICK_SLACK = 0.02;
 
@@ -75,18 +61,6 @@ export interface RetrievalBenchReport {
 
 const round = (value: number) => Math.round(value * 1000) / 1000;
 const mean = (values: number[]) => (values.length ? values.reduce((sum, value) => sum + value, 0) / values.length : 0);
-
-/** Embeddings cached by text: the sweep asks for the same prompts and words many times. */
-function cached(encoder: TextEmbedder): TextEmbedder {
-  const memo = new Map<string, ArrayLike<number>>();
-  return {
-    async embed(texts) {
-      const missing = [...new Set(texts.filter((text) => !memo.has(text)))];
-      if (missing.length) (await encoder.embed(missing)).forEach((vector, n) => memo.set(missing[n]!, vector));
-      return texts.map((text) => memo.get(text)!);
-    },
-  };
-}
 
 interface Ranking { recall_at_1: number; recall_at_3: number; mrr: number }
 
@@ -153,35 +127,22 @@ export async function runRetrievalBench(log: (line: string) => void): Promise<Re
   const data = await mkdtemp(join(tmpdir(), "autolora-retrieval-bench-"));
   const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false", AUTOLORA_DATA_DIR: data });
   const python = workerPython(config);
-  const prompts = async (split: string, seed: number): Promise<PromptSet> => JSON.parse((await promisify(execFile)(python,
-    ["-m", "autolora_worker", "world", "prompts", "--split", split, "--seed", String(seed), "--bundle", config.bundle_dir],
-    { maxBuffer: 16 << 20 })).stdout);
-  const sets = { validation: await prompts(SPLITS.validation.split, SPLITS.validation.seed), test: await prompts(SPLITS.test.split, SPLITS.test.seed) };
-  const listing = (JSON.parse(readFileSync(join(config.bundle_dir, "pool", "pool.json"), "utf8")) as
-    { loras: Array<{ id: string; previews: Array<{ caption: string }> }> }).loras;
-  const texts = new Map(listing.map((lora, n) => [lora.id,
-    n % UNDOCUMENTED_EVERY === UNDOCUMENTED_EVERY - 1 ? [] : lora.previews.map((preview) => preview.caption)]));
+  const sets = {
+    validation: await loadPromptSet(python, config.bundle_dir, SPLITS.validation.split, SPLITS.validation.seed),
+    test: await loadPromptSet(python, config.bundle_dir, SPLITS.test.split, SPLITS.test.seed),
+  };
+  const texts = bundleTexts(config.bundle_dir);
   const encoder = await TextEncoder.load(config.text_encoder_dir);
   const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
   try {
-    const ingestSplit = async (name: string, set: PromptSet) => {
-      const index = await LanceLoraIndex.open({ uri: join(data, name, "lancedb") });
-      const store = new LoraStore(join(data, name, "pool"));
-      const concepts = new Map<string, string | null>();
+    const ingest = async (name: string, set: PromptSet) => {
       const memo = cached(encoder);
-      let documented = 0;
-      for (const lora of set.loras) {
-        const captions = texts.get(lora.id) ?? [];
-        const result = await ingestLora(join(config.bundle_dir, lora.file), { source: "bundle", captions },
-          { store, index, embed: (path) => workers.dispatcher.embed(path), embedText: memo });
-        concepts.set(result.lora.id, lora.concept);
-        if (captions.length > 0) documented += 1;
-      }
+      const { index, concepts, documented } = await ingestSplit(join(data, name), set, config.bundle_dir, texts, workers.dispatcher, memo);
       log(`[bench] ${name}: ${set.loras.length} ${set.split} LoRAs ingested, ${documented} with text`);
       return { retriever: new Retriever(memo, index), index, encoder: memo, concepts, documented };
     };
-    const validation = await ingestSplit("validation", sets.validation);
-    const test = await ingestSplit("test", sets.test);
+    const validation = await ingest("validation", sets.validation);
+    const test = await ingest("test", sets.test);
     const sweep = [];
     for (const textWeight of TEXT_WEIGHTS) {
       const pools = new Map<string, CoveringPool>();

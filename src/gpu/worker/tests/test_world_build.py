@@ -24,7 +24,6 @@ SUMMARY_KEYS = {
     "table34": {"k2", "k3"},
     "table5": {"with_global", "without_global"},
     "table2_gated_minus_direct": {"both_correct", "both_correct_ci"},
-    "table1": {"base", "top1", "top2", "top3"},
     "fig4": {"gap"},
     "evaluator": {"shape_acc", "style_acc", "color_acc"},
     "gates": {"evaluator", "base_own", "single_lora_train", "single_lora_heldout", "none_lacks"},

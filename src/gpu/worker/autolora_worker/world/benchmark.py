@@ -9,8 +9,8 @@ training caption uses, and fixed seeds, so two runs on the same bundle print the
 - table34: random 2- and 3-LoRA fusions (an object, a style, and for k = 3 a third LoRA the prompt does not name)
   → accuracy on the named attributes and Lᵢ Sim (evaluator-feature cosine to each single-LoRA image, same seed);
 - table5: gated with and without the Global LoRA, on the table2 pairs;
-- table1: end to end — retrieve the top-1/2/3 LoRAs for a shape + style + colour prompt and fuse them with gates,
-  against the base model alone; scored by the fraction of the prompt's attributes the evaluator finds;
+- Table 1 (retrieve + fuse against the base model) is measured through the product instead, with the host's own
+  retrieval and /imagine: `npm run bench -- quality` (src/bench/quality-bench.ts), scored by this evaluator;
 - fig4: cosine heatmap of LoRA embeddings grouped by concept, and mean(intra-concept) − mean(inter-concept);
 - gates: the build gates (gates.py) measured again on the bundle: evaluator, base_own, none_lacks and each LoRA alone.
 
@@ -37,7 +37,7 @@ from .bundle import BundlePaths, default_bundle_dir
 from .gates import measure_base_own, measure_none_lacks, measure_single_loras
 from .generate import generate
 from .pool import OBJECT_CONCEPTS, STYLE_CONCEPTS
-from .render import BASE_SHAPES, COLOURS, SHAPES, STYLES, prompt_for
+from .render import BASE_SHAPES, SHAPES, prompt_for
 
 METHODS = FUSIONS  # every strategy a request may name, in the protocol's order
 
@@ -47,16 +47,15 @@ class BenchSettings:
     queries_per_concept: int
     table2_pairs: int
     table34_sets: int
-    table1_prompts: int
     seeds: tuple[int, ...]
     steps: int
     # LoRAs measured alone per split for the gates (None: all of them).
     gate_loras: int | None = None
 
 
-FULL = BenchSettings(queries_per_concept=4, table2_pairs=48, table34_sets=20, table1_prompts=40, seeds=(11, 22, 33, 44),
+FULL = BenchSettings(queries_per_concept=4, table2_pairs=48, table34_sets=20, seeds=(11, 22, 33, 44),
                      steps=20)
-FAST = BenchSettings(queries_per_concept=2, table2_pairs=3, table34_sets=2, table1_prompts=3, seeds=(11, 22), steps=6,
+FAST = BenchSettings(queries_per_concept=2, table2_pairs=3, table34_sets=2, seeds=(11, 22), steps=6,
                      gate_loras=3)
 BOOTSTRAP_DRAWS = 2000
 
@@ -235,28 +234,6 @@ def bench_table34(world: World, settings: BenchSettings, rng: np.random.Generato
     return result
 
 
-def bench_table1(world: World, settings: BenchSettings, rng: np.random.Generator, progress) -> dict:
-    candidates = [r for r in world.records if r["split"] == "heldout"]
-    ids = [r["id"] for r in candidates]
-    lora_vectors = world.lora_embeddings(ids)
-    scores = {name: [] for name in ("base", "top1", "top2", "top3")}
-    for number in range(settings.table1_prompts):
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        style = STYLES[int(rng.integers(len(STYLES)))]
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        prompt = prompt_for(shape=shape, style=style, colour=colour, rng=rng, held_out_template=True)
-        order = torch.argsort(world.text_embeddings([prompt])[0] @ lora_vectors.T, descending=True).tolist()
-        for name, k in (("base", 0), ("top1", 1), ("top2", 2), ("top3", 3)):
-            loras = [world.loras[ids[i]] for i in order[:k]]
-            images = generate(world.backbone, prompt, list(settings.seeds), loras,
-                              strategy="gated" if loras else "none", gates=world.gates, steps=settings.steps)
-            predicted = world.evaluator.predict(images)
-            for got in zip(predicted["shape"], predicted["style"], predicted["colour"]):
-                scores[name].append(((got[0] == shape) + (got[1] == style) + (got[2] == colour)) / 3)
-        progress(f"[bench] table1 prompt {number + 1}/{settings.table1_prompts}: {prompt!r}")
-    return {name: {"attribute_acc": _mean(values)} for name, values in scores.items()}
-
-
 def bench_fig4(world: World, out_dir: Path | None) -> dict:
     regular = sorted((r for r in world.records if r["kind"] in ("object", "style")), key=lambda r: concept_of(r))
     ids = [r["id"] for r in regular]
@@ -400,7 +377,6 @@ def run_world_bench(bundle: str | Path | None = None, fast: bool = False, out_di
     progress(f"[bench] retrieval: {retrieval}")
     table2, table5 = bench_table2(world, settings, rng, progress)
     table34 = bench_table34(world, settings, rng, progress)
-    table1 = bench_table1(world, settings, rng, progress)
     fig4 = bench_fig4(world, out)
     gates = {"evaluator": evaluator, **bench_gates(world, settings, progress)}
     summary = {
@@ -409,7 +385,6 @@ def run_world_bench(bundle: str | Path | None = None, fast: bool = False, out_di
         "table2_gated_minus_direct": table5["gated_minus_direct"],
         "table34": table34,
         "table5": {name: table5[name] for name in ("with_global", "without_global")},
-        "table1": table1,
         "fig4": {"gap": fig4["gap"], "gap_heldout": fig4["gap_heldout"]},
         "evaluator": evaluator,
         "gates": gates,
@@ -450,9 +425,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {_with_ci(a, 'attribute_acc')} | {a['li_sim']:.3f} | {_with_ci(b, 'attribute_acc')} | {b['li_sim']:.3f} |")
     lines += ["", "## Table 5: Global LoRA", "",
               f"with {_with_ci(s['table5']['with_global'], 'both_correct')}, without {_with_ci(s['table5']['without_global'], 'both_correct')}"
-              " (both-correct)", "", "## Table 1: end to end (attribute accuracy)", "", "| base | top-1 | top-2 | top-3 |",
-              "|---|---|---|---|",
-              "| " + " | ".join(f"{s['table1'][k]['attribute_acc']:.3f}" for k in ("base", "top1", "top2", "top3")) + " |",
+              " (both-correct)",
               "", f"## Figure 4: intra − inter concept cosine gap {s['fig4']['gap']:.3f} (held-out only {s['fig4']['gap_heldout']:.3f})",
               "", f"## Evaluator on clean renders: {s['evaluator']}", "", "## Build gates, measured on this bundle", ""]
     for name, values in s["gates"].items():
