@@ -14,7 +14,7 @@ from autolora_worker.__main__ import main
 from autolora_worker.lora.formats import FORMATS, read_lora_file
 from autolora_worker.world.build import PRESETS, build_world, bundle_readme, mixture, scene_sampler
 from autolora_worker.world.bundle import BundlePaths, default_bundle_dir
-from autolora_worker.world.gates import GATE_NAMES, WorldGateError, check
+from autolora_worker.world.gates import GATE_NAMES, GATE_SEEDS, WorldGateError, check
 from autolora_worker.world.pool import OBJECT_CONCEPTS, STYLE_CONCEPTS, plan_pool
 from autolora_worker.world.render import BASE_SHAPES, SHAPE_WORDS, SHAPES, STYLE_POST, STYLE_PRE, STYLES
 
@@ -80,8 +80,8 @@ def ci_bundle(tmp_path_factory):
 
 def test_reduced_build_runs_every_stage_and_writes_a_manifest(ci_bundle):
     out, lines = ci_bundle
-    for stage in ("autoencoder", "evaluator", "base", "base-gates", "pool", "previews", "single-loras", "encoder",
-                  "gates"):
+    for stage in ("autoencoder", "evaluator", "base", "base-gates", "pool", "strength", "previews", "single-loras",
+                  "encoder", "gates"):
         assert any(f"[world] {stage}: done" in line for line in lines), stage
     paths = BundlePaths(out)
     manifest = json.loads(paths.manifest.read_text())
@@ -94,6 +94,56 @@ def test_reduced_build_runs_every_stage_and_writes_a_manifest(ci_bundle):
         assert 1 <= len(record["previews"]) <= 5
         assert all((out / preview["file"]).exists() and preview["caption"] for preview in record["previews"])
     assert not (out.parent / "work" / "bundle").exists(), "the staged bundle is moved, not copied"
+
+
+def test_each_regular_lora_carries_the_strength_its_maker_chose(ci_bundle):
+    from safetensors import safe_open
+
+    out, _ = ci_bundle
+    strengths = PRESETS["ci"].lora_strengths
+    chosen = json.loads(BundlePaths(out).manifest.read_text())["facts"]["lora_strengths"]
+    for record in json.loads(BundlePaths(out).pool_index.read_text())["loras"]:
+        with safe_open(str(out / record["file"]), "pt") as handle:
+            in_file = (handle.metadata() or {}).get("autolora_world_strength")
+        if record["kind"] in ("object", "style"):
+            assert record["strength"] in strengths and chosen[record["id"]]["strength"] == record["strength"]
+            assert float(in_file) == record["strength"]
+        else:  # careless makers' LoRAs stay as trained
+            assert record["strength"] == 1.0 and in_file is None and record["id"] not in chosen
+
+
+def test_the_maker_keeps_the_weakest_strength_that_draws_best():
+    import torch
+
+    from autolora_worker.lora.canonical import LoraLayer
+    from autolora_worker.world.strength import STRENGTH_SEEDS, choose_strength, strengthened
+
+    accuracy = {1.0: 0.25, 1.5: 0.75, 2.0: 1.0}  # 2.0 is one image in four better than 1.5
+    tried = []
+
+    def draw_at(prompt, seeds, strength):
+        tried.append(strength)
+        return np.full((len(seeds),), strength)
+
+    def judge(images):
+        strength = float(images[0])
+        right = round(accuracy[strength] * len(images))
+        return {"style": ["striped"] * right + ["flat"] * (len(images) - right)}
+
+    assert choose_strength(draw_at, judge, "striped", (2.0, 1.0, 1.5), ["p1"], tolerance=0.25) == (
+        1.5, {"1": 0.25, "1.5": 0.75, "2": 1.0})  # within the tolerance of the best: the weaker wins
+    assert choose_strength(draw_at, judge, "striped", (1.0, 1.5, 2.0), ["p1"], tolerance=0.0)[0] == 2.0
+    assert len(STRENGTH_SEEDS) == 4 and not set(STRENGTH_SEEDS) & set(GATE_SEEDS)
+    accuracy[1.0] = 1.0
+    tried.clear()
+    assert choose_strength(draw_at, judge, "striped", (1.0, 1.5, 2.0), ["p1", "p2"])[0] == 1.0
+    assert tried == [1.0, 1.0]  # always right at 1.0: nothing stronger is tried
+
+    layer = LoraLayer(torch.randn(2, 5).half(), torch.randn(4, 2).half(), 0.5)
+    scaled = strengthened({"m": layer}, 1.5)["m"]
+    assert scaled.up.dtype == torch.float16 and scaled.scale == 0.5 and torch.equal(scaled.down, layer.down)
+    delta = lambda l: l.scale * l.up.float() @ l.down.float()
+    assert torch.allclose(delta(scaled), 1.5 * delta(layer), rtol=1e-2, atol=1e-3)  # within fp16 rounding
 
 
 def test_held_out_loras_never_reach_encoder_or_gate_training(ci_bundle):

@@ -43,6 +43,7 @@ Progress = Callable[[str], None]
 # nearly every long caption is new, and encoding a new caption costs a CPU about as much as a training step.
 TRAINING_CAPTIONS = ("text_short", "text_medium")
 BUNDLE_FORMAT_VERSION = 1
+STRENGTH_KEY = "autolora_world_strength"  # a pool file's header: the strength folded into it (strength.py)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class WorldConfig:
     style_lora_steps: int = 300
     lora_batch: int = 8
     lora_lr: float = 1e-2
+    # Strengths a maker tries for each regular LoRA (strength.py); the weakest that draws its concept best is folded
+    # into the file. (1.0,) leaves every LoRA as trained.
+    lora_strengths: tuple = (1.0, 1.5, 2.0)
+    strength_prompts: int = 2
     pool_workers: int = 2  # processes training LoRAs side by side on a CPU (1: in the build's own process)
     encoder_steps: int = 1500
     encoder_batch: int = 16
@@ -203,6 +208,7 @@ class WorldBuild:
         self.gate("base_own", self.facts["gate_base_own"])
         self.gate("none_lacks", self.facts["gate_none_lacks"])
         self.run_stage("pool", self.build_pool)
+        self.run_stage("strength", self.calibrate_strengths)
         self.run_stage("previews", self.build_previews)
         self.run_stage("single-loras", self.measure_single_loras)
         self.gate("single_lora_train", self.facts["gate_single_loras"]["single_lora_train"])
@@ -373,6 +379,45 @@ class WorldBuild:
         write_lora_file(half, partial, lora.format, metadata={"autolora_world_id": lora.id})
         partial.rename(target)
 
+    def calibrate_strengths(self) -> dict:
+        """Each regular LoRA's strength, chosen on its maker's own prompts (strength.py) and folded into its file.
+        A file records the strength it got, so a resumed stage never scales one twice."""
+        from safetensors import safe_open
+
+        from .evaluator import load_evaluator
+        from .strength import choose_strength, maker_prompts, strengthened
+
+        c = self.config
+        backbone = self.load_base()
+        judge = load_evaluator(self.paths.evaluator).predict
+        chosen = {}
+        for index, lora in enumerate(self.plan.loras):
+            if lora.kind not in ("object", "style") or len(c.lora_strengths) < 2:
+                continue
+            target = self.paths.pool / f"{lora.id}.safetensors"
+            with safe_open(str(target), "pt") as handle:
+                recorded = (handle.metadata() or {}).get(STRENGTH_KEY)
+            if recorded is not None:
+                chosen[lora.id] = {"strength": float(recorded)}
+                continue
+            canonical = read_lora_file(target)
+            prompts = maker_prompts(lora.concept, c.strength_prompts, np.random.default_rng([c.seed, index, 13]),
+                                    BASE_SHAPES)
+
+            def draw_at(prompt, seeds, strength):
+                return generate(backbone, prompt, list(seeds), [canonical], strategy="direct", weights=[strength],
+                                steps=c.sample_steps)
+
+            strength, scores = choose_strength(draw_at, judge, lora.concept, c.lora_strengths, prompts)
+            partial = target.with_suffix(f".{os.getpid()}.partial")
+            write_lora_file(strengthened(canonical.layers, strength), partial, lora.format,
+                            metadata={"autolora_world_id": lora.id, STRENGTH_KEY: f"{strength:g}"})
+            partial.rename(target)
+            chosen[lora.id] = {"strength": strength, "scores": scores}
+            self.progress(f"[world] strength: {lora.id} {strength:g} (accuracy by strength {scores})")
+        counts = {f"{s:g}": sum(entry["strength"] == s for entry in chosen.values()) for s in c.lora_strengths}
+        return {"lora_strengths": chosen, "lora_strength_counts": counts}
+
     def build_previews(self) -> dict:
         c = self.config
         backbone = self.load_base()
@@ -392,7 +437,8 @@ class WorldBuild:
                 name = f"{lora.id}-{number + 1}.png"
                 Image.fromarray(image).save(self.paths.previews / name)
                 previews.append({"file": f"previews/{name}", "caption": caption, "seed": seed})
-            records.append({**lora.record(), "file": f"pool/{file.name}", "sha256": file_sha256(file),
+            strength = self.facts.get("lora_strengths", {}).get(lora.id, {}).get("strength", 1.0)
+            records.append({**lora.record(), "strength": strength, "file": f"pool/{file.name}", "sha256": file_sha256(file),
                             "modules": len(canonical.layers), "previews": previews})
             if (index + 1) % 20 == 0 or index + 1 == len(self.plan.loras):
                 self.progress(f"[world] previews: {index + 1}/{len(self.plan.loras)}")
