@@ -5,10 +5,13 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import * as lancedb from "@lancedb/lancedb";
+import { Field, Schema, Utf8 } from "apache-arrow";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WorkerDispatcher } from "../src/gpu/dispatch.js";
-import type { GenerateRequest } from "../src/gpu/protocol.js";
+import type { GenerateRequest, JobEndEvent } from "../src/gpu/protocol.js";
+import { infoText, resultMessage } from "../src/bots/imagine-flow.js";
 import { WorkerSupervisor } from "../src/gpu/supervisor.js";
 import type { LoraRecord } from "../src/pool/index.js";
 import { LanceLoraIndex } from "../src/pool/lancedb-index.js";
@@ -35,7 +38,8 @@ afterAll(async () => {
   await encoder.close();
 });
 
-async function setup(settings: Partial<ConstructorParameters<typeof ImaginePipeline>[0]["settings"]> = {}, queueCaps = { perUser: 3, global: 10 }) {
+async function setup(settings: Partial<ConstructorParameters<typeof ImaginePipeline>[0]["settings"]> = {}, queueCaps = { perUser: 3, global: 10 },
+  answer: (end: JobEndEvent) => JobEndEvent = (end) => end) {
   const data = await mkdtemp(join(tmpdir(), "autolora-imagine-"));
   const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
   // Three LoRAs whose embeddings sit where their descriptions embed, so retrieval is predictable.
@@ -52,7 +56,7 @@ async function setup(settings: Partial<ConstructorParameters<typeof ImaginePipel
   const dispatcher = new WorkerDispatcher(supervisor);
   const pipeline = new ImaginePipeline({
     retriever: new Retriever(encoder, index), queue: new FairQueue({ concurrency: 1, ...queueCaps }),
-    dispatcher: { generate: (request, options) => { sent.push(request); return dispatcher.generate(request, options); } },
+    dispatcher: { generate: async (request, options) => { sent.push(request); return answer(await dispatcher.generate(request, options)); } },
     store: new LoraStore(join(data, "pool")), generations: await GenerationStore.open(join(data, "lancedb")),
     dataDir: data,
     settings: { k: 2, minSimilarity: 0.2, fusion: "gated", seedsPerPrompt: 4, steps: 0, filters: {}, ...settings },
@@ -88,6 +92,41 @@ describe("imagine", () => {
     expect(await generations.rate(done.generation.id, "web:carol", 1)).toBe(true); // changed their mind
     expect(await generations.rate("no-such-generation", "web:bob", 1)).toBe(false);
     expect((await generations.ratingsByLora()).map(({ up, down }) => [up, down])).toEqual([[2, 0], [2, 0]]);
+  });
+
+  it("asks for the gates under auto, and shows why a worker without trained gates fused directly", async () => {
+    const note = "this worker has no trained gates for flux, so the LoRAs were added directly";
+    const { pipeline, sent, generations } = await setup({ fusion: "auto" }, undefined,
+      (end) => ({ ...end, fusion: "direct", fusion_note: note, gate_version: null }));
+    const done = await pipeline.imagine("a red hexagon with diagonal stripes", { user: "web:alice", seed: 3 }).result;
+    expect(sent[0]).toMatchObject({ fusion: "gated" });
+    expect(done.generation).toMatchObject({ fusion: "direct", fusion_note: note });
+    const stored = (await generations.get(done.generation.id))!;
+    expect(stored).toMatchObject({ fusion: "direct", fusion_note: note });
+    expect(infoText(stored)).toContain(`fusion: direct (${note})`);
+    expect(resultMessage(stored, stored.loras, done.files.gridWebp, {}).text).toContain(`fusion direct (${note})`);
+    expect(JSON.parse(readPngText(await readFile(done.files.grid)).parameters!)).toMatchObject({ fusion: "direct", fusion_note: note });
+    // A worker that used what was asked says nothing more, and ℹ️ adds nothing.
+    const plain = await setup({ fusion: "auto" });
+    const usual = await plain.pipeline.imagine("a star", { user: "web:alice", seed: 1 }).result;
+    expect(usual.generation.fusion_note).toBeUndefined();
+    expect(infoText(usual.generation)).toContain(`fusion: ${usual.generation.fusion}\n`);
+  });
+
+  it("opens a generations table made before sizes and fusion notes, keeping its rows", async () => {
+    const data = await mkdtemp(join(tmpdir(), "autolora-old-generations-"));
+    const names = ["id", "user", "prompt", "seeds", "loras", "fusion", "model_version", "gate_version", "images", "timings", "created_at"];
+    const old = { id: "g-old", user: "web:alice", prompt: "a star", seeds: "[1]", loras: "[]", fusion: "gated", model_version: "m",
+      gate_version: "g1", images: "generations/g-old", timings: "{}", created_at: "2026-01-01T00:00:00.000Z" };
+    const db = await lancedb.connect(join(data, "lancedb"));
+    await db.createEmptyTable("generations", new Schema(names.map((name) => new Field(name, new Utf8(), false))));
+    await (await db.openTable("generations")).add([old]);
+    const generations = await GenerationStore.open(join(data, "lancedb"));
+    const kept = (await generations.get("g-old"))!;
+    expect(kept).toMatchObject({ prompt: "a star", fusion: "gated", gate_version: "g1" });
+    expect(kept.fusion_note).toBeUndefined();
+    await generations.add({ ...kept, id: "g-new", fusion: "direct", fusion_note: "no trained gates", gate_version: null });
+    expect(await generations.get("g-new")).toMatchObject({ fusion: "direct", fusion_note: "no trained gates" });
   });
 
   it("uses no LoRA below the similarity floor, and says when the queue is full", async () => {

@@ -92,7 +92,7 @@ export function resultMessage(generation: GenerationRecord, loras: Array<{ name:
     ({ id: buttonId("rate", generation.id, String(value)), label: emoji }));
   const used = loras.length ? loras.map((lora) => `${lora.name} (${lora.similarity.toFixed(2)})`).join(", ") : "none";
   return {
-    text: `${title ? `${title}: ` : ""}**${generation.prompt}**\nLoRAs: ${used} · fusion ${generation.fusion} · seed ${generation.seeds[0]}`,
+    text: `${title ? `${title}: ` : ""}**${generation.prompt}**\nLoRAs: ${used} · fusion ${generation.fusion}${generation.fusion_note ? ` (${generation.fusion_note})` : ""} · seed ${generation.seeds[0]}`,
     image: { name: "grid.webp", path: grid },
     generation: generation.id,
     buttons: [
@@ -113,7 +113,8 @@ export function infoText(generation: GenerationRecord): string {
   return [
     `**${generation.prompt}**`,
     `seeds: ${generation.seeds.join(", ")}`,
-    `fusion: ${generation.fusion}${generation.width ? ` · size ${generation.width}×${generation.height}` : ""}`,
+    `fusion: ${generation.fusion}${generation.fusion_note ? ` (${generation.fusion_note})` : ""}` +
+      `${generation.width ? ` · size ${generation.width}×${generation.height}` : ""}`,
     `LoRAs:\n${loras}`,
     `model ${generation.model_version} · gates ${generation.gate_version ?? "none"}`,
     `requested by ${generation.user} · ${generation.created_at} · ${seconds.toFixed(1)} s`,

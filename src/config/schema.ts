@@ -3,7 +3,7 @@
 import { isIP } from "node:net";
 import cron from "node-cron";
 import { z } from "zod";
-import { FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SEEDS_PER_JOB, MAX_STEPS } from "../gpu/protocol.js";
+import { FUSION_SETTINGS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SEEDS_PER_JOB, MAX_STEPS } from "../gpu/protocol.js";
 
 // Schedules and the time zone are checked here, as the scheduler will use them (node-cron's own validation; its
 // time zones go through Intl.DateTimeFormat), so a typo stops the host while it reads its config, not once its
@@ -68,7 +68,7 @@ export const configSchema = z.strictObject({
   }),
   generation: z.strictObject({
     seeds_per_prompt: z.int().min(1).max(MAX_SEEDS_PER_JOB, `at most ${MAX_SEEDS_PER_JOB}, the seeds a worker draws in one job`),
-    fusion: z.enum(FUSIONS),
+    fusion: z.enum(FUSION_SETTINGS),
     steps: z.int().min(0).max(MAX_STEPS, `at most ${MAX_STEPS}, the sampling steps a worker takes in one job`),
   }),
   queue: z.strictObject({

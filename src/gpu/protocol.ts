@@ -38,7 +38,10 @@ export const jobEndEventSchema = z.object({
   type: z.literal("job-end"),
   job_id: z.string(),
   images: z.array(imageSchema.extend({ seed: z.int() })),
+  /** The fusion actually used: `gated` on a worker with no trained gates comes back as `direct`, with a note. */
   fusion: z.string(),
+  /** Why the fusion differs from the one asked for. Older workers do not say. */
+  fusion_note: z.string().optional(),
   loras: z.array(loraUsedSchema),
   model_version: z.string(),
   /** null when the fusion strategy has no trained gates (none, direct, dare, klora). */
@@ -118,6 +121,9 @@ export const MAX_JUDGE_IMAGES = 32;
 /** Fusion strategies, by the names the worker gives them (autolora_worker/fusion/strategies.py). */
 export const FUSIONS = ["none", "direct", "dare", "klora", "gated"] as const;
 export type Fusion = (typeof FUSIONS)[number];
+/** What the config may name: a strategy, or `auto` (gated, which a worker without trained gates fuses directly). */
+export const FUSION_SETTINGS = [...FUSIONS, "auto"] as const;
+export type FusionSetting = (typeof FUSION_SETTINGS)[number];
 
 /** `POST /generate`'s body, with the worker's own limits (autolora_worker/protocol.py GenerateRequest). */
 export const generateRequestSchema = z.strictObject({

@@ -28,7 +28,8 @@ export interface LoraRating {
 
 const text = (name: string) => new Field(name, new Utf8(), false);
 const GENERATIONS = new Schema([text("id"), text("user"), text("prompt"), text("seeds"), text("loras"), text("fusion"),
-  text("model_version"), text("gate_version"), text("images"), text("timings"), text("created_at"), text("size")]);
+  text("model_version"), text("gate_version"), text("images"), text("timings"), text("created_at"), text("size"),
+  text("fusion_note")]);
 const RATINGS = new Schema([text("id"), text("generation"), text("user"), new Field("value", new Int32(), false),
   text("created_at")]);
 const POSTS = new Schema([text("id"), text("generation"), text("created_at")]);
@@ -41,19 +42,23 @@ export class GenerationStore {
 
   static async open(uri: string): Promise<GenerationStore> {
     const db = await lancedb.connect(uri);
-    const generations = await db.createEmptyTable("generations", GENERATIONS, { existOk: true });
+    // An existing table is opened as it is (creating it "if missing" with today's schema refuses an older one).
+    const generations = (await db.tableNames()).includes("generations")
+      ? await db.openTable("generations") : await db.createEmptyTable("generations", GENERATIONS);
     // Tables made before images had a size: add the column, empty (the model's default size).
     const columns = (await generations.schema()).fields.map((field) => field.name);
     if (!columns.includes("size")) await generations.addColumns([{ name: "size", valueSql: "''" }]);
+    // ... and before a worker could say why its fusion differs from the one asked for.
+    if (!columns.includes("fusion_note")) await generations.addColumns([{ name: "fusion_note", valueSql: "''" }]);
     const ratings = await db.createEmptyTable("ratings", RATINGS, { existOk: true });
     const posts = await db.createEmptyTable("posts", POSTS, { existOk: true });
     return new GenerationStore(generations, ratings, posts);
   }
 
   async add(record: GenerationRecord): Promise<void> {
-    const { width, height, ...rest } = record;
+    const { width, height, fusion_note: note, ...rest } = record;
     await this.generations.add([{
-      ...rest, seeds: JSON.stringify(record.seeds), loras: JSON.stringify(record.loras),
+      ...rest, fusion_note: note ?? "", seeds: JSON.stringify(record.seeds), loras: JSON.stringify(record.loras),
       gate_version: record.gate_version ?? "", timings: JSON.stringify(record.timings),
       size: width && height ? `${width}x${height}` : "",
     }]);
@@ -65,7 +70,7 @@ export class GenerationStore {
     if (!row) return undefined;
     return {
       id: row.id, user: row.user, prompt: row.prompt, seeds: JSON.parse(row.seeds), loras: JSON.parse(row.loras),
-      fusion: row.fusion, model_version: row.model_version, gate_version: row.gate_version || null,
+      fusion: row.fusion, ...(row.fusion_note ? { fusion_note: row.fusion_note } : {}), model_version: row.model_version, gate_version: row.gate_version || null,
       images: row.images, timings: JSON.parse(row.timings), created_at: row.created_at,
       ...sizeOf(row.size),
     };

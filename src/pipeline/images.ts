@@ -10,6 +10,8 @@ export interface GenerationMetadata {
   /** `covers`: the prompt word a covering pick was chosen for (absent for top-k picks and chosen LoRAs). */
   loras: Array<{ id: string; name: string; similarity: number; scale: number; covers?: string; parts?: ScoreParts }>;
   fusion: string;
+  /** Why `fusion` is not the one asked for (e.g. no trained gates on the worker); absent when it is. */
+  fusion_note?: string;
   model_version: string;
   gate_version: string | null;
 }

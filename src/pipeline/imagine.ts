@@ -3,7 +3,9 @@
 import { randomInt, randomUUID } from "node:crypto";
 import { mkdir, rename, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
-import { MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, type Fusion, type JobProgressEvent } from "../gpu/protocol.js";
+import {
+  MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, type Fusion, type FusionSetting, type JobProgressEvent,
+} from "../gpu/protocol.js";
 import type { WorkerDispatcher } from "../gpu/dispatch.js";
 import type { LoraFilters, SearchHit } from "../pool/index.js";
 import type { LoraStore } from "../pool/store.js";
@@ -23,7 +25,7 @@ export class ImagineInputError extends Error {
 export interface ImagineSettings extends SelectionSettings {
   k: number;
   minSimilarity: number;
-  fusion: Fusion;
+  fusion: FusionSetting;
   seedsPerPrompt: number;
   /** 0: the model family's default. */
   steps: number;
@@ -109,7 +111,9 @@ export class ImaginePipeline {
         selection: settings.selection, covering: settings.covering, hybrid: settings.hybrid,
       });
     options.onUpdate?.({ type: "retrieved", loras: hits });
-    const fusion = options.fusion ?? settings.fusion;
+    // `auto` asks for the gates; a worker without trained gates fuses directly and says so (`fusion_note`).
+    const asked = options.fusion ?? settings.fusion;
+    const fusion: Fusion = asked === "auto" ? "gated" : asked;
     const workerStarted = performance.now();
     const end = await this.deps.dispatcher.generate({
       job_id: id, prompt, seeds, ...(settings.steps > 0 ? { steps: settings.steps } : {}),
@@ -134,7 +138,8 @@ export class ImaginePipeline {
       ...(hit.parts ? { parts: hit.parts } : {}),
     }));
     const metadata: GenerationMetadata = {
-      prompt, seeds, loras, fusion: end.fusion, model_version: end.model_version, gate_version: end.gate_version,
+      prompt, seeds, loras, fusion: end.fusion, ...(end.fusion_note ? { fusion_note: end.fusion_note } : {}),
+      model_version: end.model_version, gate_version: end.gate_version,
     };
     let pngs: Buffer[] = end.images.map((image) => Buffer.from(image.png_base64, "base64"));
     for (const process of this.deps.postProcessors ?? []) pngs = await Promise.all(pngs.map((png) => process(png, metadata)));
@@ -148,7 +153,8 @@ export class ImaginePipeline {
     await rename(partial, folder);
     const composeMs = performance.now() - composeStarted;
     const generation: GenerationRecord = {
-      id, user: options.user, prompt, seeds, loras, fusion: end.fusion, model_version: end.model_version,
+      id, user: options.user, prompt, seeds, loras, fusion: end.fusion,
+      ...(end.fusion_note ? { fusion_note: end.fusion_note } : {}), model_version: end.model_version,
       gate_version: end.gate_version, images: relative(this.deps.dataDir, folder),
       timings: {
         queue_ms: started - queuedAt, encode_ms: timings.encode_ms, search_ms: timings.search_ms, worker_ms: workerMs,

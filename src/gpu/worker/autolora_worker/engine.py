@@ -84,6 +84,8 @@ class Engine:
         self._encoder = None
         self._encoder_lock = threading.Lock()
         dims = gate_dims(backbone.transformer)
+        # Without a trained gate file, `gated` requests are fused directly: untrained gates scramble the image.
+        self.gates_trained = gates_path is not None
         if gates_path is None:
             self.gates = GateBank(dims, seed=0, version="untrained", family=backbone.spec.name)
         else:
@@ -141,7 +143,7 @@ class Engine:
         gates = GateBank.load(path, gate_dims(self.backbone.transformer), self.backbone.spec.name)
         gates.to(self.backbone.device, self.backbone.dtype).requires_grad_(False)
         with self._model_lock:
-            previous, self.gates = self.gates.info.version, gates
+            previous, self.gates, self.gates_trained = self.gates.info.version, gates, True
         return {"gate_version": gates.info.version, "previous": previous}
 
     def embed(self, path: str) -> dict:
@@ -190,7 +192,12 @@ class Engine:
         emit({"type": "job-start", "job_id": request.job_id, "seeds": request.seeds, "steps": steps})
         try:
             loras = [self.cache.get(ref.path) for ref in request.loras]
-            options = FusionOptions(strategy=request.fusion, global_lora=request.global_lora,
+            fusion, fusion_note = request.fusion, None
+            if fusion == "gated" and not self.gates_trained:
+                fusion = "direct"
+                fusion_note = (f"this worker has no trained gates for {spec.name}, so the LoRAs were added directly "
+                               "(untrained gates scramble the image)")
+            options = FusionOptions(strategy=fusion, global_lora=request.global_lora,
                                     global_rank=request.global_rank, dare_density=request.dare_density,
                                     seed=mask_seed(loras))
             sample_request = SampleRequest(
@@ -230,11 +237,12 @@ class Engine:
             "job_id": request.job_id,
             "images": [{"seed": seed, "png_base64": png_base64(image), "width": image.shape[1],
                         "height": image.shape[0]} for seed, image in zip(request.seeds, images)],
-            "fusion": request.fusion,
+            "fusion": fusion,
+            **({"fusion_note": fusion_note} if fusion_note else {}),
             "loras": [{"sha256": lora.sha256, "name": ref.name or lora.name, "format": lora.format,
                        "scale": ref.scale} for lora, ref in zip(loras, request.loras)],
             "model_version": self.backbone.version,
-            "gate_version": self.gates.info.version if request.fusion == "gated" else None,
+            "gate_version": self.gates.info.version if fusion == "gated" else None,
             "timings": {"total_ms": (time.perf_counter() - started) * 1000, "sampling_ms": sampling_ms},
         })
 

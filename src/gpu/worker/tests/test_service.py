@@ -141,6 +141,9 @@ def test_generation_streams_progress_then_the_images(worker, lora_file):
     assert [e["step"] for e in stream[1:4]] == [1, 2, 3] and all(e["total"] == 3 for e in stream[1:4])
     assert all("preview" in e for e in stream[1:4])
     end = stream[-1]
+    # This worker has no trained gates: `gated` was fused directly, and the answer says so and why.
+    assert end["fusion"] == "direct" and end["gate_version"] is None
+    assert "no trained gates for proving-ground" in end["fusion_note"]
     assert [image["seed"] for image in end["images"]] == [1, 2]
     pixels = Image.open(io.BytesIO(base64.b64decode(end["images"][0]["png_base64"])))
     assert pixels.size == (64, 64)
@@ -361,7 +364,9 @@ def test_reload_gates_swaps_them_without_a_restart_and_refuses_a_bad_file(worker
     assert json.load(call(url, "/health")[1])["gate_version"] == "gates-promoted-1"
     status, response = call(url, "/generate", {"job_id": "after-reload", "prompt": "a star", "seeds": [3], "steps": 2,
                                                "fusion": "gated"})
-    assert status == 200 and list(events(response))[-1]["gate_version"] == "gates-promoted-1"
+    end = list(events(response))[-1]
+    assert status == 200 and end["gate_version"] == "gates-promoted-1"
+    assert end["fusion"] == "gated" and "fusion_note" not in end  # trained gates now: no fallback
     (tmp_path / "broken.safetensors").write_bytes(b"not gates")
     status, response = call(url, "/reload-gates", {"path": str(tmp_path / "broken.safetensors")})
     assert status == 422 and json.load(response)["error"]["code"] == "invalid-gates"
