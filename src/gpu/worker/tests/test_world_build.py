@@ -271,18 +271,26 @@ def test_gate_study_compares_variants_with_direct_on_the_same_pairs(ci_bundle, t
                  "--steps", "2", "--sample-steps", "2", "--out", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     table = report["table"]
-    assert list(table) == ["none", "direct", "bundle gates", "open-init", "composed"]
+    from autolora_worker.world.gate_study import LAYER_ROWS, only_blocks
+
+    assert list(table) == ["none", "direct", *LAYER_ROWS, "bundle gates", "open-init", "composed"]
     assert table["direct"]["minus_direct"] == 0.0  # a row's paired difference with itself
     for name, row in table.items():
         low, high = row["both_correct_ci"]
         assert 0.0 <= low <= row["both_correct"] <= high <= 1.0, name
     assert table["open-init"]["last_mse"] is not None and table["open-init"]["variant"]["init"] == "open"
+    assert all(0.0 <= row["shape_acc"] <= 1.0 and 0.0 <= row["style_acc"] <= 1.0 for row in table.values())
     assert [pair["prompt"] for pair in report["detail"]] and (tmp_path / "gate-study.md").exists()
     # The same bundle gives the same pairs and prompts: variants are never judged on pairs picked after a look.
     from autolora_worker.world.gate_study import study_pairs
 
     records = json.loads(BundlePaths(out).pool_index.read_text())["loras"]
     assert [p for *_, p in study_pairs(records, 1)] == [pair["prompt"] for pair in report["detail"]]
+    # A layer row keeps one LoRA's layers of one kind of block and nothing else.
+    lora = read_lora_file(out / records[0]["file"])
+    double = only_blocks(lora, "transformer_blocks.")
+    assert double.layers and all(name.startswith("transformer_blocks.") for name in double.layers)
+    assert set(double.layers) | set(only_blocks(lora, "single_transformer_blocks.").layers) == set(lora.layers)
 
 
 def test_gate_study_refuses_an_unknown_variant(ci_bundle, capsys):

@@ -14,6 +14,8 @@ The variants answer the questions issue [2/6] asks when gated fusion does not be
   the same features;
 - ``open-init``: same-kind pairs, but gates start open (σ ≈ 0.95, i.e. as direct addition) with small weights, so
   training only has to learn where to close them;
+- layer rows (LAYER_ROWS, no training): direct addition with one LoRA kept to double or to single blocks, to see
+  where an object and a style LoRA fight;
 - ``composed``: a diagnostic, not the paper's method: an object LoRA and a style LoRA together, trained on renders
   of their *composition* under a caption naming both. It asks whether these gates can represent composition at all
   when shown it; real pools have no such images.
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from ..fusion import GateBank, gate_dims
+from ..lora.canonical import CanonicalLora
 from .benchmark import _bootstrap, _flat, _mean, held_out_pairs
 from .build import composed_sampler, gate_pair_sampler
 from .generate import generate
@@ -54,6 +57,14 @@ VARIANTS = {
     "open-init": Variant("same-kind", init="open"),
     "composed": Variant("composed", init="open"),
 }
+# Which layers interfere: direct addition with one of the two LoRAs kept to one kind of block (the other whole).
+# If keeping a LoRA out of some blocks saves the other's concept without losing its own, the two fight there.
+LAYER_ROWS = {
+    "direct, style LoRA in double blocks only": ("style", "transformer_blocks."),
+    "direct, style LoRA in single blocks only": ("style", "single_transformer_blocks."),
+    "direct, object LoRA in double blocks only": ("object", "transformer_blocks."),
+    "direct, object LoRA in single blocks only": ("object", "single_transformer_blocks."),
+}
 PAIR_SEED = 4242  # the held-out pairs and prompts; fixed before the first study was run
 SEEDS = (11, 22, 33, 44)
 
@@ -68,6 +79,12 @@ def open_gates(gates: GateBank, seed: int, bias: float = 3.0, spread: float = 0.
                 weight.copy_(spread * torch.randn(weight.shape, generator=generator))
             gate.b.fill_(bias)
     return gates
+
+
+def only_blocks(lora: CanonicalLora, prefix: str) -> CanonicalLora:
+    """The LoRA's layers in blocks whose module name starts with `prefix` (the rest dropped)."""
+    return CanonicalLora({name: layer for name, layer in lora.layers.items() if name.startswith(prefix)},
+                         lora.format, lora.family, list(lora.unknown_keys), lora.sha256, lora.name)
 
 
 SAMPLERS = {"any": gate_pair_sampler, "same-kind": partial(gate_pair_sampler, same_kind=True),
@@ -104,24 +121,36 @@ def run_gate_study(bundle: str | Path | None = None, *, variants: list[str] | No
     study = study_pairs(records, pairs)
     dims = gate_dims(backbone.transformer)
 
-    def judge(method: str, gates: GateBank | None) -> list[list[bool]]:
-        per_pair = []
+    rows: dict[str, dict] = {}
+    scores: dict[str, list[list[bool]]] = {}
+
+    def judge(name: str, method: str, gates: GateBank | None, keep: tuple[str, str] | None = None) -> None:
+        """Draw every study pair under `method`; record both-correct per pair, and shape and style accuracy (which
+        of the two concepts a row keeps or loses) in the row."""
+        per_pair, shapes, styles = [], [], []
         for obj, sty, prompt in study:
             shape, style = obj["truth"]["shape"], sty["truth"]["style"]
             chosen = [] if method == "none" else [loras[obj["id"]], loras[sty["id"]]]
+            if keep is not None:
+                which = 0 if keep[0] == "object" else 1
+                chosen[which] = only_blocks(chosen[which], keep[1])
+                chosen = [lora for lora in chosen if lora.layers]  # a LoRA with no layers there adds nothing
             images = generate(backbone, prompt, list(seeds), chosen, strategy=method, gates=gates, steps=sample_steps)
             predicted = evaluator.predict(images)
             per_pair.append([a == shape and b == style for a, b in zip(predicted["shape"], predicted["style"])])
-        return per_pair
+            shapes += [a == shape for a in predicted["shape"]]
+            styles += [b == style for b in predicted["style"]]
+        scores[name] = per_pair
+        rows.setdefault(name, {}).update(shape_acc=_mean(shapes), style_acc=_mean(styles))
+        progress(f"[gate-study] {name}: both-correct {_mean(_flat(per_pair)):.3f} "
+                 f"(shape {_mean(shapes):.3f}, style {_mean(styles):.3f})")
 
-    rows: dict[str, dict] = {}
-    scores: dict[str, list[list[bool]]] = {}
     for method in ("none", "direct"):
-        scores[method] = judge(method, None)
-        progress(f"[gate-study] {method}: both-correct {_mean(_flat(scores[method])):.3f}")
+        judge(method, method, None)
+    for name, keep in LAYER_ROWS.items():
+        judge(name, "direct", None, keep)
     bundled = GateBank.load(paths.gates, dims, "proving-ground").to(backbone.device).requires_grad_(False)
-    scores["bundle gates"] = judge("gated", bundled)
-    progress(f"[gate-study] bundle gates: both-correct {_mean(_flat(scores['bundle gates'])):.3f}")
+    judge("bundle gates", "gated", bundled)
     for name in names:
         variant = VARIANTS[name]
         gates = GateBank(dims, seed=seed, family="proving-ground")
@@ -132,12 +161,11 @@ def run_gate_study(bundle: str | Path | None = None, *, variants: list[str] | No
                               lr=lr, seed=seed, hinge=variant.hinge, caption_dropout=variant.caption_dropout,
                               global_lora=True, progress=progress, log_every=max(1, steps // 4))
         gates.requires_grad_(False)
-        scores[name] = judge("gated", gates)
         losses = history.get("mse") or history.get("loss") or []
         rows[name] = {"variant": vars(variant), "train_s": round(time.monotonic() - clock, 1),
                       "first_mse": round(float(np.mean(losses[:10])), 5) if losses else None,
                       "last_mse": round(float(np.mean(losses[-10:])), 5) if losses else None}
-        progress(f"[gate-study] {name}: both-correct {_mean(_flat(scores[name])):.3f}")
+        judge(name, "gated", gates)
 
     intervals = np.random.default_rng(7)
     table = {}
@@ -158,13 +186,15 @@ def markdown(report: dict) -> str:
     lines = [f"# Gate study on {report['bundle']}", "",
              f"{report['pairs']} held-out object + style pairs × {len(report['seeds'])} seeds, {report['sample_steps']} "
              f"sampling steps; variants trained {report['steps']} steps; {report['seconds']} s.", "",
-             "| row | both-correct | − direct (paired) | gate mse first → last |", "|---|---|---|---|"]
+             "| row | both-correct | − direct (paired) | shape | style | gate mse first → last |",
+             "|---|---|---|---|---|---|"]
     for name, row in report["table"].items():
         low, high = row["both_correct_ci"]
         dlow, dhigh = row["minus_direct_ci"]
         mse = f"{row['first_mse']} → {row['last_mse']}" if row.get("first_mse") is not None else ""
         lines.append(f"| {name} | {row['both_correct']:.3f} [{low:.2f}, {high:.2f}] | "
-                     f"{row['minus_direct']:+.3f} [{dlow:+.2f}, {dhigh:+.2f}] | {mse} |")
+                     f"{row['minus_direct']:+.3f} [{dlow:+.2f}, {dhigh:+.2f}] | {row['shape_acc']:.3f} | "
+                     f"{row['style_acc']:.3f} | {mse} |")
     return "\n".join(lines) + "\n"
 
 
