@@ -70,8 +70,8 @@ worker-demo: setup
 bench: setup
 	$(PYTHON) -m autolora_worker bench fusion --json
 
-# The proving ground from scratch: autoencoder, evaluator, base model, LoRA pool, previews, encoder, gates -> bundle/
-# (about 90 minutes on 2 CPU cores; `--device cuda` is faster). Interrupted? `$(PYTHON) -m autolora_worker world build
+# The proving ground from scratch: autoencoder, evaluator, base model, LoRA pool and strengths, previews, encoder, gates -> bundle/
+# (about 100 minutes on 2 CPU cores; `--device cuda` is faster). Interrupted? `$(PYTHON) -m autolora_worker world build
 # --resume` continues from build/world/.
 world: setup
 	$(PYTHON) -m autolora_worker world build --preset full

@@ -16,14 +16,14 @@ const python = join(root, ".venv", "bin", "python");
 const bundle = join(root, "bundle");
 const bundleGates = join(bundle, "gates", "gates.safetensors");
 // Copies a gate file (argv[1]) to argv[2] with every w_o zeroed.
-const SHUT_GATES = `
+const LOUD_GATES = `
 import sys
 from safetensors import safe_open
 from safetensors.torch import save_file
 with safe_open(sys.argv[1], framework="pt") as handle:
     metadata, tensors = dict(handle.metadata()), {key: handle.get_tensor(key) for key in handle.keys()}
-save_file({key: tensor * 0 if key.endswith(".w_o") else tensor for key, tensor in tensors.items()}, sys.argv[2],
-          metadata={**metadata, "version": "gates-shut"})
+save_file({key: tensor * 3 if key.endswith(".w_o") else tensor for key, tensor in tensors.items()}, sys.argv[2],
+          metadata={**metadata, "version": "gates-loud"})
 `;
 let supervisor: WorkerSupervisor | undefined;
 afterAll(async () => supervisor?.stop());
@@ -33,24 +33,25 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     const log: string[] = [];
     const common = { python, bundleDir: bundle, steps: 0, evalPairs: 2, log: (line: string) => log.push(line) };
 
-    // Served: the bundle's trained gates. Candidate: the same gates with every output scale w_o at zero, so no
-    // LoRA reaches the image: clearly worse on held-out loss. (Fresh random gates are no test: on this bundle they
-    // measure within 0.01 of the trained ones, on either side depending on their seed.)
+    // Served: the bundle's trained gates. Candidate: the same gates with every output scale w_o three times larger,
+    // so every LoRA reaches the image three times louder: clearly worse on held-out loss (2.59 against 0.42 on the
+    // bundle of 2026-12-02). Gates shut to zero are no test on that bundle (0.41: the base alone is about as near
+    // the composed renders), nor are fresh random ones (within 0.01 of the trained, either side by seed).
     const trained = await ModelRegistry.open(await mkdtemp(join(tmpdir(), "autolora-models-")), bundleGates);
-    const shut = join(await mkdtemp(join(tmpdir(), "autolora-shut-")), "shut.safetensors");
+    const loud = join(await mkdtemp(join(tmpdir(), "autolora-loud-")), "loud.safetensors");
     const { execFileSync } = await import("node:child_process");
-    execFileSync(python, ["-c", SHUT_GATES, bundleGates, shut]);
-    const refused = await retrainModel({ ...common, registry: trained, workers: () => [], init: shut });
+    execFileSync(python, ["-c", LOUD_GATES, bundleGates, loud]);
+    const refused = await retrainModel({ ...common, registry: trained, workers: () => [], init: loud });
     expect(refused.promoted).toBe(false);
-    expect(refused.summary).toMatch(/^kept gates-0-300-\S+: candidate gates-\S+ is worse \(heldout_loss 0\.\d+ → 0\.\d+\)$/);
+    expect(refused.summary).toMatch(/^kept gates-0-300-\S+: candidate gates-\S+ is worse \(heldout_loss \d+\.\d+ → \d+\.\d+\)$/);
     expect(refused.candidate.metrics.heldout_loss).toBeGreaterThan(refused.serving.metrics.heldout_loss!);
     expect(trained.serving().version).toBe(refused.serving.version);
     expect(trained.list().map((entry) => [entry.status, typeof entry.metrics?.heldout_loss])).toEqual([["serving", "number"], ["refused", "number"]]);
 
-    // Now serve those shut gates, from a worker that is running, and offer the trained ones as the candidate.
-    const shutGates = trained.get(refused.candidate.version)!;
+    // Now serve those loud gates, from a worker that is running, and offer the trained ones as the candidate.
+    const loudGates = trained.get(refused.candidate.version)!;
     const root = await mkdtemp(join(tmpdir(), "autolora-models-"));
-    const registry = await ModelRegistry.open(root, shutGates.file);
+    const registry = await ModelRegistry.open(root, loudGates.file);
     // The encoder too: serve an untrained one (trained for 0 steps), offer the bundle's.
     const freshEncoder = join(root, "fresh-encoder");
     const encoders = await (async () => {
@@ -63,7 +64,7 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     });
     await supervisor.start(120_000);
     const worker = supervisor.ready()[0]!;
-    expect((await worker.health()).gate_version).toBe(shutGates.version);
+    expect((await worker.health()).gate_version).toBe(loudGates.version);
     const promoted = await retrainModel({ ...common, registry, workers: () => supervisor!.ready(), init: bundleGates });
     expect(promoted.promoted).toBe(true);
     expect(promoted.summary).toMatch(/^promoted gates-\S+ over gates-\S+ \(heldout_loss .*\); 1 worker\(s\) reloaded$/);
@@ -72,14 +73,14 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     expect(job.gate_version).toBe(promoted.candidate.version);
 
     // Rollback: the earlier version is served again, by the same worker process.
-    await registry.promote(shutGates.version, "rolled back in a test");
+    await registry.promote(loudGates.version, "rolled back in a test");
     expect(await reloadWorkers(registry, supervisor.ready())).toBe(1);
-    expect((await worker.health()).gate_version).toBe(shutGates.version);
+    expect((await worker.health()).gate_version).toBe(loudGates.version);
     expect(registry.list().map((entry) => [entry.version, entry.status])).toEqual([
-      [shutGates.version, "serving"], [promoted.candidate.version, "retired"]]);
+      [loudGates.version, "serving"], [promoted.candidate.version, "retired"]]);
     // Another process's registry view sees the same.
-    const reopened = await ModelRegistry.open(root, shutGates.file);
-    expect(reopened.serving().version).toBe(shutGates.version);
+    const reopened = await ModelRegistry.open(root, loudGates.file);
+    expect(reopened.serving().version).toBe(loudGates.version);
 
     // A better encoder is promoted on held-out retrieval and embeds from then on, without a restart.
     const freshVersion = encoders.serving().version;
