@@ -3,10 +3,17 @@
 // phrasings no training caption used (`python -m autolora_worker world prompts`).
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { loadConfig } from "../config/load.js";
+import type { Config } from "../config/schema.js";
 import type { WorkerDispatcher } from "../gpu/dispatch.js";
+import { startWorkers, workerPython, type Workers } from "../gpu/workers.js";
+import { openModels } from "../models/lifecycle.js";
 import type { TextEmbedder } from "../pipeline/retrieval.js";
+import { TextEncoder } from "../pipeline/text-encoder.js";
 import { ingestLora } from "../pool/ingest.js";
 import { LanceLoraIndex } from "../pool/lancedb-index.js";
 import { LoraStore } from "../pool/store.js";
@@ -21,6 +28,35 @@ export interface PromptSet {
 
 /** Every UNDOCUMENTED_EVERY-th LoRA of the bundle's listing comes with no text, as undocumented LoRAs do. */
 export const UNDOCUMENTED_EVERY = 3;
+
+export interface BenchWorld {
+  config: Config;
+  /** The benchmark's own data folder, removed afterwards. */
+  data: string;
+  python: string;
+  encoder: TextEncoder;
+  workers: Workers;
+}
+
+/**
+ * Run a bundle benchmark in a data folder of its own (so the worker embeds with the bundle's encoder, not whatever
+ * data/models serves), with the host's text encoder and the configured workers; everything is stopped and the
+ * folder removed afterwards, whatever happens.
+ */
+export async function withBenchWorld<T>(name: string, run: (world: BenchWorld) => Promise<T>): Promise<T> {
+  const data = await mkdtemp(join(tmpdir(), `autolora-${name}-bench-`));
+  const undo: Array<() => Promise<unknown>> = [() => rm(data, { recursive: true, force: true })];
+  try {
+    const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false", AUTOLORA_DATA_DIR: data });
+    const encoder = await TextEncoder.load(config.text_encoder_dir);
+    undo.unshift(() => encoder.close());
+    const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
+    undo.unshift(() => workers.stop());
+    return await run({ config, data, python: workerPython(config), encoder, workers });
+  } finally {
+    for (const step of undo) await step();
+  }
+}
 
 /** The prompts `world prompts` draws for one split's LoRAs with this seed. */
 export async function loadPromptSet(python: string, bundleDir: string, split: string, seed: number): Promise<PromptSet> {

@@ -11,21 +11,16 @@
 // Per arm: both-correct (shape and style as asked), attribute accuracy (the mean of the two), how often the picks
 // drew both concepts the prompt names, and LoRAs per prompt; intervals are 95% bootstrap over prompts, and the
 // differences that matter are paired (same prompt, same seed). Seeds and prompts were fixed before any run.
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { bundleTexts, cached, ingestSplit, loadPromptSet } from "./bundle-pool.js";
-import { bootstrapInterval, pooledMean, seededRandom } from "./stats.js";
+import { bundleTexts, cached, ingestSplit, loadPromptSet, withBenchWorld } from "./bundle-pool.js";
+import { bootstrapInterval, pooledMean, round3, seededRandom } from "./stats.js";
 import { SPLITS } from "./retrieval-bench.js";
-import { loadConfig } from "../config/load.js";
 import type { Fusion } from "../gpu/protocol.js";
-import { startWorkers, workerPython } from "../gpu/workers.js";
-import { openModels } from "../models/lifecycle.js";
 import { GenerationStore } from "../pipeline/generations.js";
 import { ImaginePipeline, type ImagineSettings } from "../pipeline/imagine.js";
 import { FairQueue } from "../pipeline/queue.js";
 import { Retriever, selectionSettings, type SelectionSettings } from "../pipeline/retrieval.js";
-import { TextEncoder } from "../pipeline/text-encoder.js";
 
 /** The sample seeds of every prompt (bench world's; fixed before any result was seen). */
 export const QUALITY_SEEDS = [11, 22, 33, 44];
@@ -87,29 +82,23 @@ export function armScores(verdicts: Array<Array<[boolean, boolean]>>, picks: Arr
   random: () => number): ArmScores {
   const both = verdicts.map((images) => images.map(([shape, style]) => Number(shape && style)));
   const attribute = verdicts.map((images) => images.map(([shape, style]) => (Number(shape) + Number(style)) / 2));
-  const round = (value: number) => Math.round(value * 1000) / 1000;
-  const interval = (groups: number[][]) => bootstrapInterval(groups, random).map(round) as [number, number];
+  const interval = (groups: number[][]) => bootstrapInterval(groups, random).map(round3) as [number, number];
   return {
-    both_correct: round(pooledMean(both)), both_correct_ci: interval(both),
-    attribute_acc: round(pooledMean(attribute)), attribute_acc_ci: interval(attribute),
-    shape_acc: round(pooledMean(verdicts.map((images) => images.map(([shape]) => Number(shape))))),
-    style_acc: round(pooledMean(verdicts.map((images) => images.map(([, style]) => Number(style))))),
-    picks_cover_both: round(pooledMean(picks.map((got, n) => [Number(asked[n]!.every((concept) => got.includes(concept)))]))),
-    loras_per_prompt: round(pooledMean(picks.map((got) => [got.length]))),
+    both_correct: round3(pooledMean(both)), both_correct_ci: interval(both),
+    attribute_acc: round3(pooledMean(attribute)), attribute_acc_ci: interval(attribute),
+    shape_acc: round3(pooledMean(verdicts.map((images) => images.map(([shape]) => Number(shape))))),
+    style_acc: round3(pooledMean(verdicts.map((images) => images.map(([, style]) => Number(style))))),
+    picks_cover_both: round3(pooledMean(picks.map((got, n) => [Number(asked[n]!.every((concept) => got.includes(concept)))]))),
+    loras_per_prompt: round3(pooledMean(picks.map((got) => [got.length]))),
   };
 }
 
 export async function runQualityBench(options: { prompts?: number; out?: string }, log: (line: string) => void): Promise<QualityReport> {
   const started = performance.now();
-  // Its own data folder, as the retrieval bench: the worker embeds with the bundle's encoder.
-  const data = await mkdtemp(join(tmpdir(), "autolora-quality-bench-"));
-  const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false", AUTOLORA_DATA_DIR: data });
-  const { split, seed } = SPLITS.test;
-  const set = await loadPromptSet(workerPython(config), config.bundle_dir, split, seed);
-  const prompts = set.pairs.slice(0, options.prompts ?? set.pairs.length);
-  const encoder = await TextEncoder.load(config.text_encoder_dir);
-  const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
-  try {
+  return withBenchWorld("quality", async ({ config, data, python, encoder, workers }) => {
+    const { split, seed } = SPLITS.test;
+    const set = await loadPromptSet(python, config.bundle_dir, split, seed);
+    const prompts = set.pairs.slice(0, options.prompts ?? set.pairs.length);
     const memo = cached(encoder);
     const { index, store, concepts, documented } = await ingestSplit(join(data, "pool"), set, config.bundle_dir,
       bundleTexts(config.bundle_dir), workers.dispatcher, memo);
@@ -157,10 +146,10 @@ export async function runQualityBench(options: { prompts?: number; out?: string 
     const arms = Object.fromEntries(ARMS.map((arm) => [arm.name, armScores(verdicts.get(arm.name)!, picks.get(arm.name)!, asked, random)]));
     const bothOf = (name: string) => verdicts.get(name)!.map((images) => images.map(([a, b]) => Number(a && b)));
     const paired = Object.fromEntries(PAIRED.map(([minuend, subtrahend]) => {
-      const differences = bothOf(minuend).map((images, n) => images.map((value, seed) => value - bothOf(subtrahend)[n]![seed]!));
-      const round = (value: number) => Math.round(value * 1000) / 1000;
+      const less = bothOf(subtrahend);
+      const differences = bothOf(minuend).map((images, n) => images.map((value, seed) => value - less[n]![seed]!));
       return [`${minuend} − ${subtrahend}`, {
-        both_correct: round(pooledMean(differences)), both_correct_ci: bootstrapInterval(differences, random).map(round) as [number, number],
+        both_correct: round3(pooledMean(differences)), both_correct_ci: bootstrapInterval(differences, random).map(round3) as [number, number],
       }];
     }));
     const report: QualityReport = {
@@ -169,11 +158,7 @@ export async function runQualityBench(options: { prompts?: number; out?: string 
     };
     if (options.out) await writeFile(join(options.out, "quality.json"), `${JSON.stringify(report, null, 1)}\n`);
     return report;
-  } finally {
-    await workers.stop();
-    await encoder.close();
-    await rm(data, { recursive: true, force: true });
-  }
+  });
 }
 
 export function qualityMarkdown(report: QualityReport): string {

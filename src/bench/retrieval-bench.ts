@@ -13,18 +13,13 @@
 // - test: the held-out LoRAs as candidates (seed 202), reported for weights only (the paper), text only (what
 //   caption-based systems do; LoRAs without text cannot be found), hybrid, each as top-k, and hybrid + covering at
 //   the configured settings and at the ones validation chose. The seeds were fixed before any result was seen.
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bundleTexts, cached, ingestSplit, loadPromptSet, type PromptSet } from "./bundle-pool.js";
-import { loadConfig } from "../config/load.js";
-import { startWorkers, workerPython } from "../gpu/workers.js";
-import { openModels } from "../models/lifecycle.js";
+import { bundleTexts, cached, ingestSplit, loadPromptSet, withBenchWorld, type PromptSet } from "./bundle-pool.js";
+import { round3 as round } from "./stats.js";
 import type { CoveringOptions } from "../pipeline/covering.js";
 import {
   coverPrompt, Retriever, selectionSettings, type CoveringPool, type HybridOptions, type RetrievalOptions, type TextEmbedder,
 } from "../pipeline/retrieval.js";
-import { TextEncoder } from "../pipeline/text-encoder.js";
 import type { LanceLoraIndex } from "../pool/lancedb-index.js";
 
 export const SPLITS = { validation: { split: "train", seed: 101 }, test: { split: "heldout", seed: 202 } } as const;
@@ -59,7 +54,6 @@ export interface RetrievalBenchReport {
   seconds: number;
 }
 
-const round = (value: number) => Math.round(value * 1000) / 1000;
 const mean = (values: number[]) => (values.length ? values.reduce((sum, value) => sum + value, 0) / values.length : 0);
 
 interface Ranking { recall_at_1: number; recall_at_3: number; mrr: number }
@@ -123,18 +117,12 @@ async function ranking(pick: Picker, set: PromptSet, concepts: Map<string, strin
 
 export async function runRetrievalBench(log: (line: string) => void): Promise<RetrievalBenchReport> {
   const started = performance.now();
-  // Its own data folder: the worker embeds with the bundle's encoder, not whatever data/models serves.
-  const data = await mkdtemp(join(tmpdir(), "autolora-retrieval-bench-"));
-  const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false", AUTOLORA_DATA_DIR: data });
-  const python = workerPython(config);
-  const sets = {
-    validation: await loadPromptSet(python, config.bundle_dir, SPLITS.validation.split, SPLITS.validation.seed),
-    test: await loadPromptSet(python, config.bundle_dir, SPLITS.test.split, SPLITS.test.seed),
-  };
-  const texts = bundleTexts(config.bundle_dir);
-  const encoder = await TextEncoder.load(config.text_encoder_dir);
-  const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
-  try {
+  return withBenchWorld("retrieval", async ({ config, data, python, encoder, workers }) => {
+    const sets = {
+      validation: await loadPromptSet(python, config.bundle_dir, SPLITS.validation.split, SPLITS.validation.seed),
+      test: await loadPromptSet(python, config.bundle_dir, SPLITS.test.split, SPLITS.test.seed),
+    };
+    const texts = bundleTexts(config.bundle_dir);
     const ingest = async (name: string, set: PromptSet) => {
       const memo = cached(encoder);
       const { index, concepts, documented } = await ingestSplit(join(data, name), set, config.bundle_dir, texts, workers.dispatcher, memo);
@@ -207,11 +195,7 @@ export async function runRetrievalBench(log: (line: string) => void): Promise<Re
       seconds: Math.round((performance.now() - started) / 100) / 10,
     };
     return report;
-  } finally {
-    await workers.stop();
-    await encoder.close();
-    await rm(data, { recursive: true, force: true });
-  }
+  });
 }
 
 export function retrievalMarkdown(report: RetrievalBenchReport): string {

@@ -15,6 +15,9 @@ export function seededRandom(seed: number): () => number {
 
 export const BOOTSTRAP_DRAWS = 2000;
 
+/** Three decimals, as the benchmarks report figures. */
+export const round3 = (value: number) => Math.round(value * 1000) / 1000;
+
 /** The mean over every value of every group. */
 export function pooledMean(groups: number[][]): number {
   const values = groups.flat();
