@@ -147,12 +147,30 @@ describe("hybrid retrieval", () => {
     expect(documented!.parts!.text).toBeGreaterThan(0.95);
     expect(documented!.parts!.weights).toBeLessThan(0.5);
     expect(undocumented!.parts!.text).toBeUndefined();
-    expect(undocumented!.similarity).toBeCloseTo(undocumented!.parts!.weights, 6);
+    expect(undocumented!.similarity).toBeCloseTo(undocumented!.parts!.weights!, 6);
     expect(describeParts(undocumented!.parts!)).toMatch(/^weights 0\.\d\d · no text$/);
     // The same through covering: its candidates come from the text column too.
     const covering = await retriever.retrieve("stripes", { k: 2, minSimilarity: 0.2, selection: "covering", hybrid: { ...HYBRID, ratingWeight: 0 } });
     expect(covering.hits[0]!.lora.name).toBe("documented");
     expect(covering.hits[0]!.parts!.text).toBeGreaterThan(0.95);
+  });
+
+  it("finds a LoRA that no LoRA encoder embedded by its text, weights or not, and says it has no weights embedding", async () => {
+    const index = await openIndex();
+    await index.upsert([
+      // A family with no encoder yet: its text embedding is what it is searched by.
+      record(1, "neon, text only", vec({ neon: 1 }), { encoder_version: "", text_vector: vec({ neon: 1 }) }),
+      record(2, "hexagon", vec({ hexagon: 1 }), { text_vector: vec({ hexagon: 1 }) }),
+    ]);
+    const retriever = new Retriever(embedder, index);
+    for (const options of [{}, { hybrid: { ...HYBRID, ratingWeight: 0 } }, { selection: "covering" as const }]) {
+      const found = await retriever.retrieve("neon hexagon", { k: 2, minSimilarity: 0.2, ...options });
+      expect(found.hits.map((hit) => hit.lora.name).sort()).toEqual(["hexagon", "neon, text only"]);
+    }
+    const [textOnly] = (await retriever.retrieve("neon", { k: 1, minSimilarity: 0.2, hybrid: { ...HYBRID, ratingWeight: 0 } })).hits;
+    expect(textOnly!.parts!.weights).toBeUndefined();
+    expect(textOnly!.parts!.text).toBeGreaterThan(0.95);
+    expect(describeParts(textOnly!.parts!)).toMatch(/^no weights embedding · text (0\.9\d|1\.00)$/);
   });
 
   it("drops a LoRA that several users rated down below an equal one, while one vote moves it little", async () => {

@@ -50,7 +50,7 @@ describe("LoRA ingest", () => {
     expect(await index.count()).toBe(1);
     expect(await storedFiles(store)).toEqual([`${sha}.safetensors`]);
     const { embedding } = await fakeEmbed(hexagon);
-    expect((await index.search(embedding, 1))[0]?.lora.id).toBe(sha);
+    expect((await index.search(embedding!, 1))[0]?.lora.id).toBe(sha);
   });
 
   it("embeds the LoRA's text beside its weights: its source's name, tags and captions, and its file's training tags", async () => {
@@ -123,5 +123,61 @@ describe("LoRA ingest", () => {
     const results = await Promise.all([ingestLora(hexagon, {}, deps), ingestLora(hexagon, {}, deps)]);
     expect(results.map((r) => r.status).sort()).toEqual(["added", "exists"]);
     expect(await index.count()).toBe(1);
+  });
+});
+
+describe("a family with no LoRA encoder yet", () => {
+  // What a worker without an encoder answers: everything it read of the file, no embedding, and why.
+  const noEncoder = async (path: string): Promise<EmbedResult> => ({
+    ...(await fakeEmbed(path)), embedding: null, dim: null, encoder_version: null,
+    no_embedding: "this worker has no LoRA encoder for proving-ground",
+  });
+  // Each distinct text gets its own axis of an 8-d space, so a LoRA's own words find it and nothing else.
+  const axes = new Map<string, number>();
+  const embedText = {
+    async embed(texts: string[]) {
+      return texts.map((text) => {
+        if (!axes.has(text)) axes.set(text, axes.size % 8);
+        return Array.from({ length: 8 }, (_, d) => (d === axes.get(text) ? 1 : 0));
+      });
+    },
+  };
+
+  it("indexes a LoRA by its text, says so, and a search with its words finds it; one with no text is stored but not searchable", async () => {
+    const { store, index, deps } = await pool(noEncoder);
+    const hex = await ingestLora(hexagon, { name: "hexagon", source: "civitai" }, { ...deps, embedText });
+    expect(hex.status).toBe("added");
+    expect(hex.lora.embedding).toBe("text");
+    expect(hex.note).toMatch(/^searchable by its text only: this worker has no LoRA encoder for proving-ground/);
+    const [query] = await embedText.embed(["hexagon"]);
+    expect((await index.search(query!, 3)).map((hit) => hit.lora.id)).toEqual([hex.lora.id]);
+
+    const bare = await ingestLora(striped, {}, { ...deps, embedText: { embed: async () => [] } });
+    expect(bare.lora.embedding).toBe("none");
+    expect(bare.note).toMatch(/^stored but not searchable: .*came with no text/);
+    expect(await store.has(bare.lora.id)).toBe(true);
+    expect((await index.get(bare.lora.id))!.embedding).toBe("none");
+    // A search never returns it, however it is asked.
+    expect((await index.search(query!, 5)).map((hit) => hit.lora.id)).toEqual([hex.lora.id]);
+    expect((await index.search([0, 0, 0, 0, 0, 0, 0, 1], 5)).map((hit) => hit.lora.id)).not.toContain(bare.lora.id);
+    expect([await index.count({ embedding: "weights" }), await index.count({ embedding: "text" }),
+      await index.count({ embedding: "none" })]).toEqual([0, 1, 1]);
+  });
+
+  it("re-embeds text-only LoRAs by their weights once an encoder exists", async () => {
+    const { store, index, deps } = await pool(noEncoder);
+    const hex = await ingestLora(hexagon, { name: "hexagon" }, { ...deps, embedText });
+    const { reembedPool } = await import("../src/pool/reembed.js");
+    const report = await reembedPool({ index, store, encoderVersion: "test-enc", embed: fakeEmbed });
+    expect(report.reembedded).toBe(1);
+    const record = await index.get(hex.lora.id);
+    expect(record!.embedding).toBe("weights");
+    expect(record!.vector).toEqual((await fakeEmbed(hexagon)).embedding!.map((value) => expect.closeTo(value, 5)));
+    expect(record!.text_vector).toBeDefined(); // its text stays for the hybrid score
+    // A worker still without an encoder cannot re-embed: that is an error, not a silent skip.
+    const again = await pool(noEncoder);
+    await ingestLora(hexagon, { name: "hexagon" }, { ...again.deps, embedText });
+    await expect(reembedPool({ index: again.index, store: again.store, encoderVersion: "test-enc", embed: noEncoder }))
+      .rejects.toThrow(/has no LoRA encoder/);
   });
 });

@@ -3,7 +3,7 @@
 import { FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, type Fusion } from "../gpu/protocol.js";
 import type { LoraSummary } from "../pool/index.js";
 import { describeParts, type RetrievedHit } from "../pipeline/retrieval.js";
-import { CommandInputError, type Attachment, type ChatCommand, type CommandContext, type OptionSpec } from "./commands.js";
+import { CommandInputError, type Attachment, type ChatCommand, type CommandContext, type OptionSpec, type PoolStatus } from "./commands.js";
 import { imagineInChat } from "./imagine-flow.js";
 
 type Lora = LoraSummary;
@@ -109,7 +109,8 @@ const lora: ChatCommand = {
       const result = await context.addFromUrl(url, { name, tags, source: `admin ${call.requester.id}`, url: file ? "" : url });
       return reply.send({
         text: `${result.status === "added" ? "✅ added" : "already in the pool"}: **${result.lora.name}** ` +
-          `\`${result.lora.id.slice(0, 12)}\` (${result.lora.format}, ${result.lora.family})`,
+          `\`${result.lora.id.slice(0, 12)}\` (${result.lora.format}, ${result.lora.family})` +
+          (result.note ? `\nℹ️ ${result.note}` : ""),
       });
     }
     const target = await resolveLora(String(call.options.lora), context);
@@ -145,12 +146,19 @@ const pool: ChatCommand = {
     await reply.send({
       text: [
         `**Pool**: ${status.loras} LoRAs (${status.blocked} blocked) · last crawl ${status.lastCrawl ?? "never"}`,
+        ...(status.searchable && status.searchable.weights < status.loras ? [searchableLine(status.searchable)] : []),
         `**Queue**: ${status.queue.waiting} waiting, ${status.queue.running} running`,
         `**Workers**:\n${workers}`,
       ].join("\n"),
     });
   },
 };
+
+/** How many LoRAs each embedding finds, when some are not found by their weights. */
+function searchableLine({ weights, textOnly, none }: NonNullable<PoolStatus["searchable"]>): string {
+  return `**Searchable**: ${weights} by weights, ${textOnly} by text only (no LoRA encoder for their family yet)` +
+    (none ? `, ${none} not at all (no encoder and no text: give them a name, tags or trigger words)` : "");
+}
 
 const retrain: ChatCommand = {
   name: "retrain",
@@ -213,6 +221,8 @@ async function loraInfo(entry: Lora, context: CommandContext): Promise<string> {
     `**${entry.name}** \`${entry.id.slice(0, 16)}\`${entry.state === "blocked" ? " ⛔ blocked" : ""}${entry.nsfw ? " 🔞" : ""}`,
     `${entry.family} · ${entry.format} · rank ${entry.ranks.join("/")} · ${entry.modules} modules · ${(entry.bytes / 1e6).toFixed(1)} MB`,
     `source: ${entry.source}${entry.url ? ` (${entry.url})` : ""}${entry.license ? ` · licence ${entry.license}` : ""}`,
+    entry.embedding === "text" ? "found by its text only: no LoRA encoder for its family has embedded it yet" : "",
+    entry.embedding === "none" ? "not found by any search: no LoRA encoder for its family and no text" : "",
     entry.trigger_words.length ? `trigger words: ${entry.trigger_words.join(", ")}` : "",
     entry.tags.length ? `tags: ${entry.tags.join(", ")}` : "",
     entry.captions.length ? `captions: ${entry.captions.slice(0, 3).map((caption) => `"${caption}"`).join(", ")}` : "",

@@ -66,6 +66,9 @@ export interface Reply {
 export interface PoolStatus {
   loras: number;
   blocked: number;
+  /** How the LoRAs are found: by their weights' embedding, by their text only (no LoRA encoder for their family
+   *  yet), or not at all (neither). */
+  searchable?: { weights: number; textOnly: number; none: number };
   lastCrawl: string | null;
   queue: { waiting: number; running: number };
   workers: Array<{ id: string; state: string; model?: string; modelVersion?: string; gateVersion?: string | null; encoderVersion?: string | null }>;

@@ -29,6 +29,10 @@ export async function poolStatus(index: LoraIndex, queue: FairQueue, workers: Pi
   const stats = queue.stats();
   return {
     loras: await index.count({}), blocked: await index.count({ state: "blocked" }),
+    searchable: {
+      weights: await index.count({ embedding: "weights" }), textOnly: await index.count({ embedding: "text" }),
+      none: await index.count({ embedding: "none" }),
+    },
     lastCrawl: lastCrawl((await state.read()).jobs.crawl),
     queue: { waiting: stats.waiting, running: stats.running }, workers: [...answering, ...others],
   };

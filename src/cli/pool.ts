@@ -63,13 +63,13 @@ const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
   try {
     for (const file of positionals) {
       try {
-        const { status, lora } = await ingestLora(file, {
+        const { status, lora, note } = await ingestLora(file, {
           name: values.name, source: values.source ?? "upload", url: values.url, license: values.license,
           nsfw: values.nsfw ?? false, tags: values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean),
         }, { ...pool, embed: (path) => started.dispatcher.embed(path), embedText: encoder });
-        io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora })
+        io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora, ...(note ? { note } : {}) })
           : `${status === "added" ? "added" : "already in the pool"}: ${lora.id.slice(0, 12)} ${lora.name} ` +
-            `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})`);
+            `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})${note ? `; ${note}` : ""}`);
       } catch (error) {
         failed += 1;
         const message = error instanceof Error ? error.message : String(error);

@@ -249,9 +249,12 @@ export const embedResultSchema = z.object({
   modules: z.int().min(1),
   ranks: z.array(z.int().min(1)),
   unknown_keys: z.array(z.string()),
-  embedding: z.array(z.number()).min(1),
-  dim: z.int().min(1),
-  encoder_version: z.string(),
+  /** Null when the worker has no LoRA encoder for its family: `no_embedding` says why, and the host indexes the
+   *  LoRA by its text until an encoder exists. */
+  embedding: z.array(z.number()).min(1).nullable(),
+  dim: z.int().min(1).nullable(),
+  encoder_version: z.string().nullable(),
+  no_embedding: z.string().optional(),
 });
 
 export type EmbedResult = z.infer<typeof embedResultSchema>;

@@ -45,10 +45,11 @@ export interface RetrievalOptions {
 /** How LoRAs are chosen: what the config's retrieval section sets beside k and the floor. */
 export type SelectionSettings = Pick<RetrievalOptions, "selection" | "covering" | "hybrid">;
 
-/** Why a LoRA scored what it did: its cosines with the prompt by weights and by text (absent: it has no text), and
- *  what its rating prior added. score = similarity (the mix's cosine) + rating. */
+/** Why a LoRA scored what it did: its cosines with the prompt by weights (absent: no LoRA encoder embedded it) and
+ *  by text (absent: it has no text), and what its rating prior added. score = similarity (the mix's cosine) +
+ *  rating. */
 export interface ScoreParts {
-  weights: number;
+  weights?: number;
   text?: number;
   rating: number;
   score: number;
@@ -95,11 +96,16 @@ type Found = SearchHit & { vector?: number[]; text_vector?: number[] };
 
 /** A found LoRA scored against the query: the embedding it is compared through and its score parts. */
 export function scoreHit(query: ArrayLike<number>, hit: Found, hybrid: HybridOptions, votes: Votes | undefined): Candidate & { parts: ScoreParts } {
+  const rating = hybrid.ratingWeight * ratingPrior(votes, hybrid.ratingPseudoCount);
+  if (hit.lora.encoder_version === "") {
+    // No LoRA encoder embedded it (none for its family yet): its text embedding is all there is to compare.
+    const text = cosine(query, hit.vector!);
+    return { lora: hit.lora, similarity: text, vector: hit.vector!, bonus: rating, parts: { text, rating, score: text + rating } };
+  }
   const weights = cosine(query, hit.vector!);
   const text = hit.text_vector ? cosine(query, hit.text_vector) : undefined;
   const vector = hit.text_vector && hybrid.textWeight > 0 ? mix(hit.vector!, hit.text_vector, hybrid.textWeight) : hit.vector!;
   const similarity = vector === hit.vector ? weights : cosine(query, vector);
-  const rating = hybrid.ratingWeight * ratingPrior(votes, hybrid.ratingPseudoCount);
   return {
     lora: hit.lora, similarity, vector, ...(vector === hit.vector ? {} : { drawn: hit.vector! }),
     bonus: rating, parts: { weights, ...(text !== undefined ? { text } : {}), rating, score: similarity + rating },
@@ -198,6 +204,7 @@ function mix(weights: ArrayLike<number>, text: ArrayLike<number>, textWeight: nu
 /** "weights 0.41 · text 0.63 · rating −0.02": a hit's score parts for people. */
 export function describeParts(parts: ScoreParts): string {
   const signed = (value: number) => `${value < 0 ? "−" : "+"}${Math.abs(value).toFixed(2)}`;
-  return [`weights ${parts.weights.toFixed(2)}`, ...(parts.text !== undefined ? [`text ${parts.text.toFixed(2)}`] : ["no text"]),
+  return [parts.weights !== undefined ? `weights ${parts.weights.toFixed(2)}` : "no weights embedding",
+    ...(parts.text !== undefined ? [`text ${parts.text.toFixed(2)}`] : ["no text"]),
     ...(parts.rating !== 0 ? [`rating ${signed(parts.rating)}`] : [])].join(" · ");
 }

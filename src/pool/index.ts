@@ -25,15 +25,27 @@ export interface LoraRecord {
   /** The stored file's name in the pool store (LoraStore.pathOf(id) is its path). */
   file: string;
   bytes: number;
-  /** The LoRA encoder's embedding: a unit vector in the text encoder's space. */
+  /** The LoRA encoder's embedding: a unit vector in the text encoder's space. For a LoRA of a family that has no
+   *  encoder yet (encoder_version ""), its text embedding stands in; empty when it has no text either. */
   vector: number[];
   /** The embedding of what the LoRA's text says (trigger words, tags, captions, training tags; lora-text.ts), a
    *  unit vector in the same space; absent when the LoRA came with no text. */
   text_vector?: number[];
   /** False for a LoRA indexed before LoRAs got text embeddings: the host's backfill still has to embed its text. */
   text_checked?: boolean;
+  /** The LoRA encoder that made `vector`; "" when no encoder did (see `embedding`). */
   encoder_version: string;
   added_at: string;
+  /** What `vector` holds (derived from encoder_version and the text; set when read from the index). */
+  embedding?: EmbeddingKind;
+}
+
+/** Which embedding a LoRA is searched by: its weights' (the LoRA encoder's); its text's, when its family has no
+ *  encoder yet; or none (no encoder and no text: stored, but not found by any search until one of them exists). */
+export type EmbeddingKind = "weights" | "text" | "none";
+
+export function embeddingKind(lora: { encoder_version: string; text_vector?: number[] }, hasText = !!lora.text_vector?.length): EmbeddingKind {
+  return lora.encoder_version !== "" ? "weights" : hasText ? "text" : "none";
 }
 
 export interface LoraFilters {
@@ -44,6 +56,8 @@ export interface LoraFilters {
   nsfw?: "block" | "allow";
   /** LoRAs with at least one of these tags. */
   tags?: string[];
+  /** Only LoRAs searched by this embedding. */
+  embedding?: EmbeddingKind;
 }
 
 export type LoraSummary = Omit<LoraRecord, "vector" | "text_vector">;

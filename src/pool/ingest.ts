@@ -5,7 +5,7 @@
 // sweep (sweep.ts) that the stored copy is an orphan, while a live process's copy is never swept.
 import { basename } from "node:path";
 import type { EmbedResult } from "../gpu/protocol.js";
-import type { LoraIndex, LoraRecord, LoraSummary } from "./index.js";
+import { embeddingKind, type LoraIndex, type LoraRecord, type LoraSummary } from "./index.js";
 import { inspectLora } from "./inspect.js";
 import { embedLoraText, loraTextPieces, type TextEmbedder } from "./lora-text.js";
 import { DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, type SafetensorsLimits } from "./safetensors.js";
@@ -38,6 +38,8 @@ export interface IngestMetadata {
 export interface IngestResult {
   status: "added" | "exists";
   lora: LoraSummary;
+  /** Set when the LoRA cannot be found by weights: why, and what it is searched by instead (if anything). */
+  note?: string;
 }
 
 const inFlight = new Map<string, Promise<IngestResult>>();
@@ -82,7 +84,18 @@ async function ingestNew(file: string, sha256: string, bytes: number, family: st
 
 function alreadyThere(record: LoraRecord): IngestResult {
   const { vector: _vector, text_vector: _text, ...lora } = record;
-  return { status: "exists", lora };
+  return { status: "exists", lora, ...searchNote(lora, undefined) };
+}
+
+/** What a user is told about a LoRA that no LoRA encoder embedded: found by its text only, or by nothing yet. */
+function searchNote(lora: LoraSummary, reason: string | undefined): { note?: string } {
+  const why = reason ?? `no LoRA encoder has embedded it (none for ${lora.family} yet)`;
+  if (lora.embedding === "text") return { note: `searchable by its text only: ${why}` };
+  if (lora.embedding === "none") {
+    return { note: `stored but not searchable: ${why}, and it came with no text (name, trigger words, tags, captions or ` +
+      "training tags); add some with its source, or it becomes searchable once an encoder for its family embeds it" };
+  }
+  return {};
 }
 
 async function embedAndIndex(file: string, path: string, sha256: string, bytes: number, family: string | null,
@@ -112,8 +125,8 @@ async function embedAndIndex(file: string, path: string, sha256: string, bytes: 
     state: "active",
     file: basename(path),
     bytes,
-    vector: embedded.embedding,
-    encoder_version: embedded.encoder_version,
+    vector: embedded.embedding ?? [],
+    encoder_version: embedded.encoder_version ?? "",
     text_checked: !!deps.embedText,
     added_at: (deps.now?.() ?? new Date()).toISOString(),
   };
@@ -122,7 +135,10 @@ async function embedAndIndex(file: string, path: string, sha256: string, bytes: 
     const text = await embedLoraText(deps.embedText, pieces);
     if (text) record.text_vector = text;
   }
+  // No encoder for its family yet: the text embedding is what it is searched by, until a re-embed replaces it.
+  if (!embedded.embedding && record.text_vector) record.vector = record.text_vector;
+  record.embedding = embeddingKind(record);
   await deps.index.upsert([record]);
   const { vector: _vector, text_vector: _text, ...lora } = record;
-  return { status: "added", lora };
+  return { status: "added", lora, ...searchNote(lora, embedded.no_embedding) };
 }

@@ -5,7 +5,9 @@ import * as lancedb from "@lancedb/lancedb";
 import {
   Bool, Field, FixedSizeList, Float32, Int32, List, Schema, Utf8, Int64,
 } from "apache-arrow";
-import type { EmbeddingColumn, LoraFilters, LoraIndex, LoraRecord, LoraState, LoraSummary, SearchHit } from "./index.js";
+import {
+  embeddingKind, type EmbeddingColumn, type LoraFilters, type LoraIndex, type LoraRecord, type LoraState, type LoraSummary, type SearchHit,
+} from "./index.js";
 
 export interface LanceLoraIndexOptions {
   /** A LanceDB URI: a local folder (data/lancedb) or object storage. */
@@ -97,15 +99,24 @@ export class LanceLoraIndex implements LoraIndex {
     for (const record of records) {
       if (!ID.test(record.id)) throw new Error(`LoRA id must be a sha256 in lower-case hex, got ${JSON.stringify(record.id)}`);
     }
-    const dimension = records[0]!.vector.length;
-    const wrong = records.find((record) => record.vector.length !== dimension);
-    if (wrong || dimension === 0) throw new Error("every LoRA in one upsert needs an embedding of the same, non-zero size");
+    // A LoRA with no embedding at all (no encoder for its family, no text) is stored with zeros and never searched.
+    const embedded = records.filter((record) => record.vector.length > 0);
+    const dimension = embedded[0]?.vector.length ?? (await this.dimension());
+    if (dimension === undefined) throw new Error("the pool's first LoRA needs an embedding (weights or text) to size the index");
+    const wrong = embedded.find((record) => record.vector.length !== dimension);
+    if (wrong) throw new Error("every LoRA in one upsert needs an embedding of the same size");
     const text = records.find((record) => record.text_vector && record.text_vector.length !== dimension);
     if (text) throw new Error(`the text embedding of ${text.id.slice(0, 12)} has ${text.text_vector!.length} dimensions, its weight embedding ${dimension}`);
     const table = await this.tableFor(dimension);
     const rows = records.map((record) => toRow(record, dimension));
     await table.mergeInsert("id").whenMatchedUpdateAll().whenNotMatchedInsertAll().execute(rows);
     await this.maybeBuildAnnIndex();
+  }
+
+  /** The width of the stored embeddings; undefined before the first LoRA. */
+  private async dimension(): Promise<number | undefined> {
+    const field = this.table && (await this.table.schema()).fields.find((f) => f.name === "vector");
+    return (field?.type as FixedSizeList | undefined)?.listSize;
   }
 
   /** Bulk load of records known to be new (a benchmark's synthetic pool, a migration): one append, no id check. */
@@ -164,7 +175,7 @@ export class LanceLoraIndex implements LoraIndex {
     // PQ distances are approximate: re-rank 10k candidates by their exact vectors, so the order and the
     // similarities returned are true cosines. (Text embeddings have no ANN index: an exact scan.)
     if (this.indexed && column === "vector") query = query.refineFactor(10);
-    const where = [whereClause({ state: "active", ...filters }), column === "text_vector" ? "has_text = true" : ""]
+    const where = [whereClause({ state: "active", ...filters }), column === "text_vector" ? "has_text = true" : SEARCHABLE]
       .filter(Boolean).join(" AND ");
     if (where) query = query.where(where);
     const rows = await query.toArray();
@@ -261,8 +272,15 @@ export class LanceLoraIndex implements LoraIndex {
   }
 }
 
+// Rows whose `vector` holds an embedding: by weights, or by text where no encoder embedded the LoRA.
+const SEARCHABLE = "(encoder_version != '' OR has_text = true)";
+const BY_EMBEDDING = {
+  weights: "encoder_version != ''", text: "(encoder_version = '' AND has_text = true)", none: "(encoder_version = '' AND has_text = false)",
+} as const;
+
 function whereClause(filters: LoraFilters): string {
   const parts: string[] = [];
+  if (filters.embedding) parts.push(BY_EMBEDDING[filters.embedding]);
   if (filters.family) parts.push(`family = ${sqlString(filters.family)}`);
   if (filters.state) parts.push(`state = ${sqlString(filters.state)}`);
   if (filters.nsfw === "block") parts.push("nsfw = false");
@@ -278,9 +296,10 @@ function sqlString(value: string): string {
 
 function toRow(record: LoraRecord, dimension: number): Record<string, unknown> {
   const hasText = !!record.text_vector && record.text_vector.length > 0;
+  const { embedding: _derived, ...stored } = record;
   return {
-    ...record, bytes: BigInt(record.bytes), text_vector: hasText ? record.text_vector : new Array(dimension).fill(0),
-    has_text: hasText, text_checked: record.text_checked ?? true,
+    ...stored, bytes: BigInt(record.bytes), vector: record.vector.length > 0 ? record.vector : new Array(dimension).fill(0),
+    text_vector: hasText ? record.text_vector : new Array(dimension).fill(0), has_text: hasText, text_checked: record.text_checked ?? true,
   };
 }
 
@@ -293,8 +312,9 @@ function fromRow(row: Record<string, unknown>): LoraSummary & { vector?: number[
   record.bytes = Number(row.bytes);
   record.modules = Number(row.modules);
   record.text_checked = row.text_checked === undefined ? true : Boolean(row.text_checked);
+  record.embedding = embeddingKind({ encoder_version: String(row.encoder_version) }, Boolean(row.has_text));
   delete record.has_text;
-  if (row.vector !== undefined) record.vector = list(row.vector).map(Number);
+  if (row.vector !== undefined) record.vector = record.embedding === "none" ? [] : list(row.vector).map(Number);
   if (row.text_vector !== undefined && row.has_text) record.text_vector = list(row.text_vector).map(Number);
   return record as LoraSummary & { vector?: number[]; text_vector?: number[] };
 }

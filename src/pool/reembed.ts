@@ -51,12 +51,15 @@ export async function reembedPool(options: ReembedOptions): Promise<ReembedRepor
         skip(error instanceof Error ? error.message : String(error));
         continue;
       }
+      if (!embedded.embedding) {
+        throw new Error(`a worker has no LoRA encoder (${embedded.no_embedding ?? "it sent no embedding"}); re-embed once every worker runs ${version}`);
+      }
       if (embedded.encoder_version !== version) {
         throw new Error(`a worker embedded with ${embedded.encoder_version}, not ${version}; re-embed once every worker runs the same encoder`);
       }
       const record = await options.index.get(lora.id);
       if (!record) continue; // removed meanwhile
-      await options.index.upsert([{ ...record, vector: embedded.embedding, encoder_version: version }]);
+      await options.index.upsert([{ ...record, vector: embedded.embedding, encoder_version: version, embedding: "weights" }]);
       report.reembedded += 1;
       if (report.reembedded % 50 === 0) options.log?.(`[reembed] ${report.reembedded} LoRAs re-embedded with ${version}`);
     }

@@ -28,7 +28,9 @@ export async function backfillLoraText(pool: { index: LoraIndex; store: LoraStor
       // A name an upload got from its file says little; a source's (Civitai, Hugging Face, the bundle) is chosen.
       const name = record.source === "upload" ? undefined : record.name;
       const text = await embedLoraText(encoder, loraTextPieces({ ...record, name }, fileMetadata));
-      await pool.index.upsert([{ ...record, ...(text ? { text_vector: text } : {}), text_checked: true }]);
+      // A LoRA no encoder embedded is searched by its text: the text embedding is its vector too.
+      const vector = record.encoder_version === "" && text ? text : record.vector;
+      await pool.index.upsert([{ ...record, vector, ...(text ? { text_vector: text } : {}), text_checked: true }]);
       report.checked += 1;
       if (text) report.withText += 1;
     }

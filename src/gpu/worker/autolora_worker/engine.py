@@ -148,23 +148,28 @@ class Engine:
 
     def embed(self, path: str) -> dict:
         """What ingest needs of a LoRA file: what `inspect` says, plus its LoRA-encoder embedding (a unit vector
-        in the text encoder's space, for retrieval). The encoder loads on first use."""
+        in the text encoder's space, for retrieval). The encoder loads on first use. A worker without an encoder
+        (a family none has been trained for yet) still reads and checks the file: `embedding` is then None and
+        `no_embedding` says why, so the host can index the LoRA by its text until an encoder exists."""
         lora = read_lora_file(path, self.max_lora_bytes)
         if lora.family is not None and lora.family != self.backbone.spec.name:
             raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
                                         f"this worker runs {self.backbone.spec.name}")
+        about = {
+            "sha256": lora.sha256, "format": lora.format, "family": lora.family, "modules": len(lora.layers),
+            "ranks": sorted(set(lora.ranks.values())), "unknown_keys": lora.unknown_keys,
+        }
         with self._encoder_lock:
             if self._encoder is None:
                 if self._encoder_path is None:
-                    raise ModelLoadError("this worker has no LoRA encoder; start it with --encoder FOLDER")
+                    return {**about, "embedding": None, "dim": None, "encoder_version": None,
+                            "no_embedding": f"this worker has no LoRA encoder for {self.backbone.spec.name} "
+                                            "(start it with --encoder FOLDER); the host indexes the LoRA by its text"}
                 self._encoder = load_encoder(self._encoder_path, model=self.backbone.transformer)
             with torch.no_grad():
                 embedding = embed_loras(self._encoder, [lora])[0].float().cpu()
-        return {
-            "sha256": lora.sha256, "format": lora.format, "family": lora.family, "modules": len(lora.layers),
-            "ranks": sorted(set(lora.ranks.values())), "unknown_keys": lora.unknown_keys,
-            "embedding": embedding.tolist(), "dim": int(embedding.numel()), "encoder_version": self._encoder.version,
-        }
+        return {**about, "embedding": embedding.tolist(), "dim": int(embedding.numel()),
+                "encoder_version": self._encoder.version}
 
     def judge(self, images: list[str]) -> dict:
         """The evaluator's shape, style and colour for each base64 PNG, in order: how the benchmarks score images

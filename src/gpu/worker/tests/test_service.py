@@ -298,13 +298,14 @@ def test_a_bad_content_length_is_a_clear_400(worker):
     assert "Connection: close" in answer  # the body's end is unknown, so nothing more can be read on it
 
 
-def test_a_worker_without_an_encoder_says_so():
+def test_a_worker_without_an_encoder_still_reads_the_lora_and_says_why_it_has_no_embedding():
     from autolora_worker.engine import Engine
-    from autolora_worker.errors import ModelLoadError
 
     engine = Engine(random_proving_ground())
-    with pytest.raises(ModelLoadError, match="no LoRA encoder; start it with --encoder"):
-        engine.embed(str(BUNDLE / "pool" / "shape-hexagon-01.safetensors"))
+    answer = engine.embed(str(BUNDLE / "pool" / "shape-hexagon-01.safetensors"))
+    assert answer["embedding"] is None and answer["encoder_version"] is None
+    assert "no LoRA encoder for proving-ground" in answer["no_embedding"]
+    assert answer["family"] == "proving-ground" and answer["modules"] > 0 and len(answer["sha256"]) == 64
 
 
 def _png(pixels: np.ndarray) -> str:
