@@ -31,6 +31,12 @@ def _embed(args) -> int:
     return embed_command(args.file, args.json, args.encoder)
 
 
+def _tiny_flux(args) -> int:
+    from .tiny_flux import tiny_flux_command
+
+    return tiny_flux_command(args.out, args.seed)
+
+
 def _export_text_encoder(args) -> int:
     from .world.onnx_export import export_text_encoder_command
 
@@ -175,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--json", action="store_true", help="print one JSON object")
     embed.add_argument("--encoder", default=None, help="encoder folder (default: the embedded bundle's encoder/)")
     embed.set_defaults(run=_embed)
+
+    tiny = commands.add_parser("tiny-flux", help="write a tiny random FLUX stand-in (diffusers folder, family flux)")
+    tiny.add_argument("--out", required=True, help="a new folder")
+    tiny.add_argument("--seed", type=int, default=0, help="seeds the random weights")
+    tiny.set_defaults(run=_tiny_flux)
 
     export = commands.add_parser("export-text-encoder", help="write the text encoder as ONNX + tokenizer for the host")
     export.add_argument("--out", default="build/text-encoder", help="output folder")

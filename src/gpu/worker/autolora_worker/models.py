@@ -112,8 +112,17 @@ class ProvingGroundBackbone(Backbone):
 class FluxBackbone(Backbone):
     """FLUX.1 (dev or schnell) from a local diffusers-layout directory, through diffusers' FluxPipeline."""
 
-    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, max_sequence_length: int = 512):
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, max_sequence_length: int | None = None):
         from diffusers import FluxPipeline
+
+        from .tiny_flux import stand_in_settings
+
+        try:
+            settings = stand_in_settings(path)
+        except ValueError as error:
+            raise ModelLoadError(str(error)) from None
+        if settings.get("family", "flux") != "flux":
+            raise ModelLoadError(f"{path} declares family {settings['family']!r}, not flux")
 
         try:
             self.pipeline = FluxPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True)
@@ -125,7 +134,9 @@ class FluxBackbone(Backbone):
         self.transformer = self.pipeline.transformer.eval().requires_grad_(False)
         self.device, self.dtype = device, dtype
         self.version = _directory_version(path)
-        self.max_sequence_length = max_sequence_length
+        # FLUX.1-dev's pipeline runs T5 over 512 tokens; a stand-in says its own.
+        self.max_sequence_length = max_sequence_length or int(settings.get("max_sequence_length", 512))
+        self.stand_in = settings.get("stand_in")
         # 8x VAE compression times FLUX's 2x2 latent packing; read from the VAE so smaller VAEs work too.
         self.pixels_per_token = 2 * self.pipeline.vae_scale_factor
         wrap_linears(self.transformer)

@@ -1,0 +1,119 @@
+"""A FLUX stand-in anyone can start: a diffusers-format FLUX folder with FLUX.1's module names at tiny widths.
+
+`python -m autolora_worker tiny-flux --out DIR` writes what a FLUX.1-dev download holds — model_index.json, a
+FluxTransformer2DModel, CLIP and T5 text encoders with their tokenizers, a VAE and the flow-matching scheduler —
+with random weights small enough to run on a laptop CPU. A worker started on it is a `flux` worker in every way the
+host can see: it loads through diffusers' FluxPipeline (the real loading path), generates (noise-like images, in
+seconds), and reads and ingests FLUX.1-shaped LoRA files, since ingest needs a LoRA's family and text, not that
+its tensors fit the loaded model. Generation does need that: a FLUX.1 LoRA fails that one request with a message
+naming the layer whose shape differs.
+
+`autolora.json` beside model_index.json says that the folder is a stand-in and how long its prompts may be.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+STAND_IN_FILE = "autolora.json"
+# The tiny T5 runs 32 tokens; FLUX.1-dev's pipeline runs 512.
+MAX_SEQUENCE_LENGTH = 32
+# FLUX.1's block layout at a tiny width: two double-stream and two single-stream blocks, 2 heads of 16.
+TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                   num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                   axes_dims_rope=(4, 6, 6))
+
+
+def _clip_tokenizer(folder: Path):
+    """CLIP's byte-level BPE with no merges: every byte is a token (no vocabulary download needed)."""
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codepoints = printable + [256 + i for i in range(256 - len(printable))]
+    symbols = [chr(c) for c in codepoints]
+    vocab = {token: i for i, token in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def _t5_tokenizer():
+    """A unigram vocabulary of the lower-case letters, with T5's special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)] + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=MAX_SEQUENCE_LENGTH)
+
+
+def build_tiny_flux(seed: int = 0):
+    """The stand-in as an in-memory FluxPipeline (random weights from `seed`)."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        clip = _clip_tokenizer(Path(scratch) / "clip")
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                  base_image_seq_len=256, max_image_seq_len=4096),
+        # FLUX.1's VAE shape at a tiny width: 8x down-sampling (so 16 px per image token, as FLUX.1), 16 latent channels.
+        vae=AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                          layers_per_block=1, latent_channels=16, norm_num_groups=4, use_quant_conv=False,
+                          use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611),
+        text_encoder=CLIPTextModel(CLIPTextConfig(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(clip),
+            bos_token_id=len(clip) - 2, eos_token_id=len(clip) - 1, pad_token_id=len(clip) - 1,
+            max_position_embeddings=77, projection_dim=32)),
+        tokenizer=clip,
+        text_encoder_2=T5EncoderModel(T5Config(d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4, vocab_size=32,
+                                               decoder_start_token_id=0)),
+        tokenizer_2=_t5_tokenizer(),
+        transformer=FluxTransformer2DModel(**TRANSFORMER),
+    )
+
+
+def write_tiny_flux(out: str | Path, seed: int = 0) -> dict:
+    """Write the stand-in to `out` (created; refused if it exists and is not empty). Returns what was written."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; give a new folder")
+    pipeline = build_tiny_flux(seed)
+    pipeline.save_pretrained(str(out))
+    about = {"family": "flux", "stand_in": "tiny-flux", "seed": seed, "max_sequence_length": MAX_SEQUENCE_LENGTH,
+             "transformer": TRANSFORMER}
+    (out / STAND_IN_FILE).write_text(json.dumps(about, indent=2) + "\n")
+    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    return {"out": str(out), "family": "flux", "seed": seed, "bytes": size,
+            "modules": sum(1 for name, module in pipeline.transformer.named_modules() if isinstance(module, torch.nn.Linear))}
+
+
+def stand_in_settings(folder: Path) -> dict:
+    """What a stand-in folder's autolora.json says (empty for a real FLUX download)."""
+    path = folder / STAND_IN_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON: {error}") from None
+
+
+def tiny_flux_command(out: str, seed: int) -> int:
+    import sys
+
+    try:
+        print(json.dumps(write_tiny_flux(out, seed)))
+    except (FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
