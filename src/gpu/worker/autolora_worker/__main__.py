@@ -149,6 +149,20 @@ def _gates(args) -> int:
     return 0
 
 
+def _gates_import(args) -> int:
+    import json
+
+    from .fusion.diffsynth import import_diffsynth_gates
+
+    try:
+        result = import_diffsynth_gates(args.file, args.out, version=args.version)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def _encoder(args) -> int:
     import json
 
@@ -239,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--repeats", type=int, default=3, help="timed repetitions per row (median reported)")
     fusion.set_defaults(run=_bench)
 
-    gates = commands.add_parser("gates", help="retrain the fusion gates, and measure gates on held-out LoRAs")
+    gates = commands.add_parser("gates", help="retrain the fusion gates, measure gates on held-out LoRAs, import "
+                                              "published gates")
     gate_commands = gates.add_subparsers(dest="gates_command", required=True)
     train = gate_commands.add_parser("train", help="train a candidate gate file on the bundle's training LoRAs")
     train.add_argument("--out", required=True, help="where to write the candidate (.safetensors)")
@@ -258,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
         _add_lifeline(command)
         command.set_defaults(run=_gates)
+    imported = gate_commands.add_parser("import", help="convert published gates into our gate file (one JSON line)")
+    imported.add_argument("file", help="the published gate file (.safetensors)")
+    imported.add_argument("--from", dest="source_format", required=True, choices=["diffsynth"],
+                          help="its layout: diffsynth = DiffSynth-Studio's FluxLoraPatcher (the AutoLoRA authors' "
+                               "FLUX.1-dev gates)")
+    imported.add_argument("--out", required=True, help="where to write our gate file (.safetensors)")
+    imported.add_argument("--version", default=None,
+                          help="gate version to record (default: diffsynth- and the first 12 hex of the file's sha256)")
+    imported.set_defaults(run=_gates_import)
 
     encoder = commands.add_parser("encoder", help="retrain the LoRA encoder, and measure retrieval on held-out LoRAs")
     encoder_commands = encoder.add_subparsers(dest="encoder_command", required=True)
