@@ -5,10 +5,10 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { workerPython } from "../gpu/workers.js";
-import { openModels } from "../models/lifecycle.js";
+import { openModels, servesFlux } from "../models/lifecycle.js";
 import { lancedbUri, openPool } from "../pool/open.js";
 import { ModelError, type ModelRegistry } from "../models/registry.js";
-import { retrainModel, writeCaptionedLoras, writeRatedExamples } from "../models/retrain.js";
+import { bootstrapFluxEncoder, retrainModel, writeBootstrapExamples, writeCaptionedLoras, writeRatedExamples } from "../models/retrain.js";
 import { GenerationStore } from "../pipeline/generations.js";
 import { stateFile } from "../scheduler/jobs.js";
 import { JobBusyError } from "../scheduler/state.js";
@@ -19,7 +19,7 @@ export async function modelsCommand(args: string[], io: CliIo): Promise<number> 
   const [action, version, ...extra] = positionals;
   const { config } = loadConfig(io.env ?? process.env);
   const models = await openModels(config);
-  const registries = [models.gates, models.encoder].filter((registry): registry is ModelRegistry => registry !== undefined);
+  const registries = [models.gates, models.encoder, models.fluxEncoder].filter((registry): registry is ModelRegistry => registry !== undefined);
   if (registries.length === 0) {
     io.stderr(`the bundle (${config.bundle_dir}) has no gates or encoder, so there are no versions to manage`);
     return 2;
@@ -56,35 +56,51 @@ export async function modelsCommand(args: string[], io: CliIo): Promise<number> 
 
 export async function retrainCommand(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseArgs({
-    args, allowPositionals: true, strict: true, options: { json: { type: "boolean" }, encoder: { type: "boolean" } },
+    args, allowPositionals: true, strict: true,
+    options: { json: { type: "boolean" }, encoder: { type: "boolean" }, family: { type: "string" } },
   });
-  if (positionals.length > 0) {
-    io.stderr("usage: autolora retrain [--encoder] [--json]");
+  if (positionals.length > 0 || (values.family !== undefined && !["flux", "proving-ground"].includes(values.family))) {
+    io.stderr("usage: autolora retrain [--encoder [--family flux|proving-ground]] [--json]");
     return 2;
   }
   const { config } = loadConfig(io.env ?? process.env);
   const models = await openModels(config);
-  const registry = values.encoder ? models.encoder : models.gates;
+  // The encoder of the family the workers run: a FLUX host bootstraps its own from the pool (none ships).
+  const flux = values.encoder && (values.family ?? (servesFlux(config) ? "flux" : "proving-ground")) === "flux";
+  const registry = flux ? models.fluxEncoder : values.encoder ? models.encoder : models.gates;
   if (!registry) {
-    io.stderr(`the bundle (${config.bundle_dir}) has no ${values.encoder ? "LoRA encoder" : "gates"} to retrain`);
+    io.stderr(flux ? "no FLUX worker is configured (workers.local[].model: a FLUX folder); there is no flux encoder to train"
+      : `the bundle (${config.bundle_dir}) has no ${values.encoder ? "LoRA encoder" : "gates"} to retrain`);
     return 2;
   }
   const state = stateFile(config);
   const dataDir = resolve(config.data_dir);
   const settings = config.scheduler.retrain;
-  const job = values.encoder ? "retrain-encoder" : "retrain";
+  const job = flux ? "retrain-encoder-flux" : values.encoder ? "retrain-encoder" : "retrain";
+  const common = {
+    registry, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => [],
+    log: values.json ? undefined : io.stderr,
+  };
   try {
-    // No workers here: a running `serve` follows the registry and reloads its own.
-    const outcome = await state.exclusive(job, async () => retrainModel({
-      registry, python: workerPython(config), bundleDir: resolve(config.bundle_dir), workers: () => [],
-      steps: values.encoder ? settings.encoder_steps : settings.steps, metrics: values.encoder ? settings.encoder_metrics : settings.metrics,
-      evalPairs: settings.eval_pairs, log: values.json ? undefined : io.stderr,
-      extras: async (folder) => {
-        const pool = await openPool(config, io.stderr);
-        if (values.encoder) return writeCaptionedLoras(pool.index, pool.store, folder);
-        return writeRatedExamples(await GenerationStore.open(lancedbUri(config)), pool.store, dataDir, folder, settings.rated_min_score);
-      },
-    }));
+    // No workers here: a running `serve` follows the registry, reloads its own and re-embeds the pool.
+    const outcome = await state.exclusive(job, async () => flux
+      ? bootstrapFluxEncoder({
+        ...common, steps: settings.encoder_steps,
+        examples: async (folder) => {
+          const pool = await openPool(config, io.stderr);
+          return writeBootstrapExamples(pool.index, pool.store, folder, "flux");
+        },
+      })
+      : retrainModel({
+        ...common,
+        steps: values.encoder ? settings.encoder_steps : settings.steps, metrics: values.encoder ? settings.encoder_metrics : settings.metrics,
+        evalPairs: settings.eval_pairs,
+        extras: async (folder) => {
+          const pool = await openPool(config, io.stderr);
+          if (values.encoder) return writeCaptionedLoras(pool.index, pool.store, folder);
+          return writeRatedExamples(await GenerationStore.open(lancedbUri(config)), pool.store, dataDir, folder, settings.rated_min_score);
+        },
+      }));
     await state.update((saved) => {
       saved.jobs[job] = { ...saved.jobs[job], lastFinished: new Date().toISOString(), lastOutcome: "ok", lastSummary: outcome.summary, ...(values.encoder ? {} : { pendingLoras: 0 }) };
     });

@@ -29,8 +29,10 @@ export async function startWorkers(config: Config, secrets: Secrets, log: (line:
   const python = workerPython(config);
   const supervisor = new WorkerSupervisor({
     workers: config.workers.local.map(({ device, model }) => {
-      // Proving-ground workers serve the promoted gates and encoder (the served paths never change).
-      const served = model === "proving-ground" ? models : {};
+      // Proving-ground workers serve the promoted gates and encoder (the served paths never change); FLUX workers
+      // the flux encoder once one is bootstrapped (their gates come from `gates import`, by hand).
+      const served = model === "proving-ground" ? models
+        : models.fluxEncoder?.hasServing() ? { encoder: models.fluxEncoder } : {};
       return {
         ...pythonWorkerCommand(python, device, model, served.gates?.servingPath, served.encoder?.servingPath),
         env: { AUTOLORA_BUNDLE: resolve(config.bundle_dir), PYTHONUNBUFFERED: "1" },

@@ -12,16 +12,23 @@ import type { Pool } from "../pool/open.js";
 import { reembedPool } from "../pool/reembed.js";
 import type { Job, Scheduler } from "../scheduler/scheduler.js";
 import type { StateFile } from "../scheduler/state.js";
-import { ENCODER, GATES, ModelRegistry } from "./registry.js";
-import { reloadWorkers, retrainModel, writeCaptionedLoras, writeRatedExamples } from "./retrain.js";
+import { ENCODER, FLUX_ENCODER, GATES, ModelRegistry } from "./registry.js";
+import { bootstrapFluxEncoder, reloadWorkers, retrainModel, writeBootstrapExamples, writeCaptionedLoras, writeRatedExamples } from "./retrain.js";
 
 export interface Models {
   gates?: ModelRegistry;
   encoder?: ModelRegistry;
+  /** The `flux` family's LoRA encoder, when a FLUX worker is configured: empty until one is bootstrapped. */
+  fluxEncoder?: ModelRegistry;
+}
+
+/** Whether a local worker runs the `flux` family (its model is a FLUX folder, not a family name). */
+export function servesFlux(config: Config): boolean {
+  return config.workers.local.some((worker) => worker.model !== "proving-ground");
 }
 
 /** The versions of the gates and the LoRA encoder (data/models), each started from the bundle's; a kind the
- *  bundle does not have is absent. */
+ *  bundle does not have is absent. A FLUX host also gets the flux encoder's registry (none ships). */
 export async function openModels(config: Config): Promise<Models> {
   const bundle = resolve(config.bundle_dir);
   const root = join(resolve(config.data_dir), "models");
@@ -30,6 +37,7 @@ export async function openModels(config: Config): Promise<Models> {
   return {
     gates: existsSync(gates) ? await ModelRegistry.open(root, gates, GATES) : undefined,
     encoder: existsSync(encoder) ? await ModelRegistry.open(root, join(bundle, "encoder"), ENCODER) : undefined,
+    fluxEncoder: servesFlux(config) ? await ModelRegistry.open(root, undefined, FLUX_ENCODER) : undefined,
   };
 }
 
@@ -78,7 +86,7 @@ export function modelLifecycle(deps: LifecycleDependencies): ModelLifecycle {
     name: "follow-models", schedule: FOLLOW_SCHEDULE, local: true,
     run: async () => {
       const reloaded: string[] = [];
-      for (const registry of [models.gates, models.encoder]) {
+      for (const registry of [models.gates, models.encoder, models.fluxEncoder]) {
         if (!registry || !(await registry.refresh())) continue;
         const count = await reloadWorkers(registry, deps.workers.source.ready(), log);
         reloaded.push(`${registry.kind.name} ${registry.serving().version} promoted elsewhere: ${count} worker(s) reloaded`);
@@ -105,6 +113,20 @@ export function modelLifecycle(deps: LifecycleDependencies): ModelLifecycle {
           extras: (folder) => writeCaptionedLoras(pool.index, pool.store, folder),
         }, signal);
         if (outcome.promoted) start("reembed"); // the new encoder's embeddings, in the background
+        return outcome.summary;
+      },
+    });
+  }
+  const fluxEncoder = models.fluxEncoder;
+  if (fluxEncoder) {
+    jobs.push({
+      name: "retrain-encoder-flux", schedule: settings.encoder_schedule,
+      run: async (signal) => {
+        const outcome = await bootstrapFluxEncoder({
+          ...retrainOptions(fluxEncoder, settings.encoder_steps, []),
+          examples: (folder) => writeBootstrapExamples(pool.index, pool.store, folder, "flux"),
+        }, signal);
+        if (outcome.promoted) start("reembed"); // LoRAs found by their text until now get weight embeddings
         return outcome.summary;
       },
     });

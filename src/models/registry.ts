@@ -10,7 +10,7 @@ import { readSafetensorsHeader } from "../pool/safetensors.js";
 
 /** What a kind of model is stored as, and how its version is read. */
 export interface ModelKind {
-  name: "gates" | "encoder";
+  name: "gates" | "encoder" | "encoder-flux";
   /** The served copy's name inside the kind's folder. */
   servingName: string;
   /** A version's copy is a file with this extension, or a folder ("" ). */
@@ -20,6 +20,9 @@ export interface ModelKind {
 
 export const GATES: ModelKind = { name: "gates", servingName: "serving.safetensors", extension: ".safetensors", versionOf: gateVersion };
 export const ENCODER: ModelKind = { name: "encoder", servingName: "serving", extension: "", versionOf: encoderVersion };
+/** The LoRA encoder of the `flux` family: none ships, so its registry starts empty and the first version is one
+ *  bootstrapped from the pool (`autolora retrain --encoder` on a FLUX host). */
+export const FLUX_ENCODER: ModelKind = { name: "encoder-flux", servingName: "serving", extension: "", versionOf: encoderVersion };
 
 export type VersionStatus = "serving" | "retired" | "refused";
 
@@ -55,11 +58,13 @@ export class ModelRegistry {
    * bundle's artifact has changed since the registry took it up (a new bundle: its gates belong to its own base
    * model, its encoder to its own pool), the new one is served and every earlier version retired: versions
    * trained for the earlier bundle do not fit the new model, and bundles' version names repeat (seed and steps).
+   * Without `initial` (a kind nothing ships for) the registry may serve nothing until a version is promoted.
    */
-  static async open(root: string, initial: string, kind: ModelKind = GATES): Promise<ModelRegistry> {
+  static async open(root: string, initial: string | undefined, kind: ModelKind = GATES): Promise<ModelRegistry> {
     const dir = join(root, kind.name);
     await mkdir(join(dir, "versions"), { recursive: true });
     const registry = new ModelRegistry(dir, kind, await readRegistry(join(dir, "registry.json")));
+    if (initial === undefined) return registry;
     const bundle = await fingerprint(initial);
     if (registry.data.versions.length === 0) {
       await registry.takeUp(initial, bundle, `from ${initial}`);
@@ -96,9 +101,18 @@ export class ModelRegistry {
 
   /** Re-read the file (another process may have promoted); true if the serving version changed. */
   async refresh(): Promise<boolean> {
-    const before = this.serving().version;
+    const before = this.servingVersion();
     this.data = await readRegistry(join(this.dir, "registry.json"));
-    return this.serving().version !== before;
+    return this.servingVersion() !== before;
+  }
+
+  /** Whether a version is served (a registry that started empty serves none until its first promotion). */
+  hasServing(): boolean {
+    return this.servingVersion() !== undefined;
+  }
+
+  private servingVersion(): string | undefined {
+    return this.data.versions.find((entry) => entry.status === "serving")?.version;
   }
 
   list(): ModelVersion[] {

@@ -16,19 +16,17 @@ import type { ModelRegistry } from "./registry.js";
 /** Metrics where lower is better; the others (accuracies, recall, MRR) are better higher. */
 const LOWER_IS_BETTER = new Set(["heldout_loss"]);
 
-/** How the worker's Python trains and measures each kind, and how a running worker takes a new version. */
+/** How the worker's Python trains and measures each kind. */
 const TRAINING = {
   gates: {
     defaultMetrics: ["heldout_loss"],
     train: (out: string, extras?: string) => ["gates", "train", "--out", out, ...(extras ? ["--examples", extras] : [])],
     evaluate: (file: string, options: RetrainOptions) => ["gates", "eval", "--gates", file, "--pairs", String(options.evalPairs ?? 6)],
-    reload: (worker: WorkerBackend, path: string) => worker.reloadGates(path),
   },
   encoder: {
     defaultMetrics: ["recall_at_1", "mrr"],
     train: (out: string, extras?: string) => ["encoder", "train", "--out", out, ...(extras ? ["--extra", extras] : [])],
     evaluate: (folder: string) => ["encoder", "eval", "--encoder", folder],
-    reload: (worker: WorkerBackend, path: string) => worker.reloadEncoder(path),
   },
 } as const;
 
@@ -91,6 +89,7 @@ export async function writeRatedExamples(generations: GenerationStore, store: Lo
 /** Train a candidate of the registry's kind, judge it against the served version, promote it if not worse. */
 export async function retrainModel(options: RetrainOptions, signal?: AbortSignal): Promise<RetrainOutcome> {
   const { registry } = options;
+  if (registry.kind.name === "encoder-flux") throw new Error("the flux encoder is bootstrapped (bootstrapFluxEncoder), not retrained from a bundle");
   const kind = TRAINING[registry.kind.name];
   const metricNames = options.metrics ?? [...kind.defaultMetrics];
   const work = join(registry.dir, "work");
@@ -132,13 +131,78 @@ export async function retrainModel(options: RetrainOptions, signal?: AbortSignal
   }
 }
 
+/** The manifest `encoder bootstrap --examples` reads: the pool's LoRAs of one family that came with captions (the
+ *  training signal), each with the rest of its text (name, tags, trigger words: what text-only retrieval knows). */
+export async function writeBootstrapExamples(index: LoraIndex, store: LoraStore, folder: string, family: string,
+  limit = 20_000): Promise<{ path: string; examples: number }> {
+  const examples = [];
+  for (const lora of await index.list({ family }, limit)) {
+    if (lora.captions.length === 0 || !existsSync(store.pathOf(lora.id))) continue;
+    // A name an upload took from its file says little; a source's (Civitai, Hugging Face) is the LoRA's title.
+    const text = [...(lora.source === "upload" ? [] : [lora.name]), ...lora.tags, ...lora.trigger_words].filter(Boolean);
+    examples.push({ lora: store.pathOf(lora.id), captions: lora.captions.slice(0, 20), text });
+  }
+  const path = join(folder, "bootstrap-examples.json");
+  await writeFile(path, JSON.stringify({ examples }));
+  return { path, examples: examples.length };
+}
+
+export interface BootstrapOptions extends Omit<RetrainOptions, "init" | "metrics" | "evalPairs" | "extras"> {
+  /** Writes the training manifest into `folder` (writeBootstrapExamples). */
+  examples: (folder: string) => Promise<{ path: string; examples: number }>;
+  /** The encoder's size, default the worker's (width 128, 4 probes, depth 2); tests train a smaller one. */
+  size?: { width: number; probes: number; depth: number };
+}
+
+/**
+ * A LoRA encoder for the `flux` family, bootstrapped from the pool: the worker's Python trains one on the pool's
+ * captioned LoRAs and judges it on held-out ones against text-only retrieval (`encoder bootstrap`). It is served
+ * only if it finds held-out LoRAs better than their text does and, when an encoder is served already, not worse
+ * than that one (MRR); then every ready worker reloads it, and the caller re-embeds the pool.
+ */
+export async function bootstrapFluxEncoder(options: BootstrapOptions, signal?: AbortSignal): Promise<RetrainOutcome> {
+  const { registry } = options;
+  const work = join(registry.dir, "work");
+  await mkdir(work, { recursive: true });
+  const candidate = join(work, `candidate-${Date.now()}`);
+  try {
+    const { path, examples } = await options.examples(work);
+    options.log?.(`[retrain] bootstrapping a flux LoRA encoder from ${examples} captioned LoRAs (${options.steps} steps)`);
+    const result = await python(options, ["encoder", "bootstrap", "--family", "flux", "--examples", path, "--out", candidate,
+      "--steps", String(options.steps), "--seed", String(Date.now() % 100_000),
+      ...(options.size ? ["--width", String(options.size.width), "--probes", String(options.size.probes), "--depth", String(options.size.depth)] : [])],
+    signal);
+    const metrics = Object.fromEntries(Object.entries(result).filter((entry): entry is [string, number] => typeof entry[1] === "number"));
+    const version = String(result.version);
+    const served = registry.hasServing() ? registry.serving() : undefined;
+    const servedMetrics = served?.metrics ?? {};
+    const comparison = `held-out MRR ${round(metrics.mrr!)} by weights, ${round(metrics.text_only_mrr!)} by text only` +
+      (served?.metrics?.mrr !== undefined ? `, ${round(served.metrics.mrr)} by the served ${served.version}` : "");
+    const beatsServed = served?.metrics?.mrr === undefined || metrics.mrr! >= served.metrics.mrr;
+    if (result.promote !== true || !beatsServed) {
+      const why = result.promote !== true ? String(result.reason ?? "not better than text-only retrieval") : `worse than the served ${served!.version}`;
+      await registry.addCandidate(candidate, metrics, "refused", why);
+      const summary = `kept ${served ? served.version : "text-only retrieval"}: candidate ${version} ${why} (${comparison})`;
+      return { promoted: false, candidate: { version, metrics }, serving: { version: served?.version ?? "none", metrics: servedMetrics }, summary };
+    }
+    await registry.addCandidate(candidate, metrics, "retired",
+      `bootstrapped from ${String(result.train_loras)} captioned LoRAs, judged on ${String(result.heldout_loras)} held out`);
+    await registry.promote(version, `promoted over ${served ? served.version : "text-only retrieval"} (${comparison})`);
+    const reloaded = await reloadWorkers(registry, options.workers(), options.log);
+    const summary = `promoted ${version} (${comparison}); ${reloaded} worker(s) reloaded`;
+    return { promoted: true, candidate: { version, metrics }, serving: { version: served?.version ?? "none", metrics: servedMetrics }, summary };
+  } finally {
+    await rm(candidate, { recursive: true, force: true });
+  }
+}
+
 /** Tell each worker to load the serving copy; returns how many did. */
 export async function reloadWorkers(registry: ModelRegistry, workers: WorkerBackend[], log?: (line: string) => void): Promise<number> {
   let reloaded = 0;
   const kind = registry.kind.name;
   for (const worker of workers) {
     try {
-      const version = await TRAINING[kind].reload(worker, registry.servingPath);
+      const version = await (kind === "gates" ? worker.reloadGates(registry.servingPath) : worker.reloadEncoder(registry.servingPath));
       log?.(`[models] worker ${worker.id} now serves ${kind} ${version}`);
       reloaded += 1;
     } catch (error) {
@@ -149,7 +213,9 @@ export async function reloadWorkers(registry: ModelRegistry, workers: WorkerBack
 }
 
 async function evaluate(options: RetrainOptions, file: string, signal?: AbortSignal): Promise<Record<string, number>> {
-  const result = await python(options, TRAINING[options.registry.kind.name].evaluate(file, options), signal);
+  const kind = options.registry.kind.name;
+  if (kind === "encoder-flux") throw new Error("the flux encoder is judged by its bootstrap");
+  const result = await python(options, TRAINING[kind].evaluate(file, options), signal);
   return Object.fromEntries(Object.entries(result).filter((entry): entry is [string, number] => typeof entry[1] === "number"));
 }
 

@@ -153,6 +153,13 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     await waitForPost(harness, (post) => /Sorry, \/pool status is for the bot's admins only/.test(post.text), before);
     await harness.command("admin", "/pool status");
     await waitForPost(harness, (post) => /Pool.*3 LoRAs/.test(post.text) && /Queue/.test(post.text), before);
+    // A LoRA no encoder embedded (a family without one) is counted apart from those found by weights.
+    const [hexagon] = await host.index.findByName("hexagon shapes");
+    const record = (await host.index.get(hexagon!.id))!;
+    await host.index.upsert([{ ...record, encoder_version: "", text_vector: record.vector }]);
+    await harness.command("admin", "/pool status");
+    await waitForPost(harness, (post) => /Searchable\W+2 by weights, 1 by text only \(no LoRA encoder for their family yet\)/.test(post.text), before);
+    await host.index.upsert([record]);
 
     // /lora add from a URL: refused to others (nothing downloaded), added for admins, then gone again.
     const file = diffusersLora(192, 4, 1);
