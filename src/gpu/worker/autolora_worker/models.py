@@ -125,7 +125,13 @@ class FluxBackbone(Backbone):
             raise ModelLoadError(f"{path} declares family {settings['family']!r}, not flux")
 
         try:
-            self.pipeline = FluxPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+            # A stand-in may ask for its transformer to be built from its config with seeded random weights.
+            extra = {}
+            if settings.get("random_init"):
+                from .tiny_flux import random_transformer
+
+                extra["transformer"] = random_transformer(path, device, dtype, int(settings.get("seed", 0)))
+            self.pipeline = FluxPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
         except Exception as error:
             raise ModelLoadError(f"cannot load a FLUX pipeline from {path}: {error}") from error
         self.pipeline.to(device)

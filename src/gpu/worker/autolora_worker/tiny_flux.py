@@ -9,6 +9,11 @@ its tensors fit the loaded model. Generation does need that: a FLUX.1 LoRA fails
 naming the layer whose shape differs.
 
 `autolora.json` beside model_index.json says that the folder is a stand-in and how long its prompts may be.
+
+`--full-size` writes FLUX.1's own transformer config instead, with no weights (`random_init` in autolora.json):
+a worker builds that 12B-parameter transformer with seeded random weights straight on its device in bf16, so a GPU
+check can time the real model's shapes without a 24 GB download. Its text encoders keep FLUX.1's output widths
+(CLIP 768, T5 4096) at one narrow layer each.
 """
 
 from __future__ import annotations
@@ -54,13 +59,15 @@ def _t5_tokenizer():
                            extra_ids=0, model_max_length=MAX_SEQUENCE_LENGTH)
 
 
-def build_tiny_flux(seed: int = 0):
-    """The stand-in as an in-memory FluxPipeline (random weights from `seed`)."""
+def build_tiny_flux(seed: int = 0, text_widths: tuple[int, int] = (32, 32)):
+    """The stand-in as an in-memory FluxPipeline (random weights from `seed`); `text_widths` are the CLIP and T5
+    hidden sizes (FLUX.1's pooled and joint attention widths are 768 and 4096)."""
     import tempfile
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    clip_width, t5_width = text_widths
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as scratch:
         clip = _clip_tokenizer(Path(scratch) / "clip")
@@ -73,30 +80,64 @@ def build_tiny_flux(seed: int = 0):
                           layers_per_block=1, latent_channels=16, norm_num_groups=4, use_quant_conv=False,
                           use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611),
         text_encoder=CLIPTextModel(CLIPTextConfig(
-            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(clip),
+            hidden_size=clip_width, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(clip),
             bos_token_id=len(clip) - 2, eos_token_id=len(clip) - 1, pad_token_id=len(clip) - 1,
-            max_position_embeddings=77, projection_dim=32)),
+            max_position_embeddings=77, projection_dim=clip_width)),
         tokenizer=clip,
-        text_encoder_2=T5EncoderModel(T5Config(d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4, vocab_size=32,
-                                               decoder_start_token_id=0)),
+        text_encoder_2=T5EncoderModel(T5Config(d_model=t5_width, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                               vocab_size=32, decoder_start_token_id=0)),
         tokenizer_2=_t5_tokenizer(),
-        transformer=FluxTransformer2DModel(**TRANSFORMER),
+        transformer=FluxTransformer2DModel(**{**TRANSFORMER, "joint_attention_dim": t5_width,
+                                              "pooled_projection_dim": clip_width}),
     )
 
 
-def write_tiny_flux(out: str | Path, seed: int = 0) -> dict:
-    """Write the stand-in to `out` (created; refused if it exists and is not empty). Returns what was written."""
+def write_tiny_flux(out: str | Path, seed: int = 0, full_size: bool = False, random_init: bool = False) -> dict:
+    """Write the stand-in to `out` (created; refused if it exists and is not empty). Returns what was written.
+
+    `full_size`: FLUX.1's transformer config and no transformer weights (implies `random_init`). `random_init`:
+    the worker builds the transformer from its config with seeded random weights instead of loading them."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; give a new folder")
-    pipeline = build_tiny_flux(seed)
+    random_init = random_init or full_size
+    pipeline = build_tiny_flux(seed, text_widths=(768, 4096) if full_size else (32, 32))
     pipeline.save_pretrained(str(out))
-    about = {"family": "flux", "stand_in": "tiny-flux", "seed": seed, "max_sequence_length": MAX_SEQUENCE_LENGTH,
-             "transformer": TRANSFORMER}
+    transformer = dict(TRANSFORMER)
+    if full_size:
+        from .families import get_family
+
+        transformer = dict(get_family("flux").transformer)
+        config = json.loads((out / "transformer" / "config.json").read_text())
+        config.update({**transformer, "axes_dims_rope": list(transformer["axes_dims_rope"])})
+        (out / "transformer" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if random_init:
+        for weights in (out / "transformer").glob("*.safetensors*"):
+            weights.unlink()
+    about = {"family": "flux", "stand_in": "tiny-flux-full-size" if full_size else "tiny-flux", "seed": seed,
+             "max_sequence_length": 512 if full_size else MAX_SEQUENCE_LENGTH, "transformer": transformer,
+             **({"random_init": True} if random_init else {})}
     (out / STAND_IN_FILE).write_text(json.dumps(about, indent=2) + "\n")
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-    return {"out": str(out), "family": "flux", "seed": seed, "bytes": size,
-            "modules": sum(1 for name, module in pipeline.transformer.named_modules() if isinstance(module, torch.nn.Linear))}
+    return {"out": str(out), "family": "flux", "seed": seed, "bytes": size, "random_init": random_init,
+            "transformer": {key: transformer[key] for key in ("num_layers", "num_single_layers", "num_attention_heads",
+                                                              "attention_head_dim")}}
+
+
+def random_transformer(path: Path, device: torch.device, dtype: torch.dtype, seed: int):
+    """The transformer of `path/transformer/config.json` with seeded random weights, built directly on `device` in
+    `dtype` (FLUX.1 in fp32 first would need 48 GB)."""
+    from diffusers import FluxTransformer2DModel
+
+    config = FluxTransformer2DModel.load_config(str(path / "transformer"))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), torch.device(device):
+            torch.manual_seed(seed)
+            return FluxTransformer2DModel.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def stand_in_settings(folder: Path) -> dict:
@@ -108,11 +149,11 @@ def stand_in_settings(folder: Path) -> dict:
         raise ValueError(f"{path} is not readable JSON: {error}") from None
 
 
-def tiny_flux_command(out: str, seed: int) -> int:
+def tiny_flux_command(out: str, seed: int, full_size: bool = False) -> int:
     import sys
 
     try:
-        print(json.dumps(write_tiny_flux(out, seed)))
+        print(json.dumps(write_tiny_flux(out, seed, full_size=full_size)))
     except (FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import re
 import threading
 
 import pytest
+import torch
 
 from autolora_worker.__main__ import main
 from autolora_worker.engine import Engine
@@ -80,3 +81,28 @@ def test_flux1_lora_files_are_read_without_an_encoder_and_refused_only_by_genera
     assert end["type"] == "job-error" and end["code"] == "incompatible-lora", end
     assert re.search(r"layer \S+ is \d+x\d+ in the LoRA but \d+x\d+ in the model \(a LoRA for another model\?\)",
                      end["message"]), end["message"]
+
+
+def test_a_random_init_stand_in_builds_its_transformer_from_the_config_with_seeded_weights(tmp_path):
+    from autolora_worker.tiny_flux import write_tiny_flux
+
+    written = write_tiny_flux(tmp_path / "random", seed=5, random_init=True)
+    assert written["random_init"] and not list((tmp_path / "random" / "transformer").glob("*.safetensors"))
+    first = load_backbone("flux", tmp_path / "random", "cpu")
+    again = load_backbone("flux", tmp_path / "random", "cpu")
+    weights = dict(first.transformer.named_parameters())
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in again.transformer.named_parameters())
+    engine = Engine(first)
+    assert run(engine, GenerateRequest(prompt="a star", steps=1, height=32, width=32))[-1]["type"] == "job-end"
+
+
+def test_the_full_size_stand_in_declares_flux1s_transformer_without_weights(tmp_path):
+    from autolora_worker.families import get_family
+    from autolora_worker.tiny_flux import write_tiny_flux
+
+    written = write_tiny_flux(tmp_path / "full", full_size=True)
+    config = json.loads((tmp_path / "full" / "transformer" / "config.json").read_text())
+    expected = get_family("flux").transformer
+    assert {key: config[key] for key in ("num_layers", "num_single_layers", "joint_attention_dim")} == {
+        key: expected[key] for key in ("num_layers", "num_single_layers", "joint_attention_dim")}
+    assert written["random_init"] and written["bytes"] < 50_000_000  # the text encoders only: no 24 GB of weights
