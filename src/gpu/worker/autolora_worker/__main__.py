@@ -34,7 +34,13 @@ def _embed(args) -> int:
 def _tiny_flux(args) -> int:
     from .tiny_flux import tiny_flux_command
 
-    return tiny_flux_command(args.out, args.seed)
+    return tiny_flux_command(args.out, args.seed, args.full_size)
+
+
+def _tiny_flux_loras(args) -> int:
+    from .synthetic_flux_loras import tiny_flux_loras_command
+
+    return tiny_flux_loras_command(args.out, args.concepts, args.per_concept, args.rank, args.seed)
 
 
 def _export_text_encoder(args) -> int:
@@ -180,6 +186,24 @@ def _encoder(args) -> int:
     return 0
 
 
+def _encoder_bootstrap(args) -> int:
+    import json
+
+    from .encoder.bootstrap import bootstrap_encoder
+
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    try:
+        result = bootstrap_encoder(args.examples, args.out, family=args.family, steps=args.steps, seed=args.seed,
+                                   batch=args.batch, width=args.width, probes=args.probes, depth=args.depth,
+                                   heldout_every=args.heldout_every, device=args.device, progress=say)
+    except ValueError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else "\n".join(f"{key}: {value}" for key, value in result.items()),
+          flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autolora_worker",
                                      description="AutoLoRA GPU worker: LoRA files, fusion, sampling.")
@@ -199,7 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-flux", help="write a tiny random FLUX stand-in (diffusers folder, family flux)")
     tiny.add_argument("--out", required=True, help="a new folder")
     tiny.add_argument("--seed", type=int, default=0, help="seeds the random weights")
+    tiny.add_argument("--full-size", action="store_true",
+                      help="FLUX.1's full transformer config, no weights: a worker builds it with seeded random "
+                           "weights on its device (GPU checks; 24 GB in bf16)")
     tiny.set_defaults(run=_tiny_flux)
+
+    tiny_loras = commands.add_parser("tiny-flux-loras", help="write FLUX.1-shaped LoRA files of a few visual concepts, "
+                                                             "with captions (test data for `encoder bootstrap`)")
+    tiny_loras.add_argument("--out", required=True, help="a new folder (LoRA files, manifest.json, examples.json)")
+    tiny_loras.add_argument("--concepts", type=_positive(int), default=8, help="how many concepts (at most 12)")
+    tiny_loras.add_argument("--per-concept", type=_positive(int), default=5, help="LoRA files per concept")
+    tiny_loras.add_argument("--rank", type=_positive(int), default=2)
+    tiny_loras.add_argument("--seed", type=int, default=0)
+    tiny_loras.set_defaults(run=_tiny_flux_loras)
 
     export = commands.add_parser("export-text-encoder", help="write the text encoder as ONNX + tokenizer for the host")
     export.add_argument("--out", default="build/text-encoder", help="output folder")
@@ -300,6 +336,28 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
         _add_lifeline(command)
         command.set_defaults(run=_encoder)
+    bootstrap = encoder_commands.add_parser(
+        "bootstrap", help="train a family's first encoder from crawled, captioned LoRAs; judge it against text-only "
+                          "retrieval on held-out ones (one JSON line with --json: promote or not, and why)")
+    bootstrap.add_argument("--family", required=True, choices=["flux"])
+    bootstrap.add_argument("--examples", required=True,
+                           help="JSON of the pool's LoRAs ({examples: [{lora, captions: [...], text: [...]}]}): "
+                                "captions train and query the encoder, text is what text-only retrieval knows")
+    bootstrap.add_argument("--out", required=True, help="folder to write the encoder to (promoted or not)")
+    bootstrap.add_argument("--steps", type=_positive(int), default=300)
+    bootstrap.add_argument("--seed", type=int, default=0)
+    bootstrap.add_argument("--batch", type=_positive(int), default=16,
+                           help="LoRAs per step (capped at the number of training LoRAs)")
+    bootstrap.add_argument("--width", type=_positive(int), default=128, help="encoder width")
+    bootstrap.add_argument("--probes", type=_positive(int), default=4, help="probe rows per layer")
+    bootstrap.add_argument("--depth", type=_positive(int), default=2, help="transformer layers")
+    bootstrap.add_argument("--heldout-every", type=_positive(int), default=5,
+                           help="hold out every N-th LoRA (by sha256) to judge the encoder on (default 5)")
+    bootstrap.add_argument("--bundle", default=None, help="ignored (the host passes it to every trainer)")
+    bootstrap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    bootstrap.add_argument("--json", action="store_true", help="print one JSON object (progress on stderr)")
+    _add_lifeline(bootstrap)
+    bootstrap.set_defaults(run=_encoder_bootstrap)
 
     from .world.cli import add_world_commands
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .cache import LoraCache
-from .encoder import embed_loras, load_encoder
+from .encoder import LoraEncoder, embed_loras, family_layer_table, load_encoder
 from .errors import (IncompatibleLoraError, InvalidRequestError, JobCancelledError, ModelLoadError, NoEvaluatorError,
                      WorkerError)
 from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
@@ -129,13 +129,18 @@ class Engine:
             return None
 
     def reload_encoder(self, path: str) -> dict:
-        """Embed with the encoder in folder `path` from now on; it is loaded and checked against this model first,
-        so a folder that does not fit changes nothing."""
-        encoder = load_encoder(path, model=self.backbone.transformer)
+        """Embed with the encoder in folder `path` from now on; it is loaded and checked against this family's layer
+        table first (see `_load_encoder`), so a folder that does not fit changes nothing."""
+        encoder = self._load_encoder(path)
         with self._encoder_lock:
             previous = self._encoder_version()
             self._encoder_path, self._encoder = Path(path), encoder
         return {"encoder_version": encoder.version, "previous": previous}
+
+    def _load_encoder(self, path: str | Path) -> LoraEncoder:
+        """An encoder that reads this family's LoRAs: FLUX.1's layer table on any flux worker (a stand-in too, since
+        community LoRAs are FLUX.1-shaped), the loaded model's own on the proving ground."""
+        return load_encoder(path, table=family_layer_table(self.backbone.spec.name, self.backbone.transformer))
 
     def reload_gates(self, path: str) -> dict:
         """Serve these gates from the next job on: loaded and checked first, then swapped in between jobs (a job
@@ -165,7 +170,7 @@ class Engine:
                     return {**about, "embedding": None, "dim": None, "encoder_version": None,
                             "no_embedding": f"this worker has no LoRA encoder for {self.backbone.spec.name} "
                                             "(start it with --encoder FOLDER); the host indexes the LoRA by its text"}
-                self._encoder = load_encoder(self._encoder_path, model=self.backbone.transformer)
+                self._encoder = self._load_encoder(self._encoder_path)
             with torch.no_grad():
                 embedding = embed_loras(self._encoder, [lora])[0].float().cpu()
         return {**about, "embedding": embedding.tolist(), "dim": int(embedding.numel()),

@@ -2,13 +2,14 @@
 out, so that cosine with a prompt's embedding ranks a pool of LoRAs (eq. 4-5).
 
 model.py (the network, batching, embed_loras) → training.py (contrastive training) → files.py (the saved folder);
-cli.py is the `embed` command.
+bootstrap.py trains a family's first encoder from crawled, captioned LoRAs and judges it against text-only
+retrieval; cli.py is the `embed` command.
 """
 
 from .files import CONFIG_NAME, WEIGHTS_NAME, check_layer_table, load_encoder, save_encoder
-from .model import TEXT_DIM, EncoderLayer, LoraEncoder, embed_loras, layer_table, layer_type
+from .model import TEXT_DIM, EncoderLayer, LoraEncoder, embed_loras, family_layer_table, layer_table, layer_type
 from .training import contrastive_loss, draw_batch, train_encoder
 
 __all__ = ["CONFIG_NAME", "EncoderLayer", "LoraEncoder", "TEXT_DIM", "WEIGHTS_NAME", "check_layer_table",
-           "contrastive_loss", "draw_batch", "embed_loras", "layer_table", "layer_type", "load_encoder", "save_encoder",
-           "train_encoder"]
+           "contrastive_loss", "draw_batch", "embed_loras", "family_layer_table", "layer_table", "layer_type",
+           "load_encoder", "save_encoder", "train_encoder"]

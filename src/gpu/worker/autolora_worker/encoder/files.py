@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -50,9 +50,13 @@ def save_encoder(encoder: LoraEncoder, folder: str | Path, version: str,
     encoder.version = version
 
 
-def load_encoder(folder: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> LoraEncoder:
+def load_encoder(folder: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu", *,
+                 table: Sequence[EncoderLayer] | None = None) -> LoraEncoder:
     """The encoder saved in `folder`, in eval mode with gradients off. FileNotFoundError if there is none;
-    ModelLoadError for a foreign or damaged folder, or (given `model`) a layer table that is not the model's."""
+    ModelLoadError for a foreign or damaged folder, or for a layer table that is not `model`'s (its wrapped
+    linears) or not `table` (e.g. `family_layer_table`'s; give one of the two)."""
+    if model is not None and table is not None:
+        raise ValueError("load_encoder checks against a model or a layer table, not both")
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
@@ -80,15 +84,17 @@ def load_encoder(folder: str | Path, model: nn.Module | None = None, device: str
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         details = " ".join(str(error).split())
         raise ModelLoadError(f"{folder}: the encoder does not load: {details[:300]}") from error
-    if model is not None:
-        check_layer_table(encoder, model, str(folder))
+    if model is not None or table is not None:
+        check_layer_table(encoder, model if table is None else table, str(folder))
     encoder.version = config["version"]
     return encoder.to(device).eval().requires_grad_(False)
 
 
-def check_layer_table(encoder: LoraEncoder, model: nn.Module, label: str = "the LoRA encoder") -> None:
-    """ModelLoadError naming the first difference if the encoder was not built for this model's wrapped linears."""
-    expected = layer_table(model)
+def check_layer_table(encoder: LoraEncoder, model: nn.Module | Sequence[EncoderLayer],
+                      label: str = "the LoRA encoder") -> None:
+    """ModelLoadError naming the first difference if the encoder was not built for this model's wrapped linears
+    (or for this layer table)."""
+    expected = layer_table(model) if isinstance(model, nn.Module) else list(model)
     if list(encoder.table) == expected:
         return
     for position, (ours, theirs) in enumerate(zip(encoder.table, expected)):

@@ -3,16 +3,19 @@ and ranks, and `embed_loras`, which turns LoRAs into unit vectors in the frozen 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers import FluxTransformer2DModel
 from torch import nn
 
 from ..errors import IncompatibleLoraError
-from ..fusion import fused_layers
+from ..families import get_family
+from ..fusion import fused_layers, wrap_linears
 from ..lora.canonical import CanonicalLora, LoraLayer
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2's sentence embedding
@@ -45,6 +48,26 @@ def layer_type(module: str) -> str:
 def layer_table(model: nn.Module) -> list[EncoderLayer]:
     """Every wrapped linear of a transformer, in module order: the layers its LoRAs can carry."""
     return [EncoderLayer(name, layer.in_features, layer.out_features) for name, layer in fused_layers(model).items()]
+
+
+def family_layer_table(family: str, model: nn.Module) -> list[EncoderLayer]:
+    """The layer table a LoRA encoder for `family` reads, on a worker that loaded `model`.
+
+    For `flux` it is FLUX.1's, whatever flux model is loaded: community LoRAs are FLUX.1-shaped, so a worker on a
+    smaller stand-in still embeds them with the same encoder a FLUX.1-dev worker uses. Any other family (the
+    proving ground, whose model changes with each bundle) reads the loaded model's own wrapped linears."""
+    if get_family(family).name == "flux":
+        return list(_flux1_layer_table())
+    return layer_table(model)
+
+
+@functools.cache
+def _flux1_layer_table() -> tuple[EncoderLayer, ...]:
+    # diffusers' transformer at FLUX.1's config on the meta device: module names and shapes, no weights.
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**get_family("flux").transformer)
+    wrap_linears(model)
+    return tuple(layer_table(model))
 
 
 @dataclass
