@@ -39,6 +39,7 @@ function parse(args: string[]) {
     args, allowPositionals: true, strict: true,
     options: {
       name: { type: "string" }, tags: { type: "string" }, source: { type: "string" }, url: { type: "string" },
+      "trigger-words": { type: "string" }, caption: { type: "string", multiple: true },
       license: { type: "string" }, nsfw: { type: "boolean" }, family: { type: "string" }, state: { type: "string" },
       json: { type: "boolean" }, k: { type: "string" }, "min-similarity": { type: "string" }, selection: { type: "string" },
     },
@@ -46,11 +47,17 @@ function parse(args: string[]) {
 }
 
 type Parsed = ReturnType<typeof parse>;
+
+/** "a, b,,c" → ["a", "b", "c"]; undefined stays undefined. */
+function commaList(value: string | undefined): string[] | undefined {
+  return value?.split(",").map((item) => item.trim()).filter(Boolean);
+}
 type Run = (parsed: Parsed, pool: Pool, io: CliIo, workers: () => ReturnType<typeof startWorkers>, config: Config) => Promise<number>;
 
 const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
   if (positionals.length === 0) {
-    io.stderr("usage: autolora pool add FILE... [--name N] [--tags a,b] [--source S] [--url U] [--license L] [--nsfw]");
+    io.stderr("usage: autolora pool add FILE... [--name N] [--tags a,b] [--trigger-words a,b] [--caption TEXT]... [--source S] " +
+      "[--url U] [--license L] [--nsfw]");
     return 2;
   }
   if (values.name && positionals.length > 1) {
@@ -65,7 +72,8 @@ const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
       try {
         const { status, lora, note } = await ingestLora(file, {
           name: values.name, source: values.source ?? "upload", url: values.url, license: values.license,
-          nsfw: values.nsfw ?? false, tags: values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean),
+          nsfw: values.nsfw ?? false, tags: commaList(values.tags), trigger_words: commaList(values["trigger-words"]),
+          captions: values.caption?.map((caption) => caption.trim()).filter(Boolean),
         }, { ...pool, embed: (path) => started.dispatcher.embed(path), embedText: encoder });
         io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora, ...(note ? { note } : {}) })
           : `${status === "added" ? "added" : "already in the pool"}: ${lora.id.slice(0, 12)} ${lora.name} ` +
@@ -89,7 +97,7 @@ const list: Run = async ({ values }, pool, io) => {
     io.stderr(`autolora pool list: --state must be active or blocked, got ${JSON.stringify(state)}`);
     return 2;
   }
-  const tags = values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean);
+  const tags = commaList(values.tags);
   const loras = await pool.index.list({ family: values.family, state, tags });
   for (const lora of loras) {
     io.stdout(values.json ? JSON.stringify(lora) : `${lora.id.slice(0, 12)}  ${lora.state.padEnd(7)}  ${lora.family.padEnd(14)}  ` +
@@ -110,7 +118,7 @@ const search: Run = async ({ positionals, values }, pool, io, _workers, config) 
   }
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
   try {
-    const tags = values.tags?.split(",").map((tag) => tag.trim()).filter(Boolean);
+    const tags = commaList(values.tags);
     const generations = await GenerationStore.open(lancedbUri(config));
     const { hits } = await new Retriever(encoder, pool.index, new CachedVotes(() => generations.ratingsByLora())).retrieve(text, {
       k, minSimilarity: floor, filters: { family: values.family, tags, nsfw: config.retrieval.nsfw },

@@ -36,6 +36,8 @@ function isAddressOrRange(entry: string): boolean {
 const localWorker = z.strictObject({
   device: z.string().regex(/^(cpu|cuda(:\d+)?|mps)$/, "expected cpu, cuda, cuda:N or mps"),
   model: z.string().min(1),
+  /** A FLUX worker's gate file (`gates import`); proving-ground workers serve the promoted gates instead. */
+  gates: z.string().min(1).optional(),
 });
 
 export const configSchema = z.strictObject({

@@ -28,13 +28,14 @@ export function workerPython(config: Config): string {
 export async function startWorkers(config: Config, secrets: Secrets, log: (line: string) => void, models: Models): Promise<Workers> {
   const python = workerPython(config);
   const supervisor = new WorkerSupervisor({
-    workers: config.workers.local.map(({ device, model }) => {
+    workers: config.workers.local.map(({ device, model, gates }) => {
       // Proving-ground workers serve the promoted gates and encoder (the served paths never change); FLUX workers
-      // the flux encoder once one is bootstrapped (their gates come from `gates import`, by hand).
-      const served = model === "proving-ground" ? models
-        : models.fluxEncoder?.hasServing() ? { encoder: models.fluxEncoder } : {};
+      // their configured gate file (`gates import`) and the flux encoder once one is bootstrapped.
+      const proving = model === "proving-ground";
+      const served = proving ? models : models.fluxEncoder?.hasServing() ? { encoder: models.fluxEncoder } : {};
+      const gateFile = proving ? served.gates?.servingPath : gates && resolve(gates);
       return {
-        ...pythonWorkerCommand(python, device, model, served.gates?.servingPath, served.encoder?.servingPath),
+        ...pythonWorkerCommand(python, device, model, gateFile, served.encoder?.servingPath),
         env: { AUTOLORA_BUNDLE: resolve(config.bundle_dir), PYTHONUNBUFFERED: "1" },
       };
     }),
