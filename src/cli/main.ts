@@ -19,13 +19,15 @@ const USAGE = [
   "  serve                        the host and its web chat (config/default.yaml; AUTOLORA_* overrides)",
   "  imagine PROMPT [--k N] [--fusion F] [--seed N] [--out DIR] [--json]   one image grid from the command line",
   "  pool inspect FILE [--json]   the format, model family, module count and ranks of a LoRA file",
-  "  pool add FILE... [--name N] [--tags a,b] [--source S] [--url U] [--license L] [--nsfw] [--json]",
-  "                               validate, store, embed on a worker and index LoRA files",
+  "  pool add FILE... [--name N] [--tags a,b] [--trigger-words a,b] [--caption TEXT]... [--source S] [--url U] [--license L] [--nsfw] [--json]",
+  "  pool add --manifest FILE     validate, store, embed on a worker and index LoRA files (a manifest describes many)",
   "  pool list [--family F] [--state active|blocked] [--tags a,b] [--json]",
   "  pool search TEXT [--k N] [--min-similarity S] [--selection top-k|covering] [--family F] [--tags a,b] [--json]   LoRAs a prompt retrieves",
   "  pool remove|block|unblock ID  (ID: the sha256 or its first 8+ hex characters)",
+  "  pool reembed [--json]        embed every LoRA the workers' encoder has not (after a new encoder)",
   "  crawl [--source NAME] [--base-url URL] [--limit N] [--json]   crawl the configured LoRA sources now",
-  "  retrain [--encoder] [--json]  train a gate (or encoder) candidate; promote it if not worse on held-out LoRAs",
+  "  retrain [--encoder [--family flux|proving-ground]] [--json]  train a gate (or encoder) candidate; promote it if not",
+  "                               worse on held-out LoRAs (a FLUX host bootstraps its encoder from the pool)",
   "  models list [--json] | models promote VERSION | models rollback VERSION   gate and encoder versions",
 ].join("\n");
 

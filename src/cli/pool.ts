@@ -6,9 +6,11 @@ import { startWorkers } from "../gpu/workers.js";
 import { openModels } from "../models/lifecycle.js";
 import { lancedbUri, openPool, type Pool } from "../pool/open.js";
 import type { LoraState } from "../pool/index.js";
-import { ingestLora } from "../pool/ingest.js";
+import { ingestLora, type IngestMetadata } from "../pool/ingest.js";
+import { reembedPool } from "../pool/reembed.js";
 import { InvalidLoraFileError } from "../pool/safetensors.js";
-import { resolve } from "node:path";
+import { readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
 import type { Config } from "../config/schema.js";
 import { describeParts, Retriever, selectionSettings, type Selection } from "../pipeline/retrieval.js";
 import { TextEncoder } from "../pipeline/text-encoder.js";
@@ -17,9 +19,9 @@ import { CachedVotes } from "../pipeline/rating-prior.js";
 import type { CliIo } from "./main.js";
 
 export async function poolCommand(command: string, args: string[], io: CliIo): Promise<number> {
-  const run = { add, list, search, remove, block: setState("blocked"), unblock: setState("active") }[command];
+  const run = { add, list, search, remove, block: setState("blocked"), unblock: setState("active"), reembed }[command];
   if (!run) {
-    io.stderr(`autolora pool: unknown command ${JSON.stringify(command)}; use inspect, add, list, search, remove, block or unblock`);
+    io.stderr(`autolora pool: unknown command ${JSON.stringify(command)}; use inspect, add, list, search, remove, block, unblock or reembed`);
     return 2;
   }
   let parsed: ReturnType<typeof parse>;
@@ -39,7 +41,7 @@ function parse(args: string[]) {
     args, allowPositionals: true, strict: true,
     options: {
       name: { type: "string" }, tags: { type: "string" }, source: { type: "string" }, url: { type: "string" },
-      "trigger-words": { type: "string" }, caption: { type: "string", multiple: true },
+      "trigger-words": { type: "string" }, caption: { type: "string", multiple: true }, manifest: { type: "string" },
       license: { type: "string" }, nsfw: { type: "boolean" }, family: { type: "string" }, state: { type: "string" },
       json: { type: "boolean" }, k: { type: "string" }, "min-similarity": { type: "string" }, selection: { type: "string" },
     },
@@ -54,27 +56,41 @@ function commaList(value: string | undefined): string[] | undefined {
 }
 type Run = (parsed: Parsed, pool: Pool, io: CliIo, workers: () => ReturnType<typeof startWorkers>, config: Config) => Promise<number>;
 
+/** One file `pool add` ingests, with what is known of it. */
+interface AddItem { file: string; metadata: IngestMetadata }
+
 const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
-  if (positionals.length === 0) {
+  if (positionals.length === 0 && !values.manifest) {
     io.stderr("usage: autolora pool add FILE... [--name N] [--tags a,b] [--trigger-words a,b] [--caption TEXT]... [--source S] " +
-      "[--url U] [--license L] [--nsfw]");
+      "[--url U] [--license L] [--nsfw] | autolora pool add --manifest FILE");
     return 2;
   }
   if (values.name && positionals.length > 1) {
     io.stderr("autolora pool add: --name names one file; add files one at a time to name each");
     return 2;
   }
+  let items: AddItem[];
+  try {
+    items = values.manifest ? await readManifest(values.manifest) : [];
+  } catch (error) {
+    io.stderr(`autolora pool add: ${(error as Error).message}`);
+    return 2;
+  }
+  items.push(...positionals.map((file) => ({
+    file, metadata: {
+      name: values.name, source: values.source ?? "upload", url: values.url, license: values.license,
+      nsfw: values.nsfw ?? false, tags: commaList(values.tags), trigger_words: commaList(values["trigger-words"]),
+      captions: values.caption?.map((caption) => caption.trim()).filter(Boolean),
+    },
+  })));
   const started = await workers();
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
   let failed = 0;
   try {
-    for (const file of positionals) {
+    for (const { file, metadata } of items) {
       try {
-        const { status, lora, note } = await ingestLora(file, {
-          name: values.name, source: values.source ?? "upload", url: values.url, license: values.license,
-          nsfw: values.nsfw ?? false, tags: commaList(values.tags), trigger_words: commaList(values["trigger-words"]),
-          captions: values.caption?.map((caption) => caption.trim()).filter(Boolean),
-        }, { ...pool, embed: (path) => started.dispatcher.embed(path), embedText: encoder });
+        const { status, lora, note } = await ingestLora(file, metadata,
+          { ...pool, embed: (path) => started.dispatcher.embed(path), embedText: encoder });
         io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora, ...(note ? { note } : {}) })
           : `${status === "added" ? "added" : "already in the pool"}: ${lora.id.slice(0, 12)} ${lora.name} ` +
             `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})${note ? `; ${note}` : ""}`);
@@ -89,6 +105,68 @@ const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
     await Promise.all([started.stop(), encoder.close()]);
   }
   return failed > 0 ? 2 : 0;
+};
+
+const MANIFEST_FIELDS = ["file", "name", "tags", "trigger_words", "captions", "source", "url", "license", "nsfw"];
+
+/** `--manifest FILE`: {"loras": [{"file", "name"?, "tags"?, "trigger_words"?, "captions"?, "source"?, "url"?,
+ *  "license"?, "nsfw"?}]}, files relative to the manifest (what `tiny-flux-loras` writes; other keys are ignored).
+ *  Every entry is checked before anything is added. */
+async function readManifest(path: string): Promise<AddItem[]> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await readFile(path, "utf8"));
+  } catch (error) {
+    throw new Error(`cannot read the manifest ${path}: ${(error as Error).message}`);
+  }
+  const entries = (parsed as { loras?: unknown })?.loras;
+  if (!Array.isArray(entries)) throw new Error(`${path}: expected {"loras": [{"file": …}, …]}`);
+  const strings = (value: unknown, key: string, n: number) => {
+    if (value === undefined) return undefined;
+    if (!Array.isArray(value) || value.some((item) => typeof item !== "string")) throw new Error(`${path}: loras[${n}].${key} must be a list of strings`);
+    return value as string[];
+  };
+  return entries.map((entry: Record<string, unknown>, n) => {
+    if (typeof entry?.file !== "string" || !entry.file) throw new Error(`${path}: loras[${n}] has no "file"`);
+    for (const key of ["name", "source", "url", "license"]) {
+      if (entry[key] !== undefined && typeof entry[key] !== "string") throw new Error(`${path}: loras[${n}].${key} must be a string`);
+    }
+    if (entry.nsfw !== undefined && typeof entry.nsfw !== "boolean") throw new Error(`${path}: loras[${n}].nsfw must be true or false`);
+    const known = Object.fromEntries(Object.entries(entry).filter(([key]) => MANIFEST_FIELDS.includes(key)));
+    return {
+      file: resolve(dirname(path), entry.file),
+      metadata: {
+        name: known.name as string | undefined, source: (known.source as string | undefined) ?? "upload",
+        url: known.url as string | undefined, license: known.license as string | undefined, nsfw: (known.nsfw as boolean | undefined) ?? false,
+        tags: strings(known.tags, "tags", n), trigger_words: strings(known.trigger_words, "trigger_words", n),
+        captions: strings(known.captions, "captions", n),
+      },
+    };
+  });
+}
+
+/** Embed every LoRA that the workers' encoder did not embed (another encoder, or none: found by text until now). */
+const reembed: Run = async ({ positionals, values }, pool, io, workers) => {
+  if (positionals.length > 0) {
+    io.stderr("usage: autolora pool reembed [--json]");
+    return 2;
+  }
+  const started = await workers();
+  try {
+    const version = (await started.source.ready()[0]!.health()).encoder_version;
+    if (!version) {
+      io.stderr("the workers have no LoRA encoder: nothing to embed with (a FLUX host: autolora retrain --encoder first)");
+      return 2;
+    }
+    const report = await reembedPool({ ...pool, encoderVersion: version, embed: (path) => started.dispatcher.embed(path),
+      log: values.json ? undefined : io.stderr });
+    io.stdout(values.json ? JSON.stringify(report)
+      : `${report.reembedded} LoRAs embedded with ${version} in ${report.seconds} s` +
+        (report.skipped.length ? `; ${report.skipped.length} skipped: ${report.skipped.map((entry) => `${entry.id.slice(0, 12)} (${entry.reason})`).join(", ")}` : ""));
+    return 0;
+  } finally {
+    await started.stop();
+  }
 };
 
 const list: Run = async ({ values }, pool, io) => {

@@ -5,6 +5,7 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { startHost, type Host } from "../host.js";
 import { FUSIONS, MAX_LORAS_PER_JOB, MAX_SEED, type Fusion } from "../gpu/protocol.js";
+import { WorkerJobError } from "../gpu/errors.js";
 import { ImagineInputError } from "../pipeline/imagine.js";
 import { AdapterPortError, ChatAdapters, type ChatAdaptersOptions } from "../bots/adapters.js";
 import type { CliIo } from "./main.js";
@@ -100,9 +101,16 @@ export async function imagineCommand(args: string[], io: CliIo): Promise<number>
     return 0;
   } catch (error) {
     // A prompt or seeds past the worker's limits: the pipeline says which, and that is the user's to change.
-    if (!(error instanceof ImagineInputError)) throw error;
-    io.stderr(error.message);
-    return 2;
+    if (error instanceof ImagineInputError) {
+      io.stderr(error.message);
+      return 2;
+    }
+    // The worker refused the job (a LoRA that does not fit its model, a file gone): one line saying why.
+    if (error instanceof WorkerJobError) {
+      io.stderr(`the worker could not make this image (${error.code}): ${error.message}`);
+      return 1;
+    }
+    throw error;
   } finally {
     await host.stop();
   }

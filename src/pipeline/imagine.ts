@@ -10,7 +10,7 @@ import type { WorkerDispatcher } from "../gpu/dispatch.js";
 import type { LoraFilters, SearchHit } from "../pool/index.js";
 import type { LoraStore } from "../pool/store.js";
 import type { GenerationRecord, GenerationStore } from "./generations.js";
-import { composeImages, type GenerationMetadata } from "./images.js";
+import { composeImages, MIN_TILE_PX, type GenerationMetadata } from "./images.js";
 import type { FairQueue } from "./queue.js";
 import type { RetrievedHit, Retriever, SelectionSettings } from "./retrieval.js";
 
@@ -143,7 +143,7 @@ export class ImaginePipeline {
     };
     let pngs: Buffer[] = end.images.map((image) => Buffer.from(image.png_base64, "base64"));
     for (const process of this.deps.postProcessors ?? []) pngs = await Promise.all(pngs.map((png) => process(png, metadata)));
-    const images = await composeImages(pngs, metadata, 4);
+    const images = await composeImages(pngs, metadata, MIN_TILE_PX);
     const folder = join(this.deps.dataDir, "generations", id);
     const partial = `${folder}.partial`;
     await mkdir(partial, { recursive: true });

@@ -169,7 +169,8 @@ class Engine:
                 if self._encoder_path is None:
                     return {**about, "embedding": None, "dim": None, "encoder_version": None,
                             "no_embedding": f"this worker has no LoRA encoder for {self.backbone.spec.name} "
-                                            "(start it with --encoder FOLDER); the host indexes the LoRA by its text"}
+                                            "(bootstrap one from the pool with `autolora retrain --encoder`; a "
+                                            "worker started by hand takes --encoder FOLDER)"}
                 self._encoder = self._load_encoder(self._encoder_path)
             with torch.no_grad():
                 embedding = embed_loras(self._encoder, [lora])[0].float().cpu()
