@@ -1,5 +1,5 @@
 // The admin's pool commands end to end: a real worker embeds, LanceDB under a temporary data folder keeps them.
-import { mkdtemp, readdir } from "node:fs/promises";
+import { copyFile, mkdtemp, readdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect, it } from "vitest";
@@ -48,6 +48,32 @@ describeRequiring(pythonWorker)("autolora pool add/list/block/remove", () => {
     expect(left.out).toHaveLength(1);
     expect(left.out[0]).toMatch(/active +proving-ground +\w+ +rank \d.*style-striped-01  \[demo, world\]/);
     expect(await readdir(join(data, "pool"))).toEqual([`${reports[1].id}.safetensors`]);
+  }, 120_000);
+
+  it("adds the LoRAs a manifest describes, refusing a malformed manifest before adding any, and re-embeds", async () => {
+    const data = await mkdtemp(join(tmpdir(), "autolora-cli-pool-"));
+    const env = { AUTOLORA_DATA_DIR: data };
+    const manifest = join(data, "manifest.json");
+    await writeFile(manifest, JSON.stringify({ loras: [
+      { file: join(pool, "shape-star-01.safetensors"), name: "stars", tags: ["shape"], captions: ["a star"] },
+      { name: "no file" },
+    ] }));
+    const refused = await cli(env, "pool", "add", "--manifest", manifest);
+    expect([refused.code, refused.err]).toEqual([2, [`autolora pool add: ${manifest}: loras[1] has no "file"`]]);
+    expect((await cli(env, "pool", "list")).out).toEqual([]);
+    // Files relative to the manifest, what it says of each, one worker start for all.
+    await copyFile(join(pool, "shape-star-01.safetensors"), join(data, "star.safetensors"));
+    await writeFile(manifest, JSON.stringify({ loras: [
+      { file: "star.safetensors", name: "stars", tags: ["shape"], captions: ["a star"], concept: "star" },
+      { file: join(pool, "style-neon-01.safetensors"), trigger_words: ["glow"] },
+    ] }));
+    const added = await cli(env, "pool", "add", "--manifest", manifest, "--json");
+    expect(added.code, added.err.join("\n")).toBe(0);
+    expect(added.out.map((line) => JSON.parse(line)).map((r) => [r.name, r.tags, r.trigger_words, r.captions, r.embedding])).toEqual([
+      ["stars", ["shape"], [], ["a star"], "weights"], ["style-neon-01", [], ["glow"], [], "weights"]]);
+    expect(added.out.map((line) => JSON.parse(line).path)).toEqual([join(data, "star.safetensors"), join(pool, "style-neon-01.safetensors")]);
+    const reembedded = await cli(env, "pool", "reembed", "--json");
+    expect([reembedded.code, JSON.parse(reembedded.out[0]!).reembedded]).toEqual([0, 0]); // all embedded by this encoder
   }, 120_000);
 
   it("says what is wrong with an id, an option or the configuration", async () => {
