@@ -149,6 +149,29 @@ def test_resumed_training_is_bit_identical_to_an_uninterrupted_run(backbone, tmp
                       **{**options, "batch": 3})
 
 
+def test_loras_read_on_demand_train_the_same_encoder_with_only_a_few_in_memory(backbone):
+    examples = examples_of(backbone, 6)
+    reads: list[str] = []
+
+    class OnDisk:  # a LoraSource: what the FLUX bootstrap gives for files too many to hold at once
+        def __init__(self, lora: CanonicalLora):
+            self.lora, self.sha256, self.name = lora, lora.sha256, lora.name
+
+        def load(self) -> CanonicalLora:
+            reads.append(self.name)
+            return self.lora
+
+    options = dict(steps=8, batch=3, seed=5, text_encoder=backbone.text_encoder, progress=None)
+    in_memory = small_encoder(backbone)
+    train_encoder(in_memory, examples, **options)
+    on_demand = small_encoder(backbone)
+    train_encoder(on_demand, [(OnDisk(lora), captions) for lora, captions in examples], resident=2, **options)
+    expected = snapshot(in_memory)
+    for name, tensor in snapshot(on_demand).items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=1e-5, msg=name)
+    assert len(reads) > len(examples)  # two kept at a time, so LoRAs drawn again are read again
+
+
 def test_groups_keep_one_concept_per_batch(backbone, monkeypatch):
     group_of = [0, 0, 0, 1, 1, 2, 3, 3]
     for step in range(200):

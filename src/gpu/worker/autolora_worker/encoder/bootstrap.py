@@ -37,17 +37,27 @@ STEPS = 300  # a synthetic 8-concept pool converges in ~100 steps (training.py);
 BATCH = 16  # InfoNCE negatives per step; capped at the number of training LoRAs
 WIDTH, PROBES, DEPTH = 128, 4, 2  # LoraEncoder's own defaults: ~30M parameters on FLUX.1's 504 linears
 HELDOUT_EVERY = 5  # a fifth of the captioned LoRAs judge the encoder and never train it
+JUDGE_CHUNK = 16  # held-out LoRAs read and embedded at a time
 MIN_HELDOUT, MIN_TRAIN = 2, 4  # ranking needs two candidates; InfoNCE needs a few distinct LoRAs per batch
 
 
 @dataclass
 class Example:
-    """One captioned LoRA of the pool, as the host lists it."""
+    """One captioned LoRA of the pool, as the host lists it. Its tensors are read again when training draws it (a
+    `LoraSource`): a thousand real FLUX LoRAs are ~100 GB, more than memory holds."""
 
     path: str
-    lora: CanonicalLora
+    sha256: str
+    name: str
     captions: list[str]  # preview prompts and descriptions from its source: the training signal
     text: list[str]  # name, tags, trigger words...: what text-only retrieval knows of it (never captions)
+
+    def load(self) -> CanonicalLora:
+        lora = read_lora_file(self.path)
+        if lora.sha256 != self.sha256:
+            raise ValueError(f"{self.path} changed while the encoder trained on it (sha256 {lora.sha256[:12]}, "
+                             f"was {self.sha256[:12]})")
+        return lora
 
 
 def read_examples(path: str | Path, family: str, table: Sequence[EncoderLayer]) -> tuple[list[Example], list[dict]]:
@@ -87,7 +97,8 @@ def read_examples(path: str | Path, family: str, table: Sequence[EncoderLayer]) 
             skipped.append({"lora": file, "reason": f"the same file as {seen[lora.sha256]}"})
             continue
         seen[lora.sha256] = file
-        examples.append(Example(file, lora, captions, _texts(entry.get("text"))))
+        examples.append(Example(file, lora.sha256, lora.name, captions, _texts(entry.get("text"))))
+        del lora  # read again when training draws it
     return examples, skipped
 
 
@@ -112,7 +123,7 @@ def split_heldout(examples: Sequence[Example], every: int) -> tuple[list[Example
     is held out. ValueError naming how many captioned LoRAs there are and how many are needed."""
     if every < 2:
         raise ValueError(f"--heldout-every {every}: must be at least 2 (1 would hold out every LoRA)")
-    ordered = sorted(examples, key=lambda example: example.lora.sha256)
+    ordered = sorted(examples, key=lambda example: example.sha256)
     heldout = [example for index, example in enumerate(ordered) if index % every == 0]
     training = [example for index, example in enumerate(ordered) if index % every != 0]
     if len(heldout) < MIN_HELDOUT or len(training) < MIN_TRAIN:
@@ -141,7 +152,9 @@ def judge(encoder: LoraEncoder, heldout: Sequence[Example]) -> dict[str, float]:
         start += count
     text_scores = query_vectors @ torch.stack(texts).T  # (Q, N)
     text_scores[:, torch.tensor([not example.text for example in heldout])] = -torch.inf
-    weights = embed_loras(encoder, [example.lora for example in heldout]).float().cpu()  # (N, 384)
+    # (N, 384), read and embedded a chunk at a time: only a few LoRAs are in memory at once
+    weights = torch.cat([embed_loras(encoder, [example.load() for example in heldout[start:start + JUDGE_CHUNK]])
+                         .float().cpu() for start in range(0, len(heldout), JUDGE_CHUNK)])
     relevant = np.eye(len(heldout), dtype=bool)  # each query's relevant LoRA is the one it captions
     metrics = {}
     for prefix, scores in (("", query_vectors @ weights.T), ("text_only_", text_scores)):
@@ -172,7 +185,7 @@ def bootstrap_encoder(examples_file: str | Path, out: str | Path, *, family: str
         f"{len(skipped)} skipped")
 
     encoder = LoraEncoder(table, probes=probes, width=width, depth=depth, seed=seed).to(device)
-    history = train_encoder(encoder, [(example.lora, example.captions) for example in training], steps=steps,
+    history = train_encoder(encoder, [(example, example.captions) for example in training], steps=steps,
                             batch=min(batch, len(training)), seed=seed, progress=progress,
                             log_every=max(1, steps // 4))
     metrics = judge(encoder, heldout)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -50,12 +51,21 @@ def draw_batch(rng: np.random.Generator, group_of: Sequence[int], batch: int) ->
     return picked
 
 
-def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora, Sequence[str]]], *, steps: int,
-                  batch: int, seed: int, lr: float = 1e-3, checkpoint: str | Path | None = None, resume: bool = False,
+class LoraSource(Protocol):
+    """A LoRA read from disk when a batch needs it (a crawled pool does not fit in memory): its identity up front."""
+
+    sha256: str
+    name: str
+
+    def load(self) -> CanonicalLora: ...
+
+
+def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora | LoraSource, Sequence[str]]], *,
+                  steps: int, batch: int, seed: int, lr: float = 1e-3, checkpoint: str | Path | None = None, resume: bool = False,
                   progress: Progress | None = print, text_encoder: TextEncoder | None = None,
                   groups: Sequence[Any] | None = None,
                   warmup: int | None = None, weight_decay: float = 0.01, clip: float = 1.0,
-                  checkpoint_every: int = 100, log_every: int = 50) -> History:
+                  checkpoint_every: int = 100, log_every: int = 50, resident: int | None = None) -> History:
     """Train the encoder (and its temperature) contrastively against a frozen text encoder (eq. 3).
 
     `examples` are (LoRA, its captions); each step draws `batch` examples and one caption of each, both from the
@@ -69,6 +79,10 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora, 
     each one's captions describe the other just as well, so the encoder would be taught to separate them by
     incidental weight features — false negatives. With groups a batch holds distinct concepts, and `batch` may not
     exceed the number of distinct groups.
+
+    A LoRA given as a `LoraSource` is read when a batch draws it, and at most `resident` of those (default 2 ×
+    `batch`) are kept prepared on the device: a pool of real FLUX LoRAs (0.3 GB each in fp32 over every linear) does
+    not fit in memory at once. LoRAs given as `CanonicalLora` are prepared once, up front.
 
     `lr` 1e-3 with 5% warmup and a cosine down to 10% suits this ~1.4M-parameter model with AdamW (a synthetic
     8-concept pool converges in ~100 steps); the light weight decay also reaches the temperature, moving its log by
@@ -89,7 +103,7 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora, 
         raise ValueError(f"encoder: batch {batch} must be at least 2 (InfoNCE needs negatives) and at most the "
                          f"number of distinct {'groups' if groups is not None else 'examples'} ({len(group_ids)})")
 
-    prepared = [prepare_lora(encoder, lora) for lora, _ in examples]
+    prepared = _Prepared(encoder, [lora for lora, _ in examples], resident or 2 * batch)
     texts = list(dict.fromkeys(text for _, captions in examples for text in captions))
     text_rows = {text: row for row, text in enumerate(texts)}
     caption_rows = [[text_rows[text] for text in captions] for _, captions in examples]
@@ -116,6 +130,27 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora, 
         encoder.eval().requires_grad_(False)
 
 
+class _Prepared:
+    """Prepared LoRAs by example index: in memory ones once, `LoraSource`s on demand with the least recently used
+    dropped beyond `resident`."""
+
+    def __init__(self, encoder: LoraEncoder, loras: Sequence[CanonicalLora | LoraSource], resident: int):
+        self.encoder, self.loras, self.resident = encoder, loras, max(1, resident)
+        self.fixed = {index: prepare_lora(encoder, lora) for index, lora in enumerate(loras)
+                      if isinstance(lora, CanonicalLora)}
+        self.recent: OrderedDict[int, Any] = OrderedDict()
+
+    def __getitem__(self, index: int):
+        if index in self.fixed:
+            return self.fixed[index]
+        if index not in self.recent:
+            self.recent[index] = prepare_lora(self.encoder, self.loras[index].load())
+            while len(self.recent) > self.resident:
+                self.recent.popitem(last=False)
+        self.recent.move_to_end(index)
+        return self.recent[index]
+
+
 def _embed_texts(text_encoder: TextEncoder | None, texts: list[str], chunk: int = 64) -> torch.Tensor:
     if text_encoder is None:
         text_encoder = MiniLMTextEncoder(get_family("proving-ground").extra["text_max_tokens"], torch.device("cpu"),
@@ -125,7 +160,7 @@ def _embed_texts(text_encoder: TextEncoder | None, texts: list[str], chunk: int 
                           for start in range(0, len(texts), chunk)])
 
 
-def _data_digest(examples: Sequence[tuple[CanonicalLora, Sequence[str]]], labels: list[Any]) -> str:
+def _data_digest(examples: Sequence[tuple[CanonicalLora | LoraSource, Sequence[str]]], labels: list[Any]) -> str:
     """What the trajectory depends on in the data: each LoRA's identity, its captions and its group, in order."""
     digest = hashlib.sha256()
     for (lora, captions), label in zip(examples, labels):
