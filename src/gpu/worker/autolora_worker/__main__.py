@@ -116,7 +116,9 @@ def _serve(args) -> int:
         engine = Engine(backbone, gates, cache_bytes=int(args.cache_mb) << 20,
                         encoder_path=serve_encoder(args.family, args.model_path, args.encoder),
                         evaluator_path=serve_evaluator(args.family, args.model_path, args.evaluator),
-                        max_lora_bytes=args.max_lora_mb << 20)
+                        max_lora_bytes=args.max_lora_mb << 20,
+                        compile_gates=args.compile_gates == "on" or (args.compile_gates == "auto" and
+                                                                     backbone.device.type == "cuda"))
     except (WorkerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -258,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image evaluator folder for /judge, proving ground only (default: the bundle's evaluator/ "
                             "when serving the bundle's model)")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
+    serve.add_argument("--compile-gates", choices=["auto", "on", "off"], default="auto",
+                       help="run the gates as one compiled pass (torch.compile; eager if compiling fails): auto = on "
+                            "CUDA only, where the first gated job compiles once per process")
     serve.add_argument("--max-lora-mb", type=_positive(int), default=2048,
                        help="largest LoRA file read (/inspect, /embed, /generate); default 2048, the host's own limit")
     # A host sends each request at once: 30 s is generous even for a remote worker on a slow link.

@@ -8,6 +8,7 @@ a slow moment of the machine hits all of them alike; each row reports the median
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import sys
@@ -43,12 +44,19 @@ def random_loras(model: nn.Module, k: int, rank: int, dtype: torch.dtype, device
     return loras
 
 
+COMPILED_ROW = "gated-compiled"
+
+
 def time_strategies(model: nn.Module, step: Callable[[], object], loras: list[CanonicalLora], gates: GateBank,
-                    device: torch.device, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds of `step()` under each strategy, strategies interleaved within each round."""
-    samples: dict[str, list[float]] = {name: [] for name in STRATEGIES}
-    sessions = {name: FusionSession(model, loras, [1.0] * len(loras), FusionOptions(strategy=name), gates)
-                for name in STRATEGIES}
+                    device: torch.device, repeats: int, warmup: int = 1, compiled: bool = True) -> dict[str, float]:
+    """Median milliseconds of `step()` under each strategy, strategies interleaved within each round; with
+    `compiled`, also `gated` with the compiled gate (COMPILED_ROW; it compiles in the untimed warm-up round)."""
+    weights = [1.0] * len(loras)
+    sessions = {name: FusionSession(model, loras, weights, FusionOptions(strategy=name), gates) for name in STRATEGIES}
+    if compiled:
+        sessions[COMPILED_ROW] = FusionSession(model, loras, weights, FusionOptions(strategy="gated"),
+                                               copy.deepcopy(gates).set_compiled(True))
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
     with torch.no_grad():
         for round_index in range(warmup + repeats):
             for name, session in sessions.items():

@@ -73,8 +73,10 @@ def _decode_png(data: str, field: str, size: int) -> np.ndarray:
 class Engine:
     def __init__(self, backbone: Backbone, gates_path: str | Path | None = None, cache_bytes: int = 2 << 30,
                  encoder_path: str | Path | None = None, max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES,
-                 evaluator_path: str | Path | None = None):
+                 evaluator_path: str | Path | None = None, compile_gates: bool = False):
         self.backbone = backbone
+        # Gates as one fused pass (torch.compile; the eager gate is the fallback): compiled on the first gated job.
+        self.compile_gates = compile_gates
         # The proving ground's image judge (/judge), loaded on first use; None on a worker that has none.
         self._evaluator_path = Path(evaluator_path) if evaluator_path is not None else None
         self._evaluator = None
@@ -90,7 +92,7 @@ class Engine:
             self.gates = GateBank(dims, seed=0, version="untrained", family=backbone.spec.name)
         else:
             self.gates = GateBank.load(gates_path, dims, backbone.spec.name)
-        self.gates.to(backbone.device, backbone.dtype).requires_grad_(False)
+        self.gates.to(backbone.device, backbone.dtype).requires_grad_(False).set_compiled(compile_gates)
         self.cache = LoraCache(cache_bytes, self._read_lora)
         self._model_lock = threading.Lock()
 
@@ -146,7 +148,7 @@ class Engine:
         """Serve these gates from the next job on: loaded and checked first, then swapped in between jobs (a job
         running now finishes with the gates it started with). A file that does not fit changes nothing."""
         gates = GateBank.load(path, gate_dims(self.backbone.transformer), self.backbone.spec.name)
-        gates.to(self.backbone.device, self.backbone.dtype).requires_grad_(False)
+        gates.to(self.backbone.device, self.backbone.dtype).requires_grad_(False).set_compiled(self.compile_gates)
         with self._model_lock:
             previous, self.gates, self.gates_trained = self.gates.info.version, gates, True
         return {"gate_version": gates.info.version, "previous": previous}

@@ -248,3 +248,45 @@ def test_dare_keeping_every_entry_is_direct_addition(backbone):
     with pytest.warns(UserWarning, match="no pruning"):
         kept_all = run(backbone, loras, "dare", dare_density=1.0)
     torch.testing.assert_close(kept_all, run(backbone, loras, "direct"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_compiled_gate_computes_what_the_eager_gate_does_for_one_to_five_loras(backbone):
+    generator = torch.Generator().manual_seed(11)
+    gate = Gate(48, generator)
+    with torch.no_grad():
+        for k in range(1, 6):
+            base = torch.randn(2, 7, 48, generator=generator)
+            loras = torch.randn(k, 2, 7, 48, generator=generator) * 0.3
+            gate.compiled = False
+            eager = gate(base, loras)
+            gate.compiled = True
+            torch.testing.assert_close(gate(base, loras), eager, atol=1e-5, rtol=1e-5, msg=f"k = {k}")
+    # Through a whole gated step with LoRAs of mixed ranks (and the Global LoRA as one more branch).
+    model = backbone.transformer
+    loras = [random_lora(model, modules_matching(model, "attn.to_", "ff.net"), rank=rank, seed=rank, magnitude=0.3)
+             for rank in (1, 4, 8)]
+    inputs = transformer_inputs(backbone)
+    outputs = {}
+    for compiled in (False, True):
+        gates = GateBank(gate_dims(model), seed=2).set_compiled(compiled)
+        with torch.no_grad(), FusionSession(model, loras, [1.0, 0.7, 1.3], FusionOptions("gated"), gates):
+            outputs[compiled] = model(**inputs)[0]
+    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-5, rtol=1e-5)
+
+
+def test_a_gate_that_cannot_be_compiled_runs_eagerly_and_says_so_once(monkeypatch, capsys):
+    from autolora_worker.fusion import gates as gates_module
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(gates_module.torch, "compile", unavailable)
+    monkeypatch.setattr(gates_module, "COMPILED_GATE", gates_module._CompiledGate())
+    gate = Gate(16, torch.Generator().manual_seed(0))
+    base, loras = torch.randn(3, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        eager = gate(base, loras)
+        gate.compiled = True
+        assert torch.equal(gate(base, loras), eager) and torch.equal(gate(base, loras), eager)
+    assert capsys.readouterr().err.count("compiling the gate failed (no C++ compiler found); using the eager gate") == 1

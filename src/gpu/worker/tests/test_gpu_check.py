@@ -31,7 +31,7 @@ def test_the_tiny_gpu_check_passes_every_step():
             assert row["model"] == "tiny-flux" and row["ms"] > 0, row
     assert all(rows["none", k]["ratio_vs_none"] == 1.0 for k in (1, 2, 3))
     assert rows["gated", 1]["gate"] == "eager"
-    assert {"step": "fusion", "row": "gated-compiled", "skipped": "no compiled gate in this checkout"} in lines
+    assert all(rows["gated-compiled", k]["gate"] == "compiled" and rows["gated-compiled", k]["ms"] > 0 for k in (1, 2, 3))
 
     imported = next(line for line in lines if line["step"] == "gates-import")
     assert imported["ok"] and imported["gates_converted"] == 304

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -17,12 +19,54 @@ GATE_FILE_FORMAT_VERSION = "1"
 GATE_PARAMS = ("w_x", "w_l", "w_c", "b", "w_o", "ln_x.weight", "ln_x.bias", "ln_l.weight", "ln_l.bias")
 
 
+def gate_math(base_out: torch.Tensor, lora_outs: torch.Tensor, w_x: torch.Tensor, w_l: torch.Tensor,
+              w_c: torch.Tensor, b: torch.Tensor, w_o: torch.Tensor, ln_x_weight: torch.Tensor, ln_x_bias: torch.Tensor,
+              ln_l_weight: torch.Tensor, ln_l_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 6-8 on base_out (..., D) and lora_outs (k, ..., D): the reference the compiled gate is checked against.
+
+    Eq. 7 regrouped as (x̂⊙w_x + b) + L̂⊙(w_l + x̂⊙w_c): the two per-token terms are computed once, not once per
+    LoRA, which saves three passes over the (k, tokens, D) tensors that dominate the gate's cost."""
+    x_hat = F.layer_norm(base_out, base_out.shape[-1:], ln_x_weight, ln_x_bias, eps)
+    l_hat = F.layer_norm(lora_outs, lora_outs.shape[-1:], ln_l_weight, ln_l_bias, eps)
+    shared = x_hat * w_x + b
+    mixing = x_hat * w_c + w_l
+    gates = torch.sigmoid(torch.addcmul(shared, l_hat, mixing))  # (k, ..., D)
+    return base_out + w_o * (gates * lora_outs).sum(dim=0)
+
+
+class _CompiledGate:
+    """`gate_math` compiled once by torch.compile (inductor: a fused C++ loop on the CPU, a Triton kernel on CUDA),
+    with dynamic shapes, so one compilation serves every layer width, token count and k. Compiling happens on the
+    first call; if it fails (no compiler, an unsupported backend), one line says so and the eager gate is used from
+    then on, never a crash."""
+
+    def __init__(self):
+        self._compiled = None
+        self.failed: str | None = None
+
+    def __call__(self, *args):
+        if self.failed is None:
+            try:
+                if self._compiled is None:
+                    self._compiled = torch.compile(gate_math, dynamic=True)
+                return self._compiled(*args)
+            except Exception as error:  # inductor raises many types; the eager gate computes the same
+                self.failed = " ".join(str(error).split())[:200] or type(error).__name__
+                print(f"[gates] compiling the gate failed ({self.failed}); using the eager gate", file=sys.stderr,
+                      flush=True)
+        return gate_math(*args)
+
+
+COMPILED_GATE = _CompiledGate()
+
+
 class Gate(nn.Module):
     """One gate per LoRA-carrying linear, shared by every LoRA at that layer (so it generalises to new LoRAs).
 
     G = σ(x̂⊙w_x + L̂⊙w_l + x̂⊙L̂⊙w_c + b),  x' = x + Σᵢ w_o⊙gᵢ⊙lᵢ   with x̂ = LN(x), L̂ = LN(L).
     Untrained gates start as the authors' training code (DiffSynth-Studio LoraMerger) does: the three gate vectors
-    and the bias drawn from N(0, 1), w_o = 1, LayerNorms affine at identity.
+    and the bias drawn from N(0, 1), w_o = 1, LayerNorms affine at identity. `compiled` runs the gate as one fused
+    pass (COMPILED_GATE) instead of ~10 eager passes over the (k, tokens, D) tensors; inference only.
     """
 
     def __init__(self, dim: int, generator: torch.Generator | None = None):
@@ -34,17 +78,15 @@ class Gate(nn.Module):
         self.w_o = nn.Parameter(torch.ones(dim))
         self.ln_x = nn.LayerNorm(dim)
         self.ln_l = nn.LayerNorm(dim)
+        self.compiled = False
 
     def forward(self, base_out: torch.Tensor, lora_outs: torch.Tensor) -> torch.Tensor:
         # base_out (..., D); lora_outs (k, ..., D) -> fused (..., D)
-        x_hat = self.ln_x(base_out)
-        l_hat = self.ln_l(lora_outs)
-        # Eq. 7 regrouped as (x̂⊙w_x + b) + L̂⊙(w_l + x̂⊙w_c): the two per-token terms are computed once, not once
-        # per LoRA, which saves three passes over the (k, tokens, D) tensors that dominate the gate's cost.
-        shared = x_hat * self.w_x + self.b
-        mixing = x_hat * self.w_c + self.w_l
-        gates = torch.sigmoid(torch.addcmul(shared, l_hat, mixing))  # (k, ..., D)
-        return base_out + self.w_o * (gates * lora_outs).sum(dim=0)
+        args = (base_out, lora_outs, self.w_x, self.w_l, self.w_c, self.b, self.w_o, self.ln_x.weight, self.ln_x.bias,
+                self.ln_l.weight, self.ln_l.bias, self.ln_x.eps)
+        if self.compiled and not torch.is_grad_enabled():
+            return COMPILED_GATE(*args)
+        return gate_math(*args)
 
 
 @dataclass(frozen=True)
@@ -64,6 +106,12 @@ class GateBank(nn.Module):
         self._keys = {name: name.replace(".", "__") for name in dims}  # ModuleDict keys may not contain dots
         self.gates = nn.ModuleDict({self._keys[name]: Gate(dim, generator) for name, dim in sorted(dims.items())})
         self.info = GateInfo(version=version, family=family, global_rank=global_rank)
+
+    def set_compiled(self, compiled: bool) -> "GateBank":
+        """Run every gate compiled (one fused pass; see COMPILED_GATE) or eagerly. Returns the bank."""
+        for gate in self.gates.values():
+            gate.compiled = compiled
+        return self
 
     def __contains__(self, module_name: str) -> bool:
         return module_name in self._keys
