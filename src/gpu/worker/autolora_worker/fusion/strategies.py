@@ -152,23 +152,30 @@ class KLora(FusionStrategy):
     name = "klora"
 
     def build(self, layers, branches, options, step, gates):
-        deltas = {name: [(b.up.float() @ b.down.float()) for b in bs] for name, bs in branches.items()}
-        balance = self._balance(branches, deltas)
-        plans: dict[str, LayerPlan] = {}
+        # Each ΔW is formed once, reduced to its two numbers (|ΔW| mass, top-k |ΔW| sum) and dropped: a FLUX.1 LoRA's
+        # dense ΔWs over every block linear are ~44 GB in fp32, so holding them all would not fit a GPU.
+        masses: dict[str, list[float]] = {}
+        tops: dict[str, list[torch.Tensor]] = {}
         for name, layer_branches in branches.items():
             ranks = sorted((b.rank for b in layer_branches), reverse=True)
             top = ranks[0] * (ranks[1] if len(ranks) > 1 else ranks[0])
-            sums = []
-            for branch, delta in zip(layer_branches, deltas[name]):
-                flat = delta.abs().flatten()
-                sums.append(torch.topk(flat, min(top, flat.numel())).values.sum() * balance[branch.lora_index])
+            masses[name], tops[name] = [], []
+            for branch in layer_branches:
+                magnitude = (branch.up.float() @ branch.down.float()).abs_().flatten()
+                masses[name].append(float(magnitude.sum()))
+                tops[name].append(torch.topk(magnitude, min(top, magnitude.numel())).values.sum())
+                del magnitude
+        balance = self._balance(branches, masses)
+        plans: dict[str, LayerPlan] = {}
+        for name, layer_branches in branches.items():
+            sums = [top * balance[branch.lora_index] for branch, top in zip(layer_branches, tops[name])]
             reference = min(range(len(layer_branches)), key=lambda i: layer_branches[i].lora_index)
             plans[name] = KLoraPlan(layer_branches, torch.stack(sums), reference, layers[name].index,
                                     len(layers), step, options)
         return plans
 
     @staticmethod
-    def _balance(branches: dict[str, list[Branch]], deltas: dict[str, list[torch.Tensor]]) -> dict[int, float]:
+    def _balance(branches: dict[str, list[Branch]], masses: dict[str, list[float]]) -> dict[int, float]:
         """γᵢ per LoRA: mean over layers shared with the first LoRA of Σ|ΔW_first| / Σ|ΔWᵢ|."""
         lora_indices = sorted({b.lora_index for bs in branches.values() for b in bs})
         first = lora_indices[0]
@@ -176,7 +183,7 @@ class KLora(FusionStrategy):
         for other in lora_indices[1:]:
             ratios = []
             for name, bs in branches.items():
-                mass = {b.lora_index: float(d.abs().sum()) for b, d in zip(bs, deltas[name])}
+                mass = {b.lora_index: m for b, m in zip(bs, masses[name])}
                 if first in mass and other in mass and mass[other] > 0:
                     ratios.append(mass[first] / mass[other])
             if ratios:
