@@ -33,16 +33,16 @@ from unittest import mock
 STARTED = time.monotonic()  # before the imports below, which take seconds: the summary's time includes them
 
 import torch  # noqa: E402
-from diffusers import FluxTransformer2DModel  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from autolora_worker import bench  # noqa: E402
 from autolora_worker.families import get_family  # noqa: E402
-from autolora_worker.fusion import STRATEGIES, GateBank, fused_layers, gate_dims, wrap_linears  # noqa: E402
+from autolora_worker.fusion import STRATEGIES, GateBank, fused_layers, gate_dims  # noqa: E402
 from autolora_worker.fusion.diffsynth import PARAMETERS, SEPARATOR, SOURCE_PREFIX, source_layout  # noqa: E402
 from autolora_worker.lora.canonical import LoraLayer  # noqa: E402
 from autolora_worker.lora.formats import write_lora_file  # noqa: E402
+from autolora_worker.models import meta_flux_transformer  # noqa: E402
 from autolora_worker.tiny_flux import MAX_SEQUENCE_LENGTH, TRANSFORMER as TINY_TRANSFORMER  # noqa: E402
 
 
@@ -92,16 +92,6 @@ class CheckFailed(Exception):
 
 def emit(line: dict) -> None:
     print(json.dumps(line), flush=True)
-
-
-# ---- the model shapes --------------------------------------------------------------------------------------------
-
-def meta_transformer(config: dict) -> torch.nn.Module:
-    """diffusers' FLUX transformer of `config` on the meta device (no weights), its linears wrapped as the worker's."""
-    with torch.device("meta"):
-        model = FluxTransformer2DModel(**config)
-    wrap_linears(model)
-    return model
 
 
 # ---- the files the generation needs ------------------------------------------------------------------------------
@@ -338,7 +328,7 @@ def generate_step(run: Run) -> Iterator[dict]:
                  "gates": "converted by `gates import` from the synthetic DiffSynth file"}
     else:
         gates = run.workdir / "tiny-gates.safetensors"
-        GateBank(gate_dims(meta_transformer(run.stand_in.config)), seed=0, family="flux").save(
+        GateBank(gate_dims(meta_flux_transformer(run.stand_in.config)), seed=0, family="flux").save(
             gates, version="gpu-check-tiny")
         line |= {"model": "tiny-flux",
                  "gates": "GateBank.save for the tiny model's gate_dims (a DiffSynth layout fits only FLUX.1's widths)"}
@@ -346,7 +336,7 @@ def generate_step(run: Run) -> Iterator[dict]:
             line["note"] = (f"this checkout's tiny-flux has no {FULL_SIZE_OPTION}, so a worker cannot serve a "
                             "random-initialised full-size FLUX.1 (its weights are not here): generated on the tiny "
                             "stand-in")
-    loras = write_loras(meta_transformer(run.stand_in.config), run.workdir)
+    loras = write_loras(meta_flux_transformer(run.stand_in.config), run.workdir)
     model_dir = run.stand_in.wait(timeout=mode.model_write_s)
     body = {"prompt": PROMPT, "seeds": [0], "steps": GENERATION_STEPS, "fusion": "gated", "height": mode.size,
             "width": mode.size, "loras": [{"path": str(path), "name": path.stem} for path in loras]}

@@ -3,7 +3,7 @@
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/load.js";
 import { startWorkers } from "../gpu/workers.js";
-import { openModels } from "../models/lifecycle.js";
+import { encoderVersion, openModels } from "../models/lifecycle.js";
 import { lancedbUri, openPool, type Pool } from "../pool/open.js";
 import type { LoraState } from "../pool/index.js";
 import { ingestLora, type IngestMetadata } from "../pool/ingest.js";
@@ -107,8 +107,6 @@ const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
   return failed > 0 ? 2 : 0;
 };
 
-const MANIFEST_FIELDS = ["file", "name", "tags", "trigger_words", "captions", "source", "url", "license", "nsfw"];
-
 /** `--manifest FILE`: {"loras": [{"file", "name"?, "tags"?, "trigger_words"?, "captions"?, "source"?, "url"?,
  *  "license"?, "nsfw"?}]}, files relative to the manifest (what `tiny-flux-loras` writes; other keys are ignored).
  *  Every entry is checked before anything is added. */
@@ -132,14 +130,13 @@ async function readManifest(path: string): Promise<AddItem[]> {
       if (entry[key] !== undefined && typeof entry[key] !== "string") throw new Error(`${path}: loras[${n}].${key} must be a string`);
     }
     if (entry.nsfw !== undefined && typeof entry.nsfw !== "boolean") throw new Error(`${path}: loras[${n}].nsfw must be true or false`);
-    const known = Object.fromEntries(Object.entries(entry).filter(([key]) => MANIFEST_FIELDS.includes(key)));
     return {
       file: resolve(dirname(path), entry.file),
       metadata: {
-        name: known.name as string | undefined, source: (known.source as string | undefined) ?? "upload",
-        url: known.url as string | undefined, license: known.license as string | undefined, nsfw: (known.nsfw as boolean | undefined) ?? false,
-        tags: strings(known.tags, "tags", n), trigger_words: strings(known.trigger_words, "trigger_words", n),
-        captions: strings(known.captions, "captions", n),
+        name: entry.name as string | undefined, source: (entry.source as string | undefined) ?? "upload",
+        url: entry.url as string | undefined, license: entry.license as string | undefined, nsfw: (entry.nsfw as boolean | undefined) ?? false,
+        tags: strings(entry.tags, "tags", n), trigger_words: strings(entry.trigger_words, "trigger_words", n),
+        captions: strings(entry.captions, "captions", n),
       },
     };
   });
@@ -153,7 +150,7 @@ const reembed: Run = async ({ positionals, values }, pool, io, workers) => {
   }
   const started = await workers();
   try {
-    const version = (await started.source.ready()[0]!.health()).encoder_version;
+    const version = await encoderVersion(started.source);
     if (!version) {
       io.stderr("the workers have no LoRA encoder: nothing to embed with (a FLUX host: autolora retrain --encoder first)");
       return 2;

@@ -13,7 +13,10 @@ import { reembedPool } from "../pool/reembed.js";
 import type { Job, Scheduler } from "../scheduler/scheduler.js";
 import type { StateFile } from "../scheduler/state.js";
 import { ENCODER, FLUX_ENCODER, GATES, ModelRegistry } from "./registry.js";
-import { bootstrapFluxEncoder, reloadWorkers, retrainModel, writeBootstrapExamples, writeCaptionedLoras, writeRatedExamples } from "./retrain.js";
+import {
+  bootstrapFluxEncoder, reloadWorkers, retrainModel, writeBootstrapExamples, writeCaptionedLoras, writeRatedExamples,
+  type RetrainOutcome,
+} from "./retrain.js";
 
 export interface Models {
   gates?: ModelRegistry;
@@ -103,33 +106,29 @@ export function modelLifecycle(deps: LifecycleDependencies): ModelLifecycle {
       return reloaded.join("; ");
     },
   });
+  // An encoder job: a promoted encoder's embeddings replace the pool's in the background.
+  const encoderJob = (name: string, train: (signal: AbortSignal) => Promise<RetrainOutcome>): Job => ({
+    name, schedule: settings.encoder_schedule,
+    run: async (signal) => {
+      const outcome = await train(signal);
+      if (outcome.promoted) start("reembed");
+      return outcome.summary;
+    },
+  });
   const encoder = models.encoder;
   if (encoder) {
-    jobs.push({
-      name: "retrain-encoder", schedule: settings.encoder_schedule,
-      run: async (signal) => {
-        const outcome = await retrainModel({
-          ...retrainOptions(encoder, settings.encoder_steps, settings.encoder_metrics),
-          extras: (folder) => writeCaptionedLoras(pool.index, pool.store, folder),
-        }, signal);
-        if (outcome.promoted) start("reembed"); // the new encoder's embeddings, in the background
-        return outcome.summary;
-      },
-    });
+    jobs.push(encoderJob("retrain-encoder", (signal) => retrainModel({
+      ...retrainOptions(encoder, settings.encoder_steps, settings.encoder_metrics),
+      extras: (folder) => writeCaptionedLoras(pool.index, pool.store, folder),
+    }, signal)));
   }
   const fluxEncoder = models.fluxEncoder;
   if (fluxEncoder) {
-    jobs.push({
-      name: "retrain-encoder-flux", schedule: settings.encoder_schedule,
-      run: async (signal) => {
-        const outcome = await bootstrapFluxEncoder({
-          ...retrainOptions(fluxEncoder, settings.encoder_steps, []),
-          examples: (folder) => writeBootstrapExamples(pool.index, pool.store, folder, "flux"),
-        }, signal);
-        if (outcome.promoted) start("reembed"); // LoRAs found by their text until now get weight embeddings
-        return outcome.summary;
-      },
-    });
+    // LoRAs found by their text until now get weight embeddings once an encoder is promoted.
+    jobs.push(encoderJob("retrain-encoder-flux", (signal) => bootstrapFluxEncoder({
+      ...retrainOptions(fluxEncoder, settings.encoder_steps, []),
+      examples: (folder) => writeBootstrapExamples(pool.index, pool.store, folder, "flux"),
+    }, signal)));
   }
   const gates = models.gates;
   if (!gates) return { jobs };

@@ -175,7 +175,7 @@ export async function bootstrapFluxEncoder(options: BootstrapOptions, signal?: A
     const metrics = Object.fromEntries(Object.entries(result).filter((entry): entry is [string, number] => typeof entry[1] === "number"));
     const version = String(result.version);
     const served = registry.hasServing() ? registry.serving() : undefined;
-    const servedMetrics = served?.metrics ?? {};
+    const serving = { version: served?.version ?? "none", metrics: served?.metrics ?? {} };
     const comparison = `held-out MRR ${round(metrics.mrr!)} by weights, ${round(metrics.text_only_mrr!)} by text only` +
       (served?.metrics?.mrr !== undefined ? `, ${round(served.metrics.mrr)} by the served ${served.version}` : "");
     const beatsServed = served?.metrics?.mrr === undefined || metrics.mrr! >= served.metrics.mrr;
@@ -183,14 +183,14 @@ export async function bootstrapFluxEncoder(options: BootstrapOptions, signal?: A
       const why = result.promote !== true ? String(result.reason ?? "not better than text-only retrieval") : `worse than the served ${served!.version}`;
       await registry.addCandidate(candidate, metrics, "refused", why);
       const summary = `kept ${served ? served.version : "text-only retrieval"}: candidate ${version} ${why} (${comparison})`;
-      return { promoted: false, candidate: { version, metrics }, serving: { version: served?.version ?? "none", metrics: servedMetrics }, summary };
+      return { promoted: false, candidate: { version, metrics }, serving, summary };
     }
     await registry.addCandidate(candidate, metrics, "retired",
       `bootstrapped from ${String(result.train_loras)} captioned LoRAs, judged on ${String(result.heldout_loras)} held out`);
     await registry.promote(version, `promoted over ${served ? served.version : "text-only retrieval"} (${comparison})`);
     const reloaded = await reloadWorkers(registry, options.workers(), options.log);
     const summary = `promoted ${version} (${comparison}); ${reloaded} worker(s) reloaded`;
-    return { promoted: true, candidate: { version, metrics }, serving: { version: served?.version ?? "none", metrics: servedMetrics }, summary };
+    return { promoted: true, candidate: { version, metrics }, serving, summary };
   } finally {
     await rm(candidate, { recursive: true, force: true });
   }

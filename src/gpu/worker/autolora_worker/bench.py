@@ -21,7 +21,7 @@ from torch import nn
 from .families import get_family
 from .fusion import STRATEGIES, FusionOptions, FusionSession, GateBank, fused_layers, gate_dims, wrap_linears
 from .lora.canonical import CanonicalLora, LoraLayer
-from .models import random_proving_ground
+from .models import random_flux_transformer, random_proving_ground
 
 
 def _sync(device: torch.device) -> None:
@@ -113,17 +113,9 @@ def flux_linear_rows(device: torch.device, tokens: int, rank: int, repeats: int)
 def full_flux_rows(device: torch.device, rank: int, repeats: int, config: dict | None = None,
                    size: int = 1024, text_tokens: int = 512) -> list[dict]:
     """Whole FLUX.1 transformer, random weights, one step at `size`² per strategy; `config` shrinks it for tests."""
-    from diffusers import FluxTransformer2DModel
-
     config = config or get_family("flux").transformer
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in the target dtype directly: fp32 FLUX would need 48 GB first
-    try:
-        with torch.device(device):
-            model = FluxTransformer2DModel(**config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_flux_transformer(config, device, dtype).eval()
     wrap_linears(model)
     gates = GateBank(gate_dims(model)).to(device, dtype)
     image_tokens = (size // 16) ** 2

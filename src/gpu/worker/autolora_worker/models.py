@@ -164,6 +164,30 @@ class FluxBackbone(Backbone):
         return to_uint8(vae.decode(unpacked.to(vae.dtype), return_dict=False)[0])
 
 
+def meta_flux_transformer(config: dict | None = None) -> FluxTransformer2DModel:
+    """diffusers' FLUX transformer of `config` (default FLUX.1's) on the meta device, its linears wrapped as a
+    worker's: module names and shapes for gate banks and encoder tables, no memory."""
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**(config or get_family("flux").transformer))
+    wrap_linears(model)
+    return model
+
+
+def random_flux_transformer(config: dict, device: torch.device, dtype: torch.dtype,
+                            seed: int | None = None) -> FluxTransformer2DModel:
+    """The transformer of `config` with random weights (from `seed`, when given, without touching the global
+    generator), built directly on `device` in `dtype`: FLUX.1 in fp32 first would need 48 GB."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.random.fork_rng(devices=[] if device.type != "cuda" else [device]), torch.device(device):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return FluxTransformer2DModel.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def load_backbone(family: str, path: str | Path | None, device: str | torch.device = "cpu",
                   dtype: torch.dtype | None = None, seed: int = 0) -> Backbone:
     """Load `family` from `path`. The proving ground may have no path: a seeded random model then stands in,

@@ -125,19 +125,12 @@ def write_tiny_flux(out: str | Path, seed: int = 0, full_size: bool = False, ran
 
 
 def random_transformer(path: Path, device: torch.device, dtype: torch.dtype, seed: int):
-    """The transformer of `path/transformer/config.json` with seeded random weights, built directly on `device` in
-    `dtype` (FLUX.1 in fp32 first would need 48 GB)."""
+    """The transformer of `path/transformer/config.json` with seeded random weights, on `device` in `dtype`."""
     from diffusers import FluxTransformer2DModel
 
-    config = FluxTransformer2DModel.load_config(str(path / "transformer"))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), torch.device(device):
-            torch.manual_seed(seed)
-            return FluxTransformer2DModel.from_config(config)
-    finally:
-        torch.set_default_dtype(previous)
+    from .models import random_flux_transformer
+
+    return random_flux_transformer(FluxTransformer2DModel.load_config(str(path / "transformer")), device, dtype, seed)
 
 
 def stand_in_settings(folder: Path) -> dict:

@@ -30,7 +30,7 @@ from ..lora.formats import read_lora_file
 from ..training_loop import Progress
 from .files import save_encoder
 from .model import EncoderLayer, LoraEncoder, embed_loras, family_layer_table
-from .training import _embed_texts, train_encoder
+from .training import embed_texts, train_encoder
 
 # Defaults of `encoder bootstrap`, with why.
 STEPS = 300  # a synthetic 8-concept pool converges in ~100 steps (training.py); crawled captions are noisier
@@ -142,7 +142,7 @@ def judge(encoder: LoraEncoder, heldout: Sequence[Example]) -> dict[str, float]:
 
     queries = [example.captions[0] for example in heldout]
     pieces = [piece for example in heldout for piece in example.text]
-    vectors = _embed_texts(None, queries + pieces)  # (Q + P, 384), unit rows
+    vectors = embed_texts(None, queries + pieces)  # (Q + P, 384), unit rows
     query_vectors, piece_vectors = vectors[:len(queries)], vectors[len(queries):]
     texts, start = [], 0
     for example in heldout:

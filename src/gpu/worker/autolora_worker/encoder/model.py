@@ -10,13 +10,13 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import FluxTransformer2DModel
 from torch import nn
 
 from ..errors import IncompatibleLoraError
 from ..families import get_family
-from ..fusion import fused_layers, wrap_linears
+from ..fusion import fused_layers
 from ..lora.canonical import CanonicalLora, LoraLayer
+from ..models import meta_flux_transformer
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2's sentence embedding
 INITIAL_LOG_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
@@ -63,11 +63,7 @@ def family_layer_table(family: str, model: nn.Module) -> list[EncoderLayer]:
 
 @functools.cache
 def _flux1_layer_table() -> tuple[EncoderLayer, ...]:
-    # diffusers' transformer at FLUX.1's config on the meta device: module names and shapes, no weights.
-    with torch.device("meta"):
-        model = FluxTransformer2DModel(**get_family("flux").transformer)
-    wrap_linears(model)
-    return tuple(layer_table(model))
+    return tuple(layer_table(meta_flux_transformer()))
 
 
 @dataclass

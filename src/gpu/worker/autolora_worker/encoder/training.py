@@ -107,7 +107,7 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora |
     texts = list(dict.fromkeys(text for _, captions in examples for text in captions))
     text_rows = {text: row for row, text in enumerate(texts)}
     caption_rows = [[text_rows[text] for text in captions] for _, captions in examples]
-    text_embeddings = _embed_texts(text_encoder, texts).to(encoder.device)  # (U, 384)
+    text_embeddings = embed_texts(text_encoder, texts).to(encoder.device)  # (U, 384)
 
     def step_loss(step: int, random: StepRandom) -> dict[str, torch.Tensor]:
         picks = draw_batch(random.data, group_of, batch)
@@ -151,7 +151,7 @@ class _Prepared:
         return self.recent[index]
 
 
-def _embed_texts(text_encoder: TextEncoder | None, texts: list[str], chunk: int = 64) -> torch.Tensor:
+def embed_texts(text_encoder: TextEncoder | None, texts: list[str], chunk: int = 64) -> torch.Tensor:
     if text_encoder is None:
         text_encoder = MiniLMTextEncoder(get_family("proving-ground").extra["text_max_tokens"], torch.device("cpu"),
                                          torch.float32)

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from diffusers import FluxTransformer2DModel
 
 from ..families import get_family
+from ..models import meta_flux_transformer
 from .gates import GateBank, gate_dims
-from .layer import wrap_linears
 
 FAMILY = "flux"
 SOURCE_PREFIX = "model_dict."  # FluxLoraPatcher's ModuleDict; a file saved from it elsewhere may lack it
@@ -93,10 +92,7 @@ def source_layout() -> dict[str, tuple[tuple[str, int], ...]]:
 
 def flux_gate_dims() -> dict[str, int]:
     """The gate bank a FLUX.1 worker loads: diffusers' transformer built on the meta device (no weights), wrapped."""
-    with torch.device("meta"):
-        model = FluxTransformer2DModel(**get_family(FAMILY).transformer)
-    wrap_linears(model)
-    return gate_dims(model)
+    return gate_dims(meta_flux_transformer())
 
 
 def import_diffsynth_gates(source: str | Path, out: str | Path, version: str | None = None) -> dict:
