@@ -26,13 +26,16 @@ export interface ComposedImages {
 
 /** Tiles at least this wide: the proving ground's 64² images are shown 4x (nearest), FLUX's 1024² as they are. */
 export const MIN_TILE_PX = 256;
+/** The most an image is enlarged: past it a tiny image is a placeholder, not something to look at. */
+const MAX_ENLARGEMENT = 4;
 
 /** `images` are the worker's PNGs in seed order; the grid is ceil(√n) wide. Images narrower than `minTile` are
- *  enlarged by a whole factor (a small model's pixels stay crisp); larger ones keep their size. */
+ *  enlarged by a whole factor, at most MAX_ENLARGEMENT (a small model's pixels stay crisp); larger ones keep their
+ *  size. */
 export async function composeImages(images: Buffer[], metadata: GenerationMetadata, minTile = 1): Promise<ComposedImages> {
   if (images.length === 0) throw new Error("no images to compose");
   const first = await sharp(images[0]).metadata();
-  const scale = Math.max(1, Math.floor(minTile / Math.max(1, first.width ?? 1)));
+  const scale = Math.min(MAX_ENLARGEMENT, Math.max(1, Math.floor(minTile / Math.max(1, first.width ?? 1))));
   const tileWidth = (first.width ?? 0) * scale;
   const tileHeight = (first.height ?? 0) * scale;
   const columns = Math.ceil(Math.sqrt(images.length));
