@@ -35,7 +35,7 @@ $(NODE_STAMP): package.json $(wildcard package-lock.json)
 	touch $@
 
 # The compiled host that bin/autolora.js runs; rebuilt when any host source changes.
-$(HOST_STAMP): $(NODE_STAMP) tsconfig.json tsconfig.build.json $(shell find src -name '*.ts' -not -path '*/worker/*')
+$(HOST_STAMP): $(NODE_STAMP) tsconfig.json tsconfig.build.json $(shell find src \( -name '*.ts' -o -name '*.mjs' \) -not -path '*/worker/*')
 	npm run build
 	touch $@
 

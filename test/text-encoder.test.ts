@@ -62,4 +62,39 @@ describe("host text encoder", () => {
   it("says how to make the export when it is missing", async () => {
     await expect(TextEncoder.load(join(root, "no-such-folder"))).rejects.toThrow(/text-encoder\.json missing\); run `make text-encoder`/);
   });
+
+  it("embeds off the event loop: timers keep firing while a large batch runs", async () => {
+    const encoder = await TextEncoder.load(exportDir);
+    try {
+      const texts = prompts().slice(0, 64);
+      const ticks: number[] = [];
+      const timer = setInterval(() => ticks.push(performance.now()), 2);
+      const started = performance.now();
+      await encoder.embed(texts);
+      const finished = performance.now();
+      const took = finished - started;
+      clearInterval(timer);
+      const gaps = [started, ...ticks, finished].map((at, i, all) => (i === 0 ? 0 : at - all[i - 1]!));
+      // Run on the main thread, the batch (hundreds of ms) would be one gap as long as itself.
+      expect(took).toBeGreaterThan(50);
+      expect(Math.max(...gaps), `longest gap between 2 ms ticks during a ${Math.round(took)} ms embed`).toBeLessThan(took / 2);
+    } finally {
+      await encoder.close();
+    }
+  }, 120_000);
+
+  it("answers concurrent requests each with its own vectors, then refuses after close", async () => {
+    const encoder = await TextEncoder.load(exportDir);
+    const groups = [["a red hexagon"], ["stripes", "a neon star on a wavy background", "x"], ["heart"]];
+    const alone: Float32Array[][] = [];
+    for (const texts of groups) alone.push(await encoder.embed(texts));
+    const together = await Promise.all(groups.map((texts) => encoder.embed(texts)));
+    together.forEach((vectors, group) => vectors.forEach((vector, row) => {
+      const reference = alone[group]![row]!;
+      const cosine = vector.reduce((sum, value, i) => sum + value * reference[i]!, 0);
+      expect(cosine, `${groups[group]![row]}`).toBeGreaterThan(0.9999); // batched with others: padding only
+    }));
+    await encoder.close();
+    await expect(encoder.embed(["a star"])).rejects.toThrow(/text encoder is closed/);
+  }, 60_000);
 });

@@ -2,6 +2,8 @@
 // fake (discord.js over the fake gateway, Bolt over signed HTTP), with the protocol-fake worker behind the real
 // queue and pipeline. Measures how fast each request was acknowledged, whether every one got its grid, and how
 // fairly the queue took turns.
+import { spawn } from "node:child_process";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { DiscordAdapter } from "../bots/discord/adapter.js";
 import { SlackAdapter } from "../bots/slack/adapter.js";
 import { fakeHost } from "../testing/fake-host.js";
@@ -16,6 +18,8 @@ export interface BurstOptions {
   stepMs?: number;
   /** How long to wait for every grid. Default 180 s. */
   timeoutMs?: number;
+  /** Start a CPU-bound process beside the host for the burst's duration: a machine whose cores other work uses. */
+  load?: boolean;
 }
 
 export interface BurstReport {
@@ -26,6 +30,10 @@ export interface BurstReport {
   p99_ack_ms: number;
   /** Requests that were never acknowledged or never got their grid. */
   lost: number;
+  /** The host's event-loop delay while the burst ran (perf_hooks.monitorEventLoopDelay, 10 ms resolution). */
+  event_loop_delay: { p99_ms: number; max_ms: number };
+  /** Whether a CPU-bound process ran beside the host. */
+  load: boolean;
   fairness: {
     /**
      * The most jobs started between two consecutive jobs of one user while both were waiting. With perfect turn
@@ -58,6 +66,9 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
       },
     });
   };
+  const load = options.load ? startCpuLoad() : undefined;
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
   const started = performance.now();
   const userOf = (index: number) => Math.floor(index / perUser); // user-major: each user fires all theirs at once
   let acks: number[] = [];
@@ -108,6 +119,8 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     }
     await host.queue.idle();
   } finally {
+    loopDelay.disable();
+    load?.kill();
     await host.stop();
   }
   const sorted = [...acks].sort((a, b) => a - b);
@@ -116,9 +129,19 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     adapter: options.via, requests: options.requests, users: options.users, acked_within_3s: acked,
     p99_ack_ms: round(sorted[Math.min(sorted.length - 1, Math.ceil(sorted.length * 0.99) - 1)] ?? Infinity),
     lost: options.requests - Math.min(finished, acks.filter(Number.isFinite).length),
+    event_loop_delay: { p99_ms: round(loopDelay.percentile(99) / 1e6), max_ms: round(loopDelay.max / 1e6) },
+    load: Boolean(options.load),
     fairness: { max_position_gap: maxPositionGap(jobs) },
     seconds: round((performance.now() - started) / 1000),
   };
+}
+
+/** A process that keeps one core busy until killed (it also dies with the bench: its stdin is our pipe). */
+function startCpuLoad() {
+  const child = spawn(process.execPath, ["-e", "process.stdin.on('end', () => process.exit()); process.stdin.resume(); setImmediate(function spin() { const end = Date.now() + 50; while (Date.now() < end); setImmediate(spin); });"], {
+    stdio: ["pipe", "ignore", "ignore"],
+  });
+  return child;
 }
 
 /** Poll `count` until it reaches `target` or the deadline passes; its last value. */
