@@ -127,6 +127,38 @@ def test_training_lowers_the_loss_and_moves_only_the_encoder(backbone):
     assert not encoder.training and not any(param.requires_grad for param in encoder.parameters())
 
 
+def test_layer_dropout_shows_part_of_a_lora_and_never_nothing(backbone):
+    encoder = small_encoder(backbone)
+    lora, _ = examples_of(backbone, 1)[0]
+    prepared = encoder_training.prepare_lora(encoder, lora)
+    rng = np.random.default_rng(0)
+    kept = [encoder_training.drop_layers(encoder, prepared, rng, 0.5, 0.0) for _ in range(200)]
+    share = np.mean([len(part) for part in kept]) / len(prepared)
+    assert 0.4 < share < 0.6 and all(part for part in kept)
+    # A dropped layer type goes from every block at once, as when a LoRA adapts attention only.
+    for part in (encoder_training.drop_layers(encoder, prepared, rng, 0.0, 0.5) for _ in range(50)):
+        kinds_kept = {encoder.kind_of[position] for position, _ in part}
+        assert all(encoder.kind_of[position] in kinds_kept for position, _ in prepared
+                   if encoder.kind_of[position] in kinds_kept)
+        assert len(part) == sum(encoder.kind_of[position] in kinds_kept for position, _ in prepared)
+    assert encoder_training.drop_layers(encoder, prepared, rng, 0.999999, 0.999999)  # one layer stays
+    with pytest.raises(ValueError, match="kind_dropout must be in \\[0, 1\\)"):
+        train_encoder(encoder, examples_of(backbone), steps=2, batch=4, seed=0, kind_dropout=1.0,
+                      text_encoder=backbone.text_encoder, progress=None)
+
+
+def test_training_with_dropout_still_learns_and_is_reproducible(backbone, tmp_path):
+    examples = examples_of(backbone)
+    options = dict(steps=40, batch=8, seed=0, text_encoder=backbone.text_encoder, progress=None, layer_dropout=0.3,
+                   kind_dropout=0.2)
+    encoder = small_encoder(backbone)
+    history = train_encoder(encoder, examples, **options)
+    assert np.mean(history["loss"][-5:]) < 0.5 * np.mean(history["loss"][:5])
+    again = small_encoder(backbone)
+    train_encoder(again, examples, **options)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(encoder).values(), snapshot(again).values()))
+
+
 def test_resumed_training_is_bit_identical_to_an_uninterrupted_run(backbone, tmp_path):
     examples = examples_of(backbone, 6)
     options = dict(steps=10, batch=4, seed=3, text_encoder=backbone.text_encoder, checkpoint_every=3, log_every=1)

@@ -4,6 +4,7 @@ the committed bundle."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -219,6 +220,30 @@ def test_an_interrupted_build_resumes_to_the_same_bundle(ci_bundle, tmp_path):
         for module, layer in first.layers.items():
             assert torch.equal(layer.down, second.layers[module].down), (name, module)
             assert torch.equal(layer.up, second.layers[module].up), (name, module)
+
+
+def test_redo_rebuilds_only_the_named_stage_and_keeps_the_rest(ci_bundle, tmp_path):
+    out, _ = ci_bundle
+    bundle = tmp_path / "bundle"
+    shutil.copytree(out, bundle)
+    before = json.loads(BundlePaths(bundle).manifest.read_text())
+    lines: list[str] = []
+    build_world("ci", out=bundle, work=tmp_path / "work", progress=lines.append, redo=("encoder",),
+                encoder_kind_dropout=0.3)
+    after = json.loads(BundlePaths(bundle).manifest.read_text())
+    assert any(line == "[world] encoder: done" or line.startswith("[world] encoder: done in") for line in lines)
+    assert not any(line.startswith("[world] pool: building") or line.startswith("[world] gates: building") for line in lines)
+    assert after["files"]["encoder/encoder.safetensors"] != before["files"]["encoder/encoder.safetensors"]
+    kept = {name: digest for name, digest in before["files"].items() if not name.startswith("encoder/")
+            and name not in ("README.md",)}
+    assert all(after["files"][name] == digest for name, digest in kept.items())
+    assert after["config"]["encoder_kind_dropout"] == 0.3
+    assert after["facts"]["gate_variant_kept"] == before["facts"]["gate_variant_kept"]
+    # A kept stage's setting may not change under it: that bundle would not be what its manifest says.
+    with pytest.raises(ValueError, match="settings of kept stages differ from the bundle's \\(lora_steps\\)"):
+        build_world("ci", out=bundle, work=tmp_path / "work", redo=("encoder",), lora_steps=99)
+    with pytest.raises(ValueError, match="unknown stage nope"):
+        build_world("ci", out=bundle, work=tmp_path / "work", redo=("nope",))
 
 
 def test_world_bench_fast_runs_every_table(ci_bundle, tmp_path, capsys):

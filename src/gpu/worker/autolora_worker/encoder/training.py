@@ -18,7 +18,7 @@ from ..families import get_family
 from ..lora.canonical import CanonicalLora
 from ..text import Conditioning, MiniLMTextEncoder
 from ..training_loop import LoopSettings, Progress, StepRandom, run_loop
-from .model import LoraEncoder, collate, prepare_lora
+from .model import LoraEncoder, PreparedLora, collate, prepare_lora
 
 MAX_LOG_SCALE = math.log(100.0)  # CLIP's clamp: beyond 100 the logits saturate and training destabilises
 History = dict[str, list[float]]
@@ -65,7 +65,8 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora |
                   progress: Progress | None = print, text_encoder: TextEncoder | None = None,
                   groups: Sequence[Any] | None = None,
                   warmup: int | None = None, weight_decay: float = 0.01, clip: float = 1.0,
-                  checkpoint_every: int = 100, log_every: int = 50, resident: int | None = None) -> History:
+                  checkpoint_every: int = 100, log_every: int = 50, resident: int | None = None,
+                  layer_dropout: float = 0.0, kind_dropout: float = 0.0) -> History:
     """Train the encoder (and its temperature) contrastively against a frozen text encoder (eq. 3).
 
     `examples` are (LoRA, its captions); each step draws `batch` examples and one caption of each, both from the
@@ -84,6 +85,12 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora |
     `batch`) are kept prepared on the device: a pool of real FLUX LoRAs (0.3 GB each in fp32 over every linear) does
     not fit in memory at once. LoRAs given as `CanonicalLora` are prepared once, up front.
 
+    `layer_dropout` and `kind_dropout` show the encoder each LoRA with part of its layers: each layer is left out
+    with probability `layer_dropout`, each layer type (`attn.to_q`, `ff.net.2`, ... with the block index removed)
+    with `kind_dropout`, and at least one layer always stays. Community LoRAs of one concept adapt different layer
+    subsets (attention only, all linears, double blocks only), so an encoder that has seen a concept only on some
+    subsets must still place it when a LoRA carries others.
+
     `lr` 1e-3 with 5% warmup and a cosine down to 10% suits this ~1.4M-parameter model with AdamW (a synthetic
     8-concept pool converges in ~100 steps); the light weight decay also reaches the temperature, moving its log by
     under 0.05 over 1500 steps. Returns the per-step history: loss, accuracy (in-batch text→LoRA top-1),
@@ -99,6 +106,9 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora |
     labels = list(groups) if groups is not None else list(range(len(examples)))
     group_ids = {label: index for index, label in enumerate(dict.fromkeys(labels))}
     group_of = [group_ids[label] for label in labels]
+    for label, rate in (("layer_dropout", layer_dropout), ("kind_dropout", kind_dropout)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"encoder: {label} must be in [0, 1), got {rate}")
     if not 2 <= batch <= len(group_ids):
         raise ValueError(f"encoder: batch {batch} must be at least 2 (InfoNCE needs negatives) and at most the "
                          f"number of distinct {'groups' if groups is not None else 'examples'} ({len(group_ids)})")
@@ -112,7 +122,10 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora |
     def step_loss(step: int, random: StepRandom) -> dict[str, torch.Tensor]:
         picks = draw_batch(random.data, group_of, batch)
         captions = [caption_rows[pick][int(random.data.integers(len(caption_rows[pick])))] for pick in picks]
-        lora_embeddings = encoder(collate(encoder, [prepared[pick] for pick in picks]))  # (B, 384)
+        loras = [prepared[pick] for pick in picks]
+        if layer_dropout or kind_dropout:
+            loras = [drop_layers(encoder, lora, random.data, layer_dropout, kind_dropout) for lora in loras]
+        lora_embeddings = encoder(collate(encoder, loras))  # (B, 384)
         loss, accuracy = contrastive_loss(lora_embeddings, text_embeddings[captions], encoder.logit_scale)
         return {"loss": loss, "accuracy": accuracy,
                 "logit_scale": encoder.logit_scale.detach().clamp(max=MAX_LOG_SCALE).exp()}
@@ -122,12 +135,22 @@ def train_encoder(encoder: LoraEncoder, examples: Sequence[tuple[CanonicalLora |
         weight_decay=weight_decay, clip=clip, checkpoint_dir=Path(checkpoint) if checkpoint is not None else None,
         checkpoint_every=checkpoint_every, resume=resume, progress=progress, log_every=log_every,
         fingerprint={"batch": batch, "data": _data_digest(examples, labels), **encoder.config,
-                     "layers": len(encoder.table)})
+                     "layers": len(encoder.table), "layer_dropout": layer_dropout, "kind_dropout": kind_dropout})
     encoder.train().requires_grad_(True)
     try:
         return run_loop(dict(encoder.named_parameters()), step_loss, settings)
     finally:
         encoder.eval().requires_grad_(False)
+
+
+def drop_layers(encoder: LoraEncoder, lora: PreparedLora, rng: np.random.Generator, layer_rate: float,
+                kind_rate: float) -> PreparedLora:
+    """`lora` without a random part of its layers: each layer type with probability `kind_rate`, then each
+    remaining layer with `layer_rate`; if nothing is left, one layer drawn from all of them."""
+    dropped_kinds = {kind for kind in range(len(encoder.kinds)) if rng.random() < kind_rate} if kind_rate else set()
+    keep = [(position, layer) for position, layer in lora
+            if encoder.kind_of[position] not in dropped_kinds and not (layer_rate and rng.random() < layer_rate)]
+    return keep or [lora[int(rng.integers(len(lora)))]]
 
 
 class _Prepared:

@@ -11,8 +11,9 @@ def build_command(args) -> int:
     from .gates import WorldGateError
 
     try:
+        redo = tuple(stage for stage in (args.redo or "").split(",") if stage)
         out = build_world(args.preset, out=args.out, work=args.work, device=args.device, resume=args.resume,
-                          below_gates=args.below_gates)
+                          below_gates=args.below_gates, redo=redo)
     except (ValueError, FileNotFoundError, WorldGateError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -82,6 +83,8 @@ def add_world_commands(commands, bench_kinds) -> None:
     build.add_argument("--work", default="build/world", help="work folder with checkpoints and stage markers")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build from its work folder")
     build.add_argument("--device", default="cpu")
+    build.add_argument("--redo", default=None, metavar="STAGES",
+                       help="rebuild only these comma-separated stages of the existing bundle (e.g. encoder)")
     build.add_argument("--below-gates", action="store_true",
                        help="publish the bundle even if it misses build gates (each is recorded in its manifest and README)")
     build.set_defaults(run=build_command)
