@@ -44,8 +44,45 @@ export interface Identity {
 
 export type ReactionOutcome = "rated" | "unrated" | "ignored";
 
+/**
+ * Work that follows an acknowledgement waits while acknowledgements are still being made: a command or button
+ * enters the core right after its platform acknowledgement, and its work starts once no other has entered for
+ * QUIET_MS (at most HOLD_MS later). In a burst every request is acknowledged before any of them embeds a prompt,
+ * searches the pool or posts progress; a lone request waits QUIET_MS.
+ */
+export class AcknowledgementsFirst {
+  private last = -Infinity;
+  private readonly waiting: Array<{ entered: number; go: () => void }> = [];
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly quietMs = 20, private readonly holdMs = 1000) {}
+
+  turn(): Promise<void> {
+    const entered = performance.now();
+    this.last = entered;
+    return new Promise((go) => {
+      this.waiting.push({ entered, go });
+      this.timer ??= setTimeout(() => this.release(), this.quietMs);
+    });
+  }
+
+  /** One timer for all waiters: everyone goes once it is quiet, the longest-held ones at the cap regardless. */
+  private release(): void {
+    this.timer = undefined;
+    const now = performance.now();
+    const quiet = now - this.last >= this.quietMs;
+    while (this.waiting.length > 0 && (quiet || now - this.waiting[0]!.entered >= this.holdMs)) this.waiting.shift()!.go();
+    if (this.waiting.length > 0) {
+      const untilQuiet = this.last + this.quietMs - now;
+      const untilCap = this.waiting[0]!.entered + this.holdMs - now;
+      this.timer = setTimeout(() => this.release(), Math.max(1, Math.min(untilQuiet, untilCap)));
+    }
+  }
+}
+
 export class ChatCore {
   private readonly limiter: RateLimiter;
+  private readonly acknowledgements = new AcknowledgementsFirst();
 
   constructor(readonly context: CommandContext, private readonly log: (line: string) => void = () => undefined) {
     this.limiter = new RateLimiter({
@@ -84,6 +121,7 @@ export class ChatCore {
 
   /** Run a command with its options (Discord gives them typed; `handleText` parses them). */
   async handle(input: CommandInput, requester: Requester, conversation: Conversation, signal?: AbortSignal): Promise<void> {
+    await this.acknowledgements.turn();
     const command = this.context.commands.get(input.command);
     if (!command) return void await this.refuse(conversation, new CommandInputError(`unknown command /${input.command}; try /help`));
     const sub = command.subcommands?.find((entry) => entry.name === input.subcommand);
@@ -113,6 +151,7 @@ export class ChatCore {
 
   /** A button of ours was pressed (its id says what on). */
   async press(customId: string, requester: Requester, conversation: Conversation, signal?: AbortSignal): Promise<void> {
+    await this.acknowledgements.turn();
     const button = parseButtonId(customId);
     if (!button) return void await conversation.answer({ text: "That button is not one of mine.", ephemeral: true, error: true });
     const generation = await this.context.generations.get(button.generation);
