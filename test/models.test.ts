@@ -104,7 +104,7 @@ describeRequiring(pythonWorker, bundleFile("gates/gates.safetensors"))("gate ret
     const listed = await run("models", "list");
     expect(listed.out).toEqual([
       expect.stringMatching(/^\* gates gates-0-300-\S+ {2}serving {2}not measured yet {2}from .*gates\.safetensors$/),
-      expect.stringMatching(/^\* encoder enc-0-1500 {2}serving {2}not measured yet {2}from .*encoder$/)]);
+      expect.stringMatching(/^\* encoder enc-0-750-kd0\.5 {2}serving {2}not measured yet {2}from .*encoder$/)]);
     expect(await run("models", "promote", "gates-nope")).toMatchObject({ code: 2, err: ["no version gates-nope; `autolora models list` shows them"] });
     expect((await run("models", "rollback")).code).toBe(2);
   });
