@@ -84,6 +84,9 @@ describe("sessions", () => {
     const idle = await guest(chat.url, "127.0.1.1", { stream: false });
     const open = await guest(chat.url, "127.0.1.2");
     expect([await alive(idle), await alive(open)]).toEqual([202, 202]);
+    // Idleness counts from when a session's last command finished (/help's answer follows its 202 by the chat
+    // core's acknowledgement window, 20 ms): let it finish before time moves on.
+    await new Promise((resolve) => setTimeout(resolve, 300));
     clock += 61_000;
     expect(await alive(idle)).toBe(401);
     expect(await alive(open)).toBe(202);
