@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { main } from "../src/cli/main.js";
 import {
-  FUSIONS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, SIZE_MULTIPLE, generateRequestSchema, judgeRequestSchema,
+  FUSIONS, MAX_EMBED_PATHS, MAX_LORAS_PER_JOB, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, SIZE_MULTIPLE, generateRequestSchema, judgeRequestSchema,
 } from "../src/gpu/protocol.js";
 import { ImaginePipeline, type ImagineDependencies } from "../src/pipeline/imagine.js";
 import { FAMILIES } from "../src/pool/families.js";
@@ -25,6 +25,7 @@ print(json.dumps({
     "judge": protocol.JudgeRequest.model_json_schema(),
     "fusions": list(protocol.FUSIONS),
     "max_seed": protocol.MAX_SEED,
+    "max_embed_paths": protocol.EmbedRequest.model_json_schema()["properties"]["paths"]["anyOf"][0]["maxItems"],
     "families": {name: {"hidden": spec.inner_dim, "double_blocks": spec.transformer["num_layers"],
                         "single_blocks": spec.transformer["num_single_layers"],
                         "pixels_per_token": spec.pixels_per_token} for name, spec in families.FAMILIES.items()},
@@ -53,7 +54,7 @@ describe("the two sides of the worker protocol", () => {
   itRequiring(pythonWorker)("agree on every limit of POST /generate, the fusion names and the model families", () => {
     const worker = JSON.parse(execFileSync(python, ["-c", dumpWorkerSide], {
       cwd: join(root, "src", "gpu", "worker"), encoding: "utf8", env: { ...process.env, PYTHONPATH: join(root, "src", "gpu", "worker") },
-    })) as { generate: JsonSchema; judge: JsonSchema; fusions: string[]; max_seed: number; families: Record<string, Record<string, number>> };
+    })) as { generate: JsonSchema; judge: JsonSchema; fusions: string[]; max_seed: number; max_embed_paths: number; families: Record<string, Record<string, number>> };
 
     const host = limitsOf(z.toJSONSchema(generateRequestSchema) as JsonSchema, {});
     const workerLimits = limitsOf(worker.generate, (worker.generate.$defs ?? {}) as Record<string, JsonSchema>);
@@ -67,6 +68,7 @@ describe("the two sides of the worker protocol", () => {
 
     expect(worker.fusions).toEqual([...FUSIONS]);
     expect(worker.max_seed).toBe(MAX_SEED);
+    expect(worker.max_embed_paths).toBe(MAX_EMBED_PATHS);
     expect(Object.keys(worker.families).sort()).toEqual(FAMILIES.map((family) => family.name).sort());
     for (const family of FAMILIES) {
       expect(worker.families[family.name]).toMatchObject({

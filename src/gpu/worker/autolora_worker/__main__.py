@@ -43,6 +43,12 @@ def _tiny_flux_loras(args) -> int:
     return tiny_flux_loras_command(args.out, args.concepts, args.per_concept, args.rank, args.seed)
 
 
+def _full_size_flux_loras(args) -> int:
+    from .synthetic_flux_loras import full_size_flux_loras_command
+
+    return full_size_flux_loras_command(args.out, args.count, args.seed)
+
+
 def _export_text_encoder(args) -> int:
     from .world.onnx_export import export_text_encoder_command
 
@@ -238,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny_loras.add_argument("--rank", type=_positive(int), default=2)
     tiny_loras.add_argument("--seed", type=int, default=0)
     tiny_loras.set_defaults(run=_tiny_flux_loras)
+
+    full_loras = commands.add_parser("full-size-flux-loras", help="write LoRA files at FLUX.1's real size (52-209 MB "
+                                                                  "each, random factors; the ingest benchmark's data)")
+    full_loras.add_argument("--out", required=True, help="a new folder (LoRA files, manifest.json)")
+    full_loras.add_argument("--count", type=_positive(int), default=5)
+    full_loras.add_argument("--seed", type=int, default=0)
+    full_loras.set_defaults(run=_full_size_flux_loras)
 
     export = commands.add_parser("export-text-encoder", help="write the text encoder as ONNX + tokenizer for the host")
     export.add_argument("--out", default="build/text-encoder", help="output folder")

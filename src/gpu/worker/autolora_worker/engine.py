@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .cache import LoraCache
-from .encoder import LoraEncoder, embed_loras, family_layer_table, load_encoder
+from .encoder import LoraEncoder, embed_prepared, family_layer_table, load_encoder, prepare_lora
 from .errors import (IncompatibleLoraError, InvalidRequestError, JobCancelledError, ModelLoadError, NoEvaluatorError,
                      WorkerError)
 from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
@@ -38,6 +38,10 @@ def png_base64(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# /embed holds at most this many bytes of LoRA files prepared for the encoder at once (as float32, twice that).
+EMBED_GROUP_BYTES = 256 << 20
 
 
 def mask_seed(loras: list[CanonicalLora]) -> int:
@@ -97,11 +101,15 @@ class Engine:
         self._model_lock = threading.Lock()
 
     def _read_lora(self, path: str) -> CanonicalLora:
+        return self._read_checked(path).to(self.backbone.device, self.backbone.dtype)
+
+    def _read_checked(self, path: str) -> CanonicalLora:
+        """A LoRA file as read, refused if it is for another family than this worker runs."""
         lora = read_lora_file(path, self.max_lora_bytes)
         if lora.family is not None and lora.family != self.backbone.spec.name:
             raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
                                         f"this worker runs {self.backbone.spec.name}")
-        return lora.to(self.backbone.device, self.backbone.dtype)
+        return lora
 
     def health(self) -> dict:
         return {
@@ -158,26 +166,55 @@ class Engine:
         in the text encoder's space, for retrieval). The encoder loads on first use. A worker without an encoder
         (a family none has been trained for yet) still reads and checks the file: `embedding` is then None and
         `no_embedding` says why, so the host can index the LoRA by its text until an encoder exists."""
-        lora = read_lora_file(path, self.max_lora_bytes)
-        if lora.family is not None and lora.family != self.backbone.spec.name:
-            raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
-                                        f"this worker runs {self.backbone.spec.name}")
-        about = {
-            "sha256": lora.sha256, "format": lora.format, "family": lora.family, "modules": len(lora.layers),
-            "ranks": sorted(set(lora.ranks.values())), "unknown_keys": lora.unknown_keys,
-        }
+        answer = self.embed_many([path])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def embed_many(self, paths: list[str]) -> list[dict | WorkerError | OSError]:
+        """`embed` for many files in one call, in order; a file that cannot be used gets its error in its place and
+        fails alone. Each file is read once (bytes, hash and tensors) and reduced to what the encoder reads;
+        groups of up to EMBED_GROUP_BYTES of files go through the encoder together, so a batch of large FLUX
+        LoRAs is never in memory at once."""
+        answers: list[dict | WorkerError | OSError | None] = [None] * len(paths)
         with self._encoder_lock:
-            if self._encoder is None:
-                if self._encoder_path is None:
-                    return {**about, "embedding": None, "dim": None, "encoder_version": None,
-                            "no_embedding": f"this worker has no LoRA encoder for {self.backbone.spec.name} "
-                                            "(bootstrap one from the pool with `autolora retrain --encoder`; a "
-                                            "worker started by hand takes --encoder FOLDER)"}
+            if self._encoder is None and self._encoder_path is not None:
                 self._encoder = self._load_encoder(self._encoder_path)
-            with torch.no_grad():
-                embedding = embed_loras(self._encoder, [lora])[0].float().cpu()
-        return {**about, "embedding": embedding.tolist(), "dim": int(embedding.numel()),
-                "encoder_version": self._encoder.version}
+            encoder = self._encoder
+            group: list[tuple[int, dict, object]] = []
+            held = 0
+            for number, path in enumerate(paths):
+                try:
+                    lora = self._read_checked(path)
+                    about = {"sha256": lora.sha256, "format": lora.format, "family": lora.family,
+                             "modules": len(lora.layers), "ranks": sorted(set(lora.ranks.values())),
+                             "unknown_keys": lora.unknown_keys}
+                    if encoder is None:
+                        answers[number] = {**about, "embedding": None, "dim": None, "encoder_version": None,
+                                           "no_embedding": f"this worker has no LoRA encoder for {self.backbone.spec.name} "
+                                           "(bootstrap one from the pool with `autolora retrain --encoder`; a "
+                                           "worker started by hand takes --encoder FOLDER)"}
+                        continue
+                    group.append((number, about, prepare_lora(encoder, lora)))
+                    held += lora.nbytes()
+                except (WorkerError, OSError) as error:
+                    answers[number] = error
+                    continue
+                if held >= EMBED_GROUP_BYTES:
+                    self._embed_group(encoder, group, answers)
+                    group, held = [], 0
+            self._embed_group(encoder, group, answers)
+        return answers  # type: ignore[return-value]
+
+    @staticmethod
+    def _embed_group(encoder: LoraEncoder | None, group: list, answers: list) -> None:
+        if not group:
+            return
+        with torch.no_grad():
+            vectors = embed_prepared(encoder, [prepared for _, _, prepared in group]).float().cpu()
+        for (number, about, _), vector in zip(group, vectors):
+            answers[number] = {**about, "embedding": vector.tolist(), "dim": int(vector.numel()),
+                               "encoder_version": encoder.version}
 
     def judge(self, images: list[str]) -> dict:
         """The evaluator's shape, style and colour for each base64 PNG, in order: how the benchmarks score images

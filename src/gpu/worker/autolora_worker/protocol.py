@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidRequestError
 
@@ -26,6 +26,8 @@ MIN_SIZE = 16
 MAX_SIZE = 2048
 # Images one /judge call scores (proving ground: 64² PNGs of a few KB, well inside the 1 MiB body limit).
 MAX_JUDGE_IMAGES = 32
+# Files one /embed call reads (paths of a few hundred bytes each; the files are read from disk, not sent).
+MAX_EMBED_PATHS = 256
 # The fusion strategies by name (fusion/strategies.py STRATEGIES registers one class under each).
 Fusion = Literal["none", "direct", "dare", "klora", "gated"]
 FUSIONS: tuple[str, ...] = get_args(Fusion)
@@ -63,6 +65,18 @@ class GenerateRequest(Strict):
 
 class InspectRequest(Strict):
     path: str = Field(min_length=1)
+
+
+class EmbedRequest(Strict):
+    """One file (`path`: the answer is that file's) or many (`paths`: the answer is {"results": [...]}, in order)."""
+    path: str | None = Field(None, min_length=1)
+    paths: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, max_length=MAX_EMBED_PATHS)
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.path is None) == (self.paths is None):
+            raise ValueError("give either 'path' (one file) or 'paths' (a list of files)")
+        return self
 
 
 class JudgeRequest(Strict):

@@ -14,8 +14,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .engine import Engine
-from .errors import IncompatibleLoraError, InvalidLoraFileError, InvalidRequestError, ModelLoadError, NoEvaluatorError
-from .protocol import CancelRequest, GenerateRequest, InspectRequest, JudgeRequest, parse
+from .errors import (IncompatibleLoraError, InvalidLoraFileError, InvalidRequestError, ModelLoadError, NoEvaluatorError,
+                     WorkerError)
+from .protocol import CancelRequest, EmbedRequest, GenerateRequest, InspectRequest, JudgeRequest, parse
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -142,24 +143,32 @@ class WorkerHandler(BaseHTTPRequestHandler):
         except InvalidRequestError as error:
             self._error(HTTPStatus.BAD_REQUEST, error.code, str(error))
 
-    def _inspect(self):
-        self._about_file(self.server.engine.inspect)
-
     def _embed(self):
-        self._about_file(self.server.engine.embed)
-
-    def _about_file(self, answer):
-        """/inspect and /embed: one LoRA file by path, its description or why it cannot be used."""
-        request = parse(InspectRequest, self._body())
+        """One file as /inspect answers (plus its embedding), or many: {"results": [answer or {"error": {...}}]}."""
+        request = parse(EmbedRequest, self._body())
+        if request.path is not None:
+            self._about_file(self.server.engine.embed, request.path)
+            return
         try:
-            self._send_json(HTTPStatus.OK, answer(request.path))
-        except (InvalidLoraFileError, IncompatibleLoraError) as error:
-            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, error.code, str(error))
+            answers = self.server.engine.embed_many(request.paths)
         except ModelLoadError as error:
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, error.code, str(error))
-        except OSError as error:
-            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, InvalidLoraFileError.code,
-                        f"cannot read {request.path}: {error.strerror or error}")
+            return
+        self._send_json(HTTPStatus.OK, {"results": [
+            answer if isinstance(answer, dict) else {"error": _file_error(path, answer)}
+            for path, answer in zip(request.paths, answers)]})
+
+    def _inspect(self):
+        self._about_file(self.server.engine.inspect, parse(InspectRequest, self._body()).path)
+
+    def _about_file(self, answer, path: str):
+        """/inspect and /embed of one LoRA file by path: its description or why it cannot be used."""
+        try:
+            self._send_json(HTTPStatus.OK, answer(path))
+        except (InvalidLoraFileError, IncompatibleLoraError, OSError) as error:
+            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, **_file_error(path, error))
+        except ModelLoadError as error:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, error.code, str(error))
 
     def _judge(self):
         """The evaluator's labels for images (the proving ground's benchmarks score the product's output)."""
@@ -226,6 +235,14 @@ class WorkerHandler(BaseHTTPRequestHandler):
                 pass
         finally:
             self.server.jobs.end(request.job_id, cancel)
+
+
+def _file_error(path: str, error: Exception) -> dict:
+    """Why a LoRA file cannot be used, as the error body's code and message."""
+    if isinstance(error, WorkerError):
+        return {"code": error.code, "message": str(error)}
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return {"code": InvalidLoraFileError.code, "message": f"cannot read {path}: {reason}"}
 
 
 def serve(engine: Engine, host: str, port: int, token: str, request_timeout_s: float) -> None:

@@ -94,3 +94,57 @@ def tiny_flux_loras_command(out: str, concepts: int, per_concept: int, rank: int
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+# What community FLUX.1 LoRAs adapt, by name: the attention linears of every block, or every linear of every block.
+LAYER_SETS = {
+    "attention": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                  "attn.add_v_proj", "attn.to_add_out"),
+    "all": None,
+}
+# (rank, layers) of the files `full-size-flux-loras` writes in turn: 52-209 MB in bf16, as real FLUX.1 LoRAs are.
+FULL_SIZE_KINDS = ((16, "attention"), (32, "attention"), (16, "all"), (64, "attention"), (8, "all"))
+
+
+def write_full_size_flux_loras(out: str | Path, count: int = 5, seed: int = 0) -> dict:
+    """Write `count` LoRA files at FLUX.1's real size (every double and single block, ranks 16-64, attention only or
+    every linear, bf16, diffusers and kohya formats in turn) to the folder `out` (created; refused if it holds
+    anything), with `manifest.json`. Random factors: for measuring what reading, hashing, storing and embedding a real
+    LoRA costs (the ingest benchmark), not for what they draw."""
+    if count < 1:
+        raise ValueError(f"--count {count} must be at least 1")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty; give a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    shapes = linear_shapes(FAMILY)
+    blocks = [name for name in shapes if name.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+    generator = torch.Generator().manual_seed(seed)
+    records, size = [], 0
+    for number in range(count):
+        rank, layer_set = FULL_SIZE_KINDS[number % len(FULL_SIZE_KINDS)]
+        wanted = LAYER_SETS[layer_set]
+        modules = [name for name in blocks if wanted is None or name.split(".", 2)[2] in wanted]
+        layers = {module: LoraLayer((FACTOR_STD * torch.randn(rank, shapes[module][0], generator=generator)).to(DTYPE),
+                                    (FACTOR_STD * torch.randn(shapes[module][1], rank, generator=generator)).to(DTYPE),
+                                    1.0)
+                  for module in modules}
+        file_format = ("diffusers", "kohya")[number % 2]
+        path = out / f"flux-r{rank}-{layer_set}-{number:03d}.safetensors"
+        write_lora_file(layers, path, file_format)
+        size += path.stat().st_size
+        records.append({"file": path.name, "format": file_format, "rank": rank, "layers": layer_set,
+                        "modules": len(modules), "bytes": path.stat().st_size})
+    (out / "manifest.json").write_text(json.dumps({"loras": records}, indent=1) + "\n")
+    return {"out": str(out), "family": FAMILY, "loras": len(records), "bytes": size}
+
+
+def full_size_flux_loras_command(out: str, count: int, seed: int) -> int:
+    import sys
+
+    try:
+        print(json.dumps(write_full_size_flux_loras(out, count, seed)))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -228,6 +228,30 @@ def test_embed_route(worker, lora_file, tmp_path):
     assert status == 422 and "absent.safetensors" in json.load(response)["error"]["message"]
 
 
+def test_embed_route_takes_many_files_and_a_bad_one_fails_alone(worker, lora_file, tmp_path):
+    url, _ = worker
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x80\x02 pickle")
+    other = tmp_path / "other.safetensors"
+    other.write_bytes((BUNDLE / "pool" / "shape-hexagon-01.safetensors").read_bytes())
+    paths = [str(lora_file), str(junk), str(other), str(tmp_path / "absent.safetensors"), str(lora_file)]
+    status, response = call(url, "/embed", {"paths": paths})
+    results = json.load(response)["results"]
+    assert status == 200 and len(results) == len(paths)
+    _, single = call(url, "/embed", {"path": str(lora_file)})
+    single = json.load(single)
+    # Embedded together or alone, a LoRA gets the same vector (to float rounding: batches pad other layers).
+    for together in (results[0], results[4]):
+        assert together["sha256"] == single["sha256"] and together["encoder_version"] == single["encoder_version"]
+        assert max(abs(a - b) for a, b in zip(together["embedding"], single["embedding"])) < 1e-4
+    assert results[2]["family"] == "proving-ground" and results[2]["sha256"] != single["sha256"]
+    assert results[1]["error"]["code"] == "invalid-lora-file" and "pickle" in results[1]["error"]["message"]
+    assert "absent.safetensors" in results[3]["error"]["message"]
+    for body in ({"path": str(lora_file), "paths": [str(lora_file)]}, {}, {"paths": []}):
+        status, response = call(url, "/embed", body)
+        assert status == 400 and json.load(response)["error"]["code"] == "invalid-request", body
+
+
 @pytest.fixture
 def unreadable(tmp_path):
     """Paths a LoRA must never be read from, and what the answer must call each."""
@@ -390,3 +414,23 @@ def test_reload_encoder_swaps_it_and_refuses_a_folder_that_does_not_fit(worker, 
     save_encoder(LoraEncoder(layer_table(random_proving_ground().transformer), seed=1), tmp_path / "next", "enc-next")
     status, response = call(url, "/reload-encoder", {"path": str(tmp_path / "next")})
     assert status == 200 and json.load(call(url, "/health")[1])["encoder_version"] == "enc-next"
+
+
+def test_embed_many_gives_each_lora_the_same_vector_however_the_files_are_grouped(encoder_dir, monkeypatch, tmp_path):
+    import autolora_worker.engine as engine_module
+    from autolora_worker.engine import Engine
+
+    model = random_proving_ground()
+    engine = Engine(model, encoder_path=encoder_dir)
+    modules = [m for m in modules_matching(model.transformer, "attn.to_", "ff.net") if m.startswith("transformer_blocks.")]
+    paths = []
+    for seed in range(4):
+        path = tmp_path / f"grouping-{seed}.safetensors"
+        write_lora_file(random_lora(model.transformer, modules[seed:], rank=2 + seed, seed=seed).layers, path, "diffusers")
+        paths.append(str(path))
+    together = engine.embed_many(paths)
+    monkeypatch.setattr(engine_module, "EMBED_GROUP_BYTES", 1)  # every file its own group
+    alone = engine.embed_many(paths)
+    for a, b in zip(together, alone):
+        assert a["sha256"] == b["sha256"] and max(abs(x - y) for x, y in zip(a["embedding"], b["embedding"])) < 1e-5
+    assert len({answer["sha256"] for answer in together}) == 4

@@ -106,3 +106,16 @@ def test_the_full_size_stand_in_declares_flux1s_transformer_without_weights(tmp_
     assert {key: config[key] for key in ("num_layers", "num_single_layers", "joint_attention_dim")} == {
         key: expected[key] for key in ("num_layers", "num_single_layers", "joint_attention_dim")}
     assert written["random_init"] and written["bytes"] < 50_000_000  # the text encoders only: no 24 GB of weights
+
+
+def test_full_size_flux_lora_files_are_flux1s_size_and_read_as_flux(engine, tmp_path):
+    from autolora_worker.synthetic_flux_loras import write_full_size_flux_loras
+
+    written = write_full_size_flux_loras(tmp_path / "loras", count=1, seed=3)
+    record = json.loads((tmp_path / "loras" / "manifest.json").read_text())["loras"][0]
+    assert (written["loras"], record["rank"], record["layers"]) == (1, 16, "attention")
+    assert 40e6 < record["bytes"] < 60e6  # every block's attention at rank 16 in bf16: ~52 MB
+    answer = engine.embed_many([str(tmp_path / "loras" / record["file"])])[0]
+    assert (answer["family"], answer["modules"], answer["ranks"]) == ("flux", record["modules"], [16])
+    with pytest.raises(ValueError, match="not empty"):
+        write_full_size_flux_loras(tmp_path / "loras", count=1)

@@ -7,9 +7,10 @@ retrieval; cli.py is the `embed` command.
 """
 
 from .files import CONFIG_NAME, WEIGHTS_NAME, check_layer_table, load_encoder, save_encoder
-from .model import TEXT_DIM, EncoderLayer, LoraEncoder, embed_loras, family_layer_table, layer_table, layer_type
+from .model import (TEXT_DIM, EncoderLayer, LoraEncoder, embed_loras, embed_prepared, family_layer_table, layer_table,
+                    layer_type, prepare_lora)
 from .training import contrastive_loss, draw_batch, train_encoder
 
 __all__ = ["CONFIG_NAME", "EncoderLayer", "LoraEncoder", "TEXT_DIM", "WEIGHTS_NAME", "check_layer_table",
-           "contrastive_loss", "draw_batch", "embed_loras", "family_layer_table", "layer_table", "layer_type",
-           "load_encoder", "save_encoder", "train_encoder"]
+           "contrastive_loss", "draw_batch", "embed_loras", "embed_prepared", "family_layer_table", "layer_table", "layer_type",
+           "load_encoder", "prepare_lora", "save_encoder", "train_encoder"]

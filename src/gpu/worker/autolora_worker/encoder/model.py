@@ -236,8 +236,13 @@ def collate(encoder: LoraEncoder, loras: Sequence[PreparedLora]) -> LoraBatch:
 def embed_loras(encoder: LoraEncoder, loras: Sequence[CanonicalLora], chunk: int = 64) -> torch.Tensor:
     """(B, text_dim) unit vectors, one per LoRA, on the encoder's device. A LoRA's embedding does not depend on
     the others in its batch (up to float rounding): absent layers are masked out of attention and pooling."""
-    if not loras:
+    return embed_prepared(encoder, [prepare_lora(encoder, lora) for lora in loras], chunk)
+
+
+@torch.no_grad()
+def embed_prepared(encoder: LoraEncoder, prepared: Sequence[PreparedLora], chunk: int = 64) -> torch.Tensor:
+    """embed_loras for LoRAs already through prepare_lora (the worker's /embed prepares each file as it reads it)."""
+    if not prepared:
         return torch.zeros(0, encoder.config["text_dim"], device=encoder.device)
-    prepared = [prepare_lora(encoder, lora) for lora in loras]
     return torch.cat([encoder(collate(encoder, prepared[start:start + chunk]))
                       for start in range(0, len(prepared), chunk)])
