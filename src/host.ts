@@ -18,7 +18,7 @@ import { FairQueue } from "./pipeline/queue.js";
 import { Retriever, selectionSettings } from "./pipeline/retrieval.js";
 import { TextEncoder } from "./pipeline/text-encoder.js";
 import { PluginRegistry } from "./plugins.js";
-import { ingestLora, type IngestMetadata, type IngestResult } from "./pool/ingest.js";
+import { ingestLora, ingestLoras, type IngestItem, type IngestMetadata, type IngestOptions, type IngestResult } from "./pool/ingest.js";
 import { ingestFromUrl } from "./pool/ingest-url.js";
 import { lancedbUri, openPool, seedFromBundle, type Pool } from "./pool/open.js";
 import { backfillLoraText } from "./pool/text-backfill.js";
@@ -39,6 +39,8 @@ export interface Host extends Omit<HostParts, "secrets" | "log" | "textEncoder" 
   scheduler: Scheduler;
   /** Add a local LoRA file to the pool (stored, embedded by a worker, indexed). */
   ingest(path: string, metadata: IngestMetadata): Promise<IngestResult>;
+  /** Add many local files in batches (one worker call and one index commit each); each file its result or error. */
+  ingestMany(items: IngestItem[], options?: IngestOptions): Promise<Array<IngestResult | Error>>;
   stop(): Promise<void>;
 }
 
@@ -47,8 +49,12 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const dataDir = resolve(config.data_dir);
   const commands = new CommandRegistry();
   for (const command of plugins.commands) commands.add(command);
-  const ingest = (path: string, metadata: IngestMetadata) =>
-    ingestLora(path, metadata, { ...pool, embed: (file) => workers.dispatcher.embed(file), embedText: parts.textEncoder });
+  const ingestDeps = {
+    ...pool, embed: (file: string) => workers.dispatcher.embed(file),
+    embedMany: (files: string[]) => workers.dispatcher.embedMany(files), embedText: parts.textEncoder,
+  };
+  const ingest = (path: string, metadata: IngestMetadata) => ingestLora(path, metadata, ingestDeps);
+  const ingestMany = (items: IngestItem[], options?: IngestOptions) => ingestLoras(items, ingestDeps, options);
   const retriever = new Retriever(parts.textEncoder, pool.index, new CachedVotes(() => generations.ratingsByLora()));
   const state = stateFile(config);
   const queue = new FairQueue({
@@ -84,7 +90,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
     retrain: lifecycle.retrainNow,
   };
   return {
-    config, pool, workers, generations, plugins, dataDir, queue, pipeline, context, core: new ChatCore(context, log), scheduler, ingest,
+    config, pool, workers, generations, plugins, dataDir, queue, pipeline, context, core: new ChatCore(context, log), scheduler, ingest, ingestMany,
     stop: async () => {
       await scheduler.stop();
       await queue.idle().catch(() => undefined);
@@ -112,7 +118,7 @@ export async function startHost(config: Config, secrets: Secrets, log: (line: st
     const generations = await GenerationStore.open(lancedbUri(config));
     host = await createHost({ config, secrets, log, plugins, pool, textEncoder, workers, generations, models });
     await backfillLoraText(pool, textEncoder, log);
-    if (config.seed_pool_from_bundle) await seedFromBundle(resolve(config.bundle_dir), pool.index, host.ingest, log);
+    if (config.seed_pool_from_bundle) await seedFromBundle(resolve(config.bundle_dir), pool.index, host.ingestMany, log);
     return host;
   } catch (error) {
     await (host ? host.stop() : Promise.all([workers.stop(), textEncoder.close()]));

@@ -1,6 +1,7 @@
 // Worker supervision and dispatch against real child processes: the protocol fake (fixtures/fake-worker.mjs)
 // for crashes, restarts, retries, cancellation and timeouts; the real Python worker once, end to end.
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
@@ -13,7 +14,7 @@ import { WorkerDispatcher } from "../src/gpu/dispatch.js";
 import {
   JobCancelledError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
 } from "../src/gpu/errors.js";
-import type { GenerateRequest } from "../src/gpu/protocol.js";
+import type { EmbedResult, GenerateRequest } from "../src/gpu/protocol.js";
 import { combineWorkerSources, RemoteWorkers } from "../src/gpu/remote.js";
 import { ingestLora } from "../src/pool/ingest.js";
 import { LanceLoraIndex } from "../src/pool/lancedb-index.js";
@@ -168,6 +169,33 @@ describe("dispatch", () => {
     const dispatcher = new WorkerDispatcher(supervisor, { onRetry: (id) => retries.push(id) });
     await expect(dispatcher.generate(job({ seeds: [] }))).rejects.toBeInstanceOf(WorkerRequestError);
     expect(retries).toEqual([]);
+  });
+
+  it("embeds many files in one call, a missing one failing alone; a worker from before batches gets one file a call", async () => {
+    const { supervisor } = supervise([{}]);
+    await supervisor.start();
+    const hexagon = join(root, "bundle", "pool", "shape-hexagon-01.safetensors");
+    const striped = join(root, "bundle", "pool", "style-striped-01.safetensors");
+    const sha = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
+    const results = await new WorkerDispatcher(supervisor).embedMany([hexagon, "/nowhere/absent.safetensors", striped]);
+    expect((results[0] as EmbedResult).sha256).toBe(sha(hexagon));
+    expect(results[1]).toBeInstanceOf(WorkerRequestError);
+    expect((results[1] as Error).message).toMatch(/absent\.safetensors/);
+    expect((results[2] as EmbedResult).sha256).toBe(sha(striped));
+
+    // An older worker answers {paths} with a 400 (it wants {path}): the client sends the files one by one.
+    const worker = supervisor.ready()[0]!;
+    const asked: string[] = [];
+    const older: typeof fetch = async (url, init) => {
+      const body = JSON.parse(String(init!.body)) as { path?: string; paths?: string[] };
+      asked.push(body.paths ? "paths" : "path");
+      if (body.paths) return Response.json({ error: { code: "invalid-request", message: "field 'path': Field required" } }, { status: 400 });
+      return Response.json(await worker.embed(body.path!));
+    };
+    const client = createWorkerClient({ url: "http://older-worker", token: "t", fetch: older });
+    const one = await client.embedMany!([striped, hexagon]);
+    expect(one.map((result) => (result as EmbedResult).sha256)).toEqual([sha(striped), sha(hexagon)]);
+    expect(asked).toEqual(["paths", "path", "path"]);
   });
 
   it("reports an unreachable worker as unavailable", async () => {

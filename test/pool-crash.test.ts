@@ -27,13 +27,17 @@ let workerUrl: string;
 async function embed(request: IncomingMessage, response: ServerResponse) {
   let raw = "";
   for await (const chunk of request) raw += chunk;
-  const digest = createHash("sha256").update(await readFile((JSON.parse(raw) as { path: string }).path)).digest();
-  const vector = Array.from({ length: 8 }, (_, index) => digest[index]! - 127.5);
-  const norm = Math.hypot(...vector);
-  response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({
-    sha256: digest.toString("hex"), format: "diffusers", family: "proving-ground", modules: 1, ranks: [4], unknown_keys: [],
-    embedding: vector.map((value) => value / norm), dim: 8, encoder_version: "fake-enc",
-  }));
+  const about = async (path: string) => {
+    const digest = createHash("sha256").update(await readFile(path)).digest();
+    const vector = Array.from({ length: 8 }, (_, index) => digest[index]! - 127.5);
+    const norm = Math.hypot(...vector);
+    return { sha256: digest.toString("hex"), format: "diffusers", family: "proving-ground", modules: 1, ranks: [4], unknown_keys: [],
+      embedding: vector.map((value) => value / norm), dim: 8, encoder_version: "fake-enc" };
+  };
+  // One file ({path}) or many ({paths}: {"results": [...]}), as the real worker answers.
+  const body = JSON.parse(raw) as { path?: string; paths?: string[] };
+  const answer = body.paths ? { results: await Promise.all(body.paths.map(about)) } : await about(body.path!);
+  response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
 }
 
 beforeAll(async () => {

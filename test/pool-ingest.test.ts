@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { EmbedResult } from "../src/gpu/protocol.js";
 import type { LoraIndex } from "../src/pool/index.js";
-import { ingestLora } from "../src/pool/ingest.js";
+import { ingestLora, ingestLoras, type IngestResult } from "../src/pool/ingest.js";
 import { LanceLoraIndex } from "../src/pool/lancedb-index.js";
 import { InvalidLoraFileError } from "../src/pool/safetensors.js";
 import { LoraStore, sha256File } from "../src/pool/store.js";
@@ -123,6 +123,93 @@ describe("LoRA ingest", () => {
     const results = await Promise.all([ingestLora(hexagon, {}, deps), ingestLora(hexagon, {}, deps)]);
     expect(results.map((r) => r.status).sort()).toEqual(["added", "exists"]);
     expect(await index.count()).toBe(1);
+  });
+});
+
+describe("adding many LoRAs at once", () => {
+  const files = ["shape-hexagon-01", "style-striped-01", "shape-star-01", "style-dotted-01", "shape-ring-01"]
+    .map((name) => join(bundle, "pool", `${name}.safetensors`));
+
+  /** The pool with its worker and index calls counted: a batch should be one of each. */
+  async function counted(embedOne: (path: string) => Promise<EmbedResult | Error> = fakeEmbed) {
+    const base = await pool();
+    const calls = { embedMany: 0, upsert: 0 };
+    const index: LoraIndex = Object.assign(Object.create(base.index), {
+      upsert: async (records: Parameters<LoraIndex["upsert"]>[0]) => { calls.upsert += 1; return base.index.upsert(records); },
+    });
+    const embedMany = async (paths: string[]) => {
+      calls.embedMany += 1;
+      return Promise.all(paths.map((path) => embedOne(path).catch((error: Error) => error)));
+    };
+    return { ...base, calls, deps: { ...base.deps, index, embedMany } };
+  }
+
+  it("adds a batch with one worker call and one index commit; a bad file, a duplicate and a known LoRA each get their answer", async () => {
+    const { store, index, calls, deps } = await counted();
+    const known = await ingestLora(files[4]!, { name: "known ring" }, deps);
+    calls.embedMany = calls.upsert = 0;
+    const folder = await mkdtemp(join(tmpdir(), "autolora-batch-"));
+    const pickle = join(folder, "model.safetensors");
+    await writeFile(pickle, Buffer.concat([Buffer.from("PK\x03\x04"), Buffer.alloc(64)]));
+    const items = [
+      { file: files[0]!, metadata: { name: "hexagons" } }, { file: pickle }, { file: files[1]! }, { file: files[0]!, metadata: { name: "again" } },
+      { file: files[2]! }, { file: files[3]! }, { file: files[4]! }, { file: join(folder, "absent.safetensors") },
+    ];
+    const progress: Array<[number, number]> = [];
+    const outcomes = await ingestLoras(items, deps, { batchSize: 8, onProgress: (done, total) => progress.push([done, total]) });
+    expect(calls).toEqual({ embedMany: 1, upsert: 1 });
+    expect(progress).toEqual([[8, 8]]);
+    const statuses = outcomes.map((outcome) => outcome instanceof Error ? outcome.constructor.name : outcome.status);
+    expect(statuses).toEqual(["added", "InvalidLoraFileError", "added", "exists", "added", "added", "exists", "Error"]);
+    // The second copy of the hexagon file is the same LoRA, under the name the first gave it.
+    expect((outcomes[3] as IngestResult).status).toBe("exists");
+    expect((outcomes[3] as IngestResult).lora).toMatchObject({ id: (outcomes[0] as IngestResult).lora.id, name: "hexagons" });
+    expect((outcomes[6] as IngestResult).lora).toMatchObject({ id: known.lora.id, name: "known ring" });
+    expect(String(outcomes[7])).toMatch(/absent\.safetensors/);
+    expect(await index.count()).toBe(5);
+    // Nothing staged is left behind: only the five LoRAs' files.
+    expect((await storedFiles(store)).sort()).toEqual((await Promise.all(files.map(sha256File))).map((sha) => `${sha}.safetensors`).sort());
+  });
+
+  it("fails a file the worker refuses alone, and a failed commit fails the batch leaving nothing behind", async () => {
+    const refusedSha = await sha256File(files[1]!);
+    const picky = await counted(async (path) => (await sha256File(path)) === refusedSha
+      ? new Error("incompatible-lora: a LoRA for flux, this worker runs proving-ground") : fakeEmbed(path));
+    const outcomes = await ingestLoras(files.map((file) => ({ file })), picky.deps);
+    expect(outcomes.map((outcome) => outcome instanceof Error ? outcome.message : outcome.status))
+      .toEqual(["added", "incompatible-lora: a LoRA for flux, this worker runs proving-ground", "added", "added", "added"]);
+    expect(await picky.store.has(refusedSha)).toBe(false);
+    expect(await picky.index.count()).toBe(4);
+
+    const { store, index, deps } = await counted();
+    const failing: LoraIndex = Object.assign(Object.create(index), { upsert: async () => { throw new Error("disk full"); } });
+    const failed = await ingestLoras(files.map((file) => ({ file })), { ...deps, index: failing });
+    expect(failed.every((outcome) => outcome instanceof Error && outcome.message === "disk full")).toBe(true);
+    expect(await index.count()).toBe(0);
+    expect(await storedFiles(store)).toEqual([]);
+    // The same files go in cleanly afterwards, in batches of two (three commits).
+    const again = await ingestLoras(files.map((file) => ({ file })), deps, { batchSize: 2 });
+    expect(again.map((outcome) => (outcome as IngestResult).status)).toEqual(Array(5).fill("added"));
+  });
+
+  it("embeds every LoRA's text in requests of at most 64 texts, each LoRA its own mean", async () => {
+    const { index, deps } = await counted();
+    const requests: number[] = [];
+    const embedText = {
+      async embed(texts: string[]) {
+        requests.push(texts.length);
+        return texts.map((text) => Array.from({ length: 8 }, (_, d) => (d === text.length % 8 ? 1 : 0)));
+      },
+    };
+    const captions = Array.from({ length: 12 }, (_, n) => "x".repeat(n + 1));
+    const metadata = (n: number) => ({ name: `lora ${n}`, trigger_words: ["t"], tags: ["s"], captions });
+    const outcomes = await ingestLoras(files.map((file, n) => ({ file, metadata: metadata(n) })), { ...deps, embedText });
+    expect(requests).toEqual([64, 11]); // 5 LoRAs × (name, trigger words, tags, 12 captions)
+    for (const outcome of outcomes) {
+      const record = await index.get((outcome as IngestResult).lora.id);
+      expect(record!.text_checked).toBe(true);
+      expect(Math.hypot(...record!.text_vector!)).toBeCloseTo(1, 5);
+    }
   });
 });
 

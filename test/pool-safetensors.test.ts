@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
-  DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, validateSafetensorsBytes,
+  DEFAULT_LIMITS, InvalidLoraFileError, readSafetensorsHeader, StreamingHeaderCheck, validateSafetensorsBytes,
 } from "../src/pool/safetensors.js";
 import { LoraStore, sha256File } from "../src/pool/store.js";
 import { rawSafetensors, safetensorsFile } from "../src/testing/safetensors.js";
@@ -82,6 +82,25 @@ describe("safetensors header validation", () => {
     expect(error.message).not.toContain("\n");
   });
 
+  it.each(cases)("refuses %s the same way when the file streams past in small chunks (one-pass ingest)", (_label, bytes, code, _message, limits) => {
+    for (const chunk of [1, 7, 4096]) {
+      const attempt = () => {
+        const check = new StreamingHeaderCheck(bytes.length, { ...DEFAULT_LIMITS, ...limits });
+        for (let start = 0; start < bytes.length; start += chunk) check.push(bytes.subarray(start, start + chunk));
+        return check.finish();
+      };
+      expect(attempt, `chunks of ${chunk}`).toThrow(expect.objectContaining({ code }));
+    }
+  });
+
+  it("a streamed header is the header read from disk, known before the data section is read", () => {
+    const file = safetensorsFile([{ name: "w", dtype: "F32", shape: [256] }, { name: "b", shape: [4] }]);
+    const check = new StreamingHeaderCheck(file.length);
+    const dataStart = validateSafetensorsBytes(file).dataStart;
+    for (let start = 0; start < dataStart; start += 5) check.push(file.subarray(start, Math.min(start + 5, dataStart)));
+    expect(check.header).toEqual(validateSafetensorsBytes(file));
+  });
+
   it("a real header length that begins with 0x80 is not mistaken for a pickle", () => {
     const name = "x".repeat(1408 - JSON.stringify({ "": entry("U8", [1], 0, 1) }).length);
     const file = rawSafetensors({ [name]: entry("U8", [1], 0, 1) }, 1);
@@ -117,7 +136,8 @@ describe("safetensors header validation", () => {
       const cases: Array<[string, RegExp, () => Promise<unknown>]> = [
         [fifo, /pipe\.safetensors is a named pipe \(FIFO\), not a regular file/, () => readSafetensorsHeader(fifo)],
         [fifo, /named pipe/, () => sha256File(fifo)],
-        [fifo, /named pipe/, () => store.put(fifo, "0".repeat(64))],
+        [fifo, /named pipe/, () => store.stage(fifo)],
+        [device, /character device/, () => store.stage(device)],
         [directory, /folder\.safetensors is a directory, not a regular file/, () => readSafetensorsHeader(directory)],
         [device, /zero\.safetensors links to a character device, not a regular file/, () => readSafetensorsHeader(device)],
         [device, /character device/, () => sha256File(device)],

@@ -85,6 +85,21 @@ describe("pool sweep", () => {
     expect((await sweep()).orphans).toEqual([adding]);
   });
 
+  it("removes staged copies whose writer died or that sat untouched for an hour, and keeps a live writer's", async () => {
+    const { store, indexed, sweep } = await pool();
+    const writer = await liveProcess();
+    const staged = (pid: number, tag: string) => join(store.root, `.incoming.${pid}.${tag}.partial`);
+    const dead = staged(await deadPid(), "aa");
+    const ours = staged(process.pid, "bb"); // this process is not writing it: left by an earlier process of this pid
+    const live = staged(writer.pid!, "cc");
+    const stale = staged(writer.pid!, "dd");
+    for (const path of [dead, ours, live, stale]) await writeFile(path, "half a file");
+    const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000);
+    await utimes(stale, twoHoursAgo, twoHoursAgo);
+    expect(await sweep()).toMatchObject({ partials: 3 });
+    expect((await readdir(store.root)).sort()).toEqual([`${indexed}.safetensors`, `.incoming.${writer.pid}.cc.partial`].sort());
+  });
+
   it("trusts another machine's lock until it has gone unrefreshed for ten minutes", async () => {
     const { store, sweep } = await pool();
     const adding = await interruptedAdd(store, striped, { pid: 1, host: "another-machine" });

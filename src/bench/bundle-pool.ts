@@ -14,7 +14,7 @@ import { startWorkers, workerPython, type Workers } from "../gpu/workers.js";
 import { openModels } from "../models/lifecycle.js";
 import type { TextEmbedder } from "../pipeline/retrieval.js";
 import { TextEncoder } from "../pipeline/text-encoder.js";
-import { ingestLora } from "../pool/ingest.js";
+import { ingestLoras } from "../pool/ingest.js";
 import { LanceLoraIndex } from "../pool/lancedb-index.js";
 import { LoraStore } from "../pool/store.js";
 
@@ -101,17 +101,17 @@ export interface IngestedSplit {
 
 /** Ingest a prompt set's LoRAs into a pool of their own under `folder`. */
 export async function ingestSplit(folder: string, set: PromptSet, bundleDir: string, texts: Map<string, string[]>,
-  dispatcher: Pick<WorkerDispatcher, "embed">, encoder: TextEmbedder): Promise<IngestedSplit> {
+  dispatcher: Pick<WorkerDispatcher, "embed" | "embedMany">, encoder: TextEmbedder): Promise<IngestedSplit> {
   const index = await LanceLoraIndex.open({ uri: join(folder, "lancedb") });
   const store = new LoraStore(join(folder, "pool"));
+  const outcomes = await ingestLoras(set.loras.map((lora) => ({
+    file: join(bundleDir, lora.file), metadata: { source: "bundle", captions: texts.get(lora.id) ?? [] },
+  })), { store, index, embed: (path) => dispatcher.embed(path), embedMany: (paths) => dispatcher.embedMany(paths), embedText: encoder });
   const concepts = new Map<string, string | null>();
-  let documented = 0;
-  for (const lora of set.loras) {
-    const captions = texts.get(lora.id) ?? [];
-    const result = await ingestLora(join(bundleDir, lora.file), { source: "bundle", captions },
-      { store, index, embed: (path) => dispatcher.embed(path), embedText: encoder });
-    concepts.set(result.lora.id, lora.concept);
-    if (captions.length > 0) documented += 1;
-  }
+  outcomes.forEach((outcome, n) => {
+    if (outcome instanceof Error) throw new Error(`${set.loras[n]!.file}: ${outcome.message}`);
+    concepts.set(outcome.lora.id, set.loras[n]!.concept);
+  });
+  const documented = set.loras.filter((lora) => (texts.get(lora.id) ?? []).length > 0).length;
   return { index, store, concepts, documented };
 }

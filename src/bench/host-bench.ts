@@ -6,22 +6,26 @@
 // proving ground's evaluator (src/bench/quality-bench.ts).
 // - retrieval: text encoding + LanceDB search latency (p50/p99) on synthetic pools of each size (an IVF-PQ index
 //   from 10 000 LoRAs, as the product builds it);
-// - ingest: MB/s of adding the bundle's LoRA files (validate, hash, store, embed on the real worker, index),
-//   against a plain read of the same files;
+// - ingest: adding LoRA files (validate, hash, store, embed on a real worker, index) against a plain read of the
+//   same files: MB/s on FLUX.1-size files made here, LoRAs/s on the bundle's small ones (in batches, and one at a
+//   time as before batches);
 // - host overhead per /imagine: total time minus the worker's own sampling time, with the real worker.
+import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { runBurst, type BurstReport } from "./burst.js";
 import { qualityMarkdown, runQualityBench } from "./quality-bench.js";
 import { retrievalMarkdown, runRetrievalBench } from "./retrieval-bench.js";
 import { loadConfig } from "../config/load.js";
-import { startWorkers } from "../gpu/workers.js";
+import type { Config } from "../config/schema.js";
+import { pythonWorkerCommand, WorkerSupervisor } from "../gpu/supervisor.js";
+import { startWorkers, workerPython } from "../gpu/workers.js";
 import { openModels } from "../models/lifecycle.js";
 import type { LoraRecord } from "../pool/index.js";
-import { ingestLora } from "../pool/ingest.js";
+import { ingestLoras, type IngestDependencies, type IngestMetadata } from "../pool/ingest.js";
 import { LanceLoraIndex } from "../pool/lancedb-index.js";
 import { LoraStore } from "../pool/store.js";
 import { GenerationStore } from "../pipeline/generations.js";
@@ -115,20 +119,16 @@ async function main(): Promise<void> {
 
   const poolDir = join(ROOT, "bundle", "pool");
   const files = readdirSync(poolDir).filter((name) => name.endsWith(".safetensors")).map((name) => join(poolDir, name));
-  let started = performance.now();
-  let bytes = 0;
-  for (const file of files) bytes += readFileSync(file).length;
-  const rawSeconds = (performance.now() - started) / 1000;
   const data = await mkdtemp(join(tmpdir(), "autolora-bench-data-"));
   const workers = await startWorkers(config, secrets, () => undefined, await openModels(config));
   try {
-    const store = new LoraStore(join(data, "pool"));
-    const index = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
-    started = performance.now();
-    for (const file of files) await ingestLora(file, {}, { store, index, embed: (path) => workers.dispatcher.embed(path) });
-    const ingestSeconds = (performance.now() - started) / 1000;
-    const megabytes = bytes / 1e6;
-    log(`[bench] ingest: ${files.length} files, ${megabytes.toFixed(1)} MB in ${ingestSeconds.toFixed(1)} s`);
+    const dispatcher = workers.dispatcher;
+    // The bundle's small files: in batches (the product), and one at a time with a worker call each (as before).
+    const batched = await benchIngest(join(data, "batched"), files, { embed: (path) => dispatcher.embed(path), embedMany: (paths) => dispatcher.embedMany(paths) });
+    const single = await benchIngest(join(data, "single"), files, { embed: (path) => dispatcher.embed(path) }, 1);
+    log(`[bench] ingest, bundle: ${batched.loras_per_s} LoRAs/s in batches, ${single.loras_per_s} one at a time`);
+    const flux = await benchFluxIngest(config, join(data, "flux"), encoder, log);
+    const { index, store } = batched;
 
     const generations = await GenerationStore.open(join(data, "lancedb"));
     const retriever = new Retriever(encoder, index);
@@ -146,8 +146,8 @@ async function main(): Promise<void> {
     }
     const report = {
       retrieval,
-      ingest: { files: files.length, megabytes: Math.round(megabytes * 10) / 10,
-        mb_per_s: Math.round((megabytes / ingestSeconds) * 100) / 100, raw_read_mb_per_s: Math.round((megabytes / rawSeconds) * 10) / 10 },
+      ingest: { mb_per_s: flux.mb_per_s, raw_read_mb_per_s: flux.raw_read_mb_per_s, flux: flux,
+        bundle: { ...withoutPool(batched), one_at_a_time: withoutPool(single) } },
       host_overhead_ms: { p50: percentile(overheads, 0.5), p99: percentile(overheads, 0.99), runs: overheads.length },
     };
     if (values.json) {
@@ -157,13 +157,73 @@ async function main(): Promise<void> {
       for (const row of retrieval) {
         process.stdout.write(`| ${row.pool} | ${row.ann_index} | ${row.p50_ms} | ${row.p99_ms} | ${row.encode_p50_ms} | ${row.search_p50_ms} | ${row.search_p99_ms} |\n`);
       }
-      process.stdout.write(`\ningest: ${report.ingest.mb_per_s} MB/s (plain read ${report.ingest.raw_read_mb_per_s} MB/s) over ${files.length} files\n`);
+      process.stdout.write(`\ningest, FLUX.1-size LoRAs: ${flux.mb_per_s} MB/s (plain read ${flux.raw_read_mb_per_s} MB/s) over ${flux.files} files of ${flux.megabytes} MB\n`);
+      process.stdout.write(`ingest, the bundle's LoRAs: ${batched.loras_per_s} LoRAs/s, ${batched.mb_per_s} MB/s (one at a time: ${single.loras_per_s} LoRAs/s)\n`);
       process.stdout.write(`host overhead per /imagine: p50 ${report.host_overhead_ms.p50} ms, p99 ${report.host_overhead_ms.p99} ms\n`);
     }
   } finally {
     await workers.stop();
     await encoder.close();
     await rm(data, { recursive: true, force: true });
+  }
+}
+
+interface IngestRun {
+  files: number;
+  megabytes: number;
+  seconds: number;
+  loras_per_s: number;
+  mb_per_s: number;
+  /** MB/s of reading the same files whole, just before (from the page cache after a first read). */
+  raw_read_mb_per_s: number;
+  index: LanceLoraIndex;
+  store: LoraStore;
+}
+
+const withoutPool = ({ index: _index, store: _store, ...numbers }: IngestRun) => numbers;
+
+/** Add `files` to a new pool under `folder` through the product's ingest; every file must go in. */
+async function benchIngest(folder: string, files: string[], embedding: Pick<IngestDependencies, "embed" | "embedMany" | "embedText">,
+  batchSize?: number, metadata: (file: string) => IngestMetadata = () => ({})): Promise<IngestRun> {
+  let started = performance.now();
+  let bytes = 0;
+  for (const file of files) bytes += readFileSync(file).length;
+  const rawSeconds = (performance.now() - started) / 1000;
+  const store = new LoraStore(join(folder, "pool"));
+  const index = await LanceLoraIndex.open({ uri: join(folder, "lancedb") });
+  started = performance.now();
+  const outcomes = await ingestLoras(files.map((file) => ({ file, metadata: metadata(file) })), { store, index, ...embedding }, { batchSize });
+  const seconds = (performance.now() - started) / 1000;
+  const failed = outcomes.findIndex((outcome) => outcome instanceof Error);
+  if (failed >= 0) throw new Error(`ingest failed for ${files[failed]}: ${(outcomes[failed] as Error).message}`);
+  const megabytes = bytes / 1e6;
+  const round = (value: number, places: number) => Math.round(value * 10 ** places) / 10 ** places;
+  return { files: files.length, megabytes: round(megabytes, 1), seconds: round(seconds, 2), loras_per_s: round(files.length / seconds, 1),
+    mb_per_s: round(megabytes / seconds, 1), raw_read_mb_per_s: round(megabytes / rawSeconds, 1), index, store };
+}
+
+/** Real-size FLUX.1 LoRA files (made here: 52-209 MB each) through ingest on a FLUX stand-in worker, which reads
+ *  and checks each file as a FLUX host's worker does (it has no LoRA encoder, as no FLUX host has one yet, so
+ *  each is indexed by its name's text embedding). */
+async function benchFluxIngest(config: Config, folder: string, encoder: TextEncoder, log: (line: string) => void) {
+  const python = workerPython(config);
+  const run = (...args: string[]) => execFileSync(python, ["-m", "autolora_worker", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  log("[bench] ingest: writing FLUX.1-size LoRA files and a FLUX stand-in");
+  run("full-size-flux-loras", "--out", join(folder, "files"), "--count", "5");
+  run("tiny-flux", "--out", join(folder, "tiny-flux"));
+  const files = readdirSync(join(folder, "files")).filter((name) => name.endsWith(".safetensors")).sort().map((name) => join(folder, "files", name));
+  const supervisor = new WorkerSupervisor({ workers: [pythonWorkerCommand(python, "cpu", join(folder, "tiny-flux"))], log: () => undefined });
+  await supervisor.start(120_000);
+  try {
+    const worker = supervisor.ready()[0]!;
+    // Named as a crawl names them: without an encoder, their text is what they are found by.
+    const result = withoutPool(await benchIngest(join(folder, "pool"), files,
+      { embed: (path) => worker.embed(path), embedMany: (paths) => worker.embedMany!(paths), embedText: encoder }, undefined,
+      (file) => ({ name: basename(file, ".safetensors").replace(/-/g, " ") })));
+    log(`[bench] ingest, FLUX.1 size: ${result.files} files, ${result.megabytes} MB in ${result.seconds} s`);
+    return result;
+  } finally {
+    await supervisor.stop();
   }
 }
 

@@ -6,7 +6,7 @@ import { startWorkers } from "../gpu/workers.js";
 import { encoderVersion, openModels } from "../models/lifecycle.js";
 import { lancedbUri, openPool, type Pool } from "../pool/open.js";
 import type { LoraState } from "../pool/index.js";
-import { ingestLora, type IngestMetadata } from "../pool/ingest.js";
+import { ingestLoras, type IngestMetadata, type IngestResult } from "../pool/ingest.js";
 import { reembedPool } from "../pool/reembed.js";
 import { InvalidLoraFileError } from "../pool/safetensors.js";
 import { readFile } from "node:fs/promises";
@@ -59,6 +59,8 @@ type Run = (parsed: Parsed, pool: Pool, io: CliIo, workers: () => ReturnType<typ
 /** One file `pool add` ingests, with what is known of it. */
 interface AddItem { file: string; metadata: IngestMetadata }
 
+const ADD_BATCH = 64;
+
 const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
   if (positionals.length === 0 && !values.manifest) {
     io.stderr("usage: autolora pool add FILE... [--name N] [--tags a,b] [--trigger-words a,b] [--caption TEXT]... [--source S] " +
@@ -87,19 +89,25 @@ const add: Run = async ({ positionals, values }, pool, io, workers, config) => {
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
   let failed = 0;
   try {
-    for (const { file, metadata } of items) {
-      try {
-        const { status, lora, note } = await ingestLora(file, metadata,
-          { ...pool, embed: (path) => started.dispatcher.embed(path), embedText: encoder });
-        io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora, ...(note ? { note } : {}) })
-          : `${status === "added" ? "added" : "already in the pool"}: ${lora.id.slice(0, 12)} ${lora.name} ` +
-            `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})${note ? `; ${note}` : ""}`);
-      } catch (error) {
+    const report = (file: string, outcome: IngestResult | Error) => {
+      if (outcome instanceof Error) {
         failed += 1;
-        const message = error instanceof Error ? error.message : String(error);
         // A refusal that names the file itself (a FIFO, a directory) is not prefixed with it again.
-        io.stderr(error instanceof InvalidLoraFileError && error.path === file ? message : `${file}: ${message}`);
+        io.stderr(outcome instanceof InvalidLoraFileError && outcome.path === file ? outcome.message : `${file}: ${outcome.message}`);
+        return;
       }
+      const { status, lora, note } = outcome;
+      io.stdout(values.json ? JSON.stringify({ path: file, status, ...lora, ...(note ? { note } : {}) })
+        : `${status === "added" ? "added" : "already in the pool"}: ${lora.id.slice(0, 12)} ${lora.name} ` +
+          `(${lora.format}, ${lora.family}, rank ${lora.ranks.join("/")})${note ? `; ${note}` : ""}`);
+    };
+    const deps = { ...pool, embed: (path: string) => started.dispatcher.embed(path),
+      embedMany: (paths: string[]) => started.dispatcher.embedMany(paths), embedText: encoder };
+    // In batches (one worker call and one index commit each), each file answered as its batch ends.
+    for (let start = 0; start < items.length; start += ADD_BATCH) {
+      const batch = items.slice(start, start + ADD_BATCH);
+      (await ingestLoras(batch, deps, { batchSize: ADD_BATCH })).forEach((outcome, n) => report(batch[n]!.file, outcome));
+      if (start + batch.length < items.length && !values.json) io.stderr(`${start + batch.length}/${items.length} files done`);
     }
   } finally {
     await Promise.all([started.stop(), encoder.close()]);

@@ -17,6 +17,9 @@ export interface WorkerBackend {
   generate(request: GenerateRequest, options?: GenerateOptions): Promise<JobEndEvent>;
   /** Read a LoRA file at a path the worker can see and embed it with the LoRA encoder. */
   embed(path: string, signal?: AbortSignal): Promise<EmbedResult>;
+  /** Many files in one call, in order: each its result or the error of that file alone. Absent on backends that
+   *  embed one file at a time. */
+  embedMany?(paths: string[], signal?: AbortSignal): Promise<Array<EmbedResult | Error>>;
   /** The proving ground's evaluator on PNG images (benchmarks). Absent on backends that cannot reach one. */
   judge?(pngs: Buffer[], signal?: AbortSignal): Promise<JudgeResult>;
   /** Ask the worker to stop a job; false if it has no such job (already over). */

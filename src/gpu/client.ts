@@ -1,11 +1,12 @@
 // The HTTP client of one worker (src/gpu/worker/autolora_worker/service.py): bearer-token auth, NDJSON progress
 // streaming, cancellation and timeouts, every failure mapped to a typed WorkerError.
 import type { GenerateOptions, WorkerBackend } from "./backend.js";
+import { oneByOne } from "./dispatch.js";
 import {
   JobCancelledError, WorkerJobError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
 } from "./errors.js";
 import {
-  embedResultSchema, generateRequestSchema, judgeRequestSchema, judgeResultSchema, readWorkerEvents, workerHealthSchema,
+  embedManyResultSchema, embedResultSchema, generateRequestSchema, MAX_EMBED_PATHS, judgeRequestSchema, judgeResultSchema, readWorkerEvents, workerHealthSchema,
   type EmbedResult, type GenerateRequest, type JobEndEvent, type JudgeResult, type WorkerHealth,
 } from "./protocol.js";
 
@@ -75,6 +76,32 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
     const parsed = embedResultSchema.safeParse(await response.json().catch(() => undefined));
     if (!parsed.success) throw new WorkerUnavailableError(`worker ${id} sent an invalid /embed answer`);
     return parsed.data;
+  }
+
+  async function embedMany(paths: string[], signal?: AbortSignal): Promise<Array<EmbedResult | Error>> {
+    const results: Array<EmbedResult | Error> = [];
+    for (let start = 0; start < paths.length; start += MAX_EMBED_PATHS) {
+      const chunk = paths.slice(start, start + MAX_EMBED_PATHS);
+      const timeout = AbortSignal.timeout(jobTimeoutMs);
+      const response = await call("/embed", {
+        method: "POST", body: JSON.stringify({ paths: chunk }), signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      }).catch((error: unknown) => {
+        if (timeout.aborted) throw new WorkerTimeoutError(`worker ${id} did not embed ${chunk.length} files within ${Math.round(jobTimeoutMs / 1000)} s`);
+        throw error;
+      });
+      if (response.status === 400) {
+        // A worker from before /embed took `paths`: one file at a time.
+        await response.body?.cancel();
+        results.push(...await oneByOne({ embed }, chunk, signal));
+        continue;
+      }
+      if (!response.ok) throw await refusal(response);
+      const parsed = embedManyResultSchema.safeParse(await response.json().catch(() => undefined));
+      if (!parsed.success || parsed.data.results.length !== chunk.length) throw new WorkerUnavailableError(`worker ${id} sent an invalid /embed answer`);
+      parsed.data.results.forEach((result, n) => results.push("error" in result
+        ? new WorkerRequestError(result.error.code, `worker ${id} refused ${chunk[n]}: ${result.error.message}`, 422) : result));
+    }
+    return results;
   }
 
   async function judge(pngs: Buffer[], signal?: AbortSignal): Promise<JudgeResult> {
@@ -161,7 +188,7 @@ export function createWorkerClient(options: WorkerClientOptions): WorkerBackend 
   }
 
   return {
-    id, health, generate, embed, judge, cancel,
+    id, health, generate, embed, embedMany, judge, cancel,
     reloadGates: (path: string) => reload("/reload-gates", "gate_version", path),
     reloadEncoder: (path: string) => reload("/reload-encoder", "encoder_version", path),
   };

@@ -77,6 +77,22 @@ export class WorkerDispatcher {
     }
   }
 
+  /** Embed many LoRA files on one ready worker (one call where the worker takes many), each file its result or its
+   *  own error; the whole batch is retried once on another worker if the first goes away. */
+  async embedMany(paths: string[], signal?: AbortSignal): Promise<Array<EmbedResult | Error>> {
+    const on = async (worker: WorkerBackend) => worker.embedMany ? worker.embedMany(paths, signal) : oneByOne(worker, paths, signal);
+    const first = await this.pick();
+    if (!first) throw new WorkerUnavailableError(`no GPU worker became ready within ${Math.round(this.waitForWorkerMs / 1000)} s to embed ${paths.length} LoRA files`);
+    try {
+      return await on(first);
+    } catch (error) {
+      if (!(error instanceof WorkerUnavailableError)) throw error;
+      const second = await this.pick(first.id);
+      if (!second) throw error;
+      return on(second);
+    }
+  }
+
   /** The proving ground's evaluator on PNG images, on a ready worker that has one (benchmarks only). */
   async judge(pngs: Buffer[], signal?: AbortSignal): Promise<JudgeResult> {
     const worker = await this.pick();
@@ -105,4 +121,16 @@ export class WorkerDispatcher {
       if (left <= 0 || !(await this.source.whenAnyReady(left))) return undefined;
     }
   }
+}
+
+/** embedMany on a backend that embeds one file a call: a file's refusal is its own; a worker gone is the batch's. */
+export async function oneByOne(worker: Pick<WorkerBackend, "embed">, paths: string[], signal?: AbortSignal): Promise<Array<EmbedResult | Error>> {
+  const results: Array<EmbedResult | Error> = [];
+  for (const path of paths) {
+    results.push(await worker.embed(path, signal).catch((error: Error) => {
+      if (error instanceof WorkerUnavailableError) throw error;
+      return error;
+    }));
+  }
+  return results;
 }

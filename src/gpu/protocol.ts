@@ -117,6 +117,8 @@ export const MAX_SIZE = 2048;
 export const SIZE_MULTIPLE = 16;
 /** Images one `POST /judge` scores (autolora_worker/protocol.py MAX_JUDGE_IMAGES). */
 export const MAX_JUDGE_IMAGES = 32;
+/** Files one `POST /embed` reads (autolora_worker/protocol.py MAX_EMBED_PATHS). */
+export const MAX_EMBED_PATHS = 256;
 
 /** Fusion strategies, by the names the worker gives them (autolora_worker/fusion/strategies.py). */
 export const FUSIONS = ["none", "direct", "dare", "klora", "gated"] as const;
@@ -258,6 +260,11 @@ export const embedResultSchema = z.object({
 });
 
 export type EmbedResult = z.infer<typeof embedResultSchema>;
+
+/** `POST /embed` with `paths`: each file's answer, or why that file cannot be used, in the order asked. */
+export const embedManyResultSchema = z.object({
+  results: z.array(z.union([embedResultSchema, z.object({ error: z.object({ code: z.string(), message: z.string() }) })])),
+});
 
 /** `POST /judge`'s body: base64 PNGs for the proving ground's image evaluator (benchmarks only). */
 export const judgeRequestSchema = z.strictObject({

@@ -75,6 +75,8 @@ export interface LoraIndex {
   /** Insert or replace by id, all records or none. */
   upsert(records: LoraRecord[]): Promise<void>;
   get(id: string): Promise<LoraRecord | undefined>;
+  /** The LoRAs of these ids that the index has (any state), without their embeddings: one query for a batch. */
+  summaries(ids: string[]): Promise<Map<string, LoraSummary>>;
   /** Every LoRA's id, any state: what the store's files are checked against. */
   ids(): Promise<Set<string>>;
   /** LoRAs whose sha256 starts with `prefix` (lower-case hex, 8+ characters), at most `limit` of them. */

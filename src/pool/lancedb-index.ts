@@ -134,6 +134,20 @@ export class LanceLoraIndex implements LoraIndex {
     return rows[0] ? fromRow(rows[0]) as LoraRecord : undefined;
   }
 
+  async summaries(ids: string[]): Promise<Map<string, LoraSummary>> {
+    const wanted = [...new Set(ids.filter((id) => ID.test(id)))];
+    const found = new Map<string, LoraSummary>();
+    if (!this.table || wanted.length === 0) return found;
+    for (let start = 0; start < wanted.length; start += 500) {
+      const list = wanted.slice(start, start + 500).map((id) => `'${id}'`).join(", ");
+      for (const row of await this.table.query().where(`id IN (${list})`).select(COLUMNS).toArray()) {
+        const lora = fromRow(row);
+        found.set(lora.id, lora);
+      }
+    }
+    return found;
+  }
+
   async ids(): Promise<Set<string>> {
     if (!this.table) return new Set();
     return new Set((await this.table.query().select(["id"]).toArray()).map((row) => String(row.id)));

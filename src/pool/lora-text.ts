@@ -61,12 +61,24 @@ export function trainingTags(fileMetadata: Record<string, string>): string[] {
 
 /** The LoRA's text embedding: the unit mean of its pieces' embeddings; undefined without pieces. */
 export async function embedLoraText(encoder: TextEmbedder, pieces: string[]): Promise<number[] | undefined> {
-  if (pieces.length === 0) return undefined;
-  const vectors = await encoder.embed(pieces);
-  const mean = new Array<number>(vectors[0]!.length).fill(0);
-  for (const vector of vectors) for (let d = 0; d < mean.length; d++) mean[d] = mean[d]! + vector[d]!;
-  const norm = Math.hypot(...mean);
-  return norm > 1e-9 ? mean.map((value) => value / norm) : undefined;
+  return (await embedLoraTexts(encoder, [pieces]))[0];
+}
+
+/** embedLoraText for many LoRAs: their pieces go to the encoder in requests of at most 64 texts, so a prompt
+ *  being embedded for a user meanwhile waits for one such request at most. */
+export async function embedLoraTexts(encoder: TextEmbedder, piecesOf: string[][]): Promise<Array<number[] | undefined>> {
+  const all = piecesOf.flat();
+  const vectors: ArrayLike<number>[] = [];
+  for (let start = 0; start < all.length; start += 64) vectors.push(...await encoder.embed(all.slice(start, start + 64)));
+  let next = 0;
+  return piecesOf.map((pieces) => {
+    if (pieces.length === 0) return undefined;
+    const own = vectors.slice(next, (next += pieces.length));
+    const mean = new Array<number>(own[0]!.length).fill(0);
+    for (const vector of own) for (let d = 0; d < mean.length; d++) mean[d] = mean[d]! + vector[d]!;
+    const norm = Math.hypot(...mean);
+    return norm > 1e-9 ? mean.map((value) => value / norm) : undefined;
+  });
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Config } from "../config/schema.js";
 import type { LoraIndex } from "./index.js";
-import type { IngestMetadata } from "./ingest.js";
+import type { IngestItem, IngestOptions } from "./ingest.js";
 import { LanceLoraIndex } from "./lancedb-index.js";
 import { LoraStore } from "./store.js";
 import { sweepPool } from "./sweep.js";
@@ -36,18 +36,20 @@ interface BundleLora {
   previews: Array<{ caption: string }>;
 }
 
-/** The bundle's pool into an empty index, with the preview captions the bundle records; false if it has none. */
+/** The bundle's pool into an empty index, with the preview captions the bundle records; false if it has none.
+ *  Added in batches (one worker call and one index commit each); a LoRA that fails is named and the rest go in. */
 export async function seedFromBundle(bundleDir: string, index: LoraIndex,
-  ingest: (path: string, metadata: IngestMetadata) => Promise<unknown>, log: (line: string) => void): Promise<boolean> {
+  ingestMany: (items: IngestItem[], options: IngestOptions) => Promise<Array<unknown>>, log: (line: string) => void): Promise<boolean> {
   const listing = join(bundleDir, "pool", "pool.json");
   if (!existsSync(listing) || (await index.count()) > 0) return false;
   const records = (JSON.parse(readFileSync(listing, "utf8")) as { loras: BundleLora[] }).loras;
   log(`[pool] the pool is empty: adding the bundle's ${records.length} LoRAs`);
-  for (const [number, record] of records.entries()) {
-    await ingest(join(bundleDir, record.file), {
-      name: record.id, source: "bundle", captions: record.previews.map((preview) => preview.caption),
-    });
-    if ((number + 1) % 40 === 0 || number + 1 === records.length) log(`[pool] ${number + 1}/${records.length} added`);
-  }
+  const outcomes = await ingestMany(records.map((record) => ({
+    file: join(bundleDir, record.file),
+    metadata: { name: record.id, source: "bundle", captions: record.previews.map((preview) => preview.caption) },
+  })), { onProgress: (done, total) => log(`[pool] ${done}/${total} added`) });
+  outcomes.forEach((outcome, n) => {
+    if (outcome instanceof Error) log(`[pool] the bundle's ${records[n]!.file} could not be added: ${outcome.message}`);
+  });
   return true;
 }

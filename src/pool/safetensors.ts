@@ -121,6 +121,43 @@ export function validateSafetensorsBytes(
   return parseHeader(data.subarray(8, 8 + headerLength), data.length, limits);
 }
 
+/**
+ * A safetensors header checked from a file's first bytes as they stream past (one-pass ingest: the same read
+ * hashes and copies the file). `push` throws InvalidLoraFileError as soon as the bytes seen refuse the file.
+ */
+export class StreamingHeaderCheck {
+  private readonly seen: Buffer[] = [];
+  private seenBytes = 0;
+  private headerLength: number | undefined;
+  header: SafetensorsHeader | undefined;
+
+  constructor(private readonly fileBytes: number, private readonly limits: SafetensorsLimits = DEFAULT_LIMITS) {
+    // A file too large, or empty, is refused before its first byte is read.
+    if (fileBytes === 0 || fileBytes > limits.maxFileBytes) checkPrefix(Buffer.alloc(0), fileBytes, limits);
+  }
+
+  push(chunk: Buffer): void {
+    if (this.header) return;
+    this.seen.push(chunk);
+    this.seenBytes += chunk.length;
+    if (this.headerLength === undefined && this.seenBytes >= 8) {
+      this.headerLength = checkPrefix(Buffer.concat(this.seen).subarray(0, 8), this.fileBytes, this.limits);
+    }
+    if (this.headerLength !== undefined && this.seenBytes >= 8 + this.headerLength) {
+      this.header = parseHeader(Buffer.concat(this.seen).subarray(8, 8 + this.headerLength), this.fileBytes, this.limits);
+      this.seen.length = 0;
+    }
+  }
+
+  /** The header, once the whole file went past; throws if the file ended before its header did. */
+  finish(): SafetensorsHeader {
+    if (this.header) return this.header;
+    // Too short for the length prefix, or a pickle: checkPrefix says which. Otherwise the file shrank while read.
+    checkPrefix(Buffer.concat(this.seen).subarray(0, 8), this.fileBytes, this.limits);
+    throw new InvalidLoraFileError("header-length", "the file ended inside its safetensors header (it changed while it was read)");
+  }
+}
+
 /** The declared header length, once the file's size and first bytes say it can be a safetensors file. */
 function checkPrefix(prefix: Buffer, fileBytes: number, limits: SafetensorsLimits): number {
   if (fileBytes === 0) throw new InvalidLoraFileError("empty", "the file is empty");

@@ -1,6 +1,7 @@
-// Content-addressed LoRA files: data/pool/<sha256>.safetensors. A file enters under a temporary name and is
-// renamed into place, so a crash never leaves a half-written file under a real name. Whoever adds or sweeps a
-// LoRA's files holds its lock (.<sha256>.lock), so a sweep never removes what a live process is adding.
+// Content-addressed LoRA files: data/pool/<sha256>.safetensors. A file enters as a staged copy under a temporary
+// name (read once: hashed, header checked and copied together) and is renamed into place, so a crash never leaves
+// a half-written file under a real name. Whoever moves a LoRA's files into place or sweeps them holds its lock
+// (.<sha256>.lock), so a sweep never removes what a live process is adding.
 import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdir, open, readFile, rename, rm, stat, unlink, utimes } from "node:fs/promises";
@@ -9,7 +10,9 @@ import { join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { z } from "zod";
-import { openRegularFile } from "./safetensors.js";
+import {
+  DEFAULT_LIMITS, openRegularFile, StreamingHeaderCheck, type SafetensorsHeader, type SafetensorsLimits,
+} from "./safetensors.js";
 import { processAlive } from "../process-alive.js";
 
 /** sha256 (hex) of the regular file at `path`; anything else is refused (InvalidLoraFileError). */
@@ -22,6 +25,27 @@ export async function sha256File(path: string): Promise<string> {
     await handle.close();
   }
   return hash.digest("hex");
+}
+
+/** A file copied into the store by `stage`, not yet added: its hash and header, read from the same bytes. */
+export interface StagedFile {
+  sha256: string;
+  /** The temporary copy inside the store folder. */
+  path: string;
+  header: SafetensorsHeader;
+  bytes: number;
+}
+
+/** Names of the staged copies this process is writing now: what a sweep must leave alone. */
+const staging = new Set<string>();
+
+/** Whether a staged copy in the store folder (`.incoming.<pid>.<hex>.partial`) is dead: its writer is gone, or it
+ *  was untouched for an hour. The store is one machine's, so the pid is this machine's. */
+export function deadStagedCopy(name: string, ageMs: number): boolean {
+  const pid = Number(/^\.incoming\.(\d+)\.[0-9a-f]+\.partial$/.exec(name)?.[1]);
+  if (!pid) return false;
+  if (pid === process.pid) return !staging.has(name);
+  return !processAlive(pid) || ageMs > 3_600_000;
 }
 
 /** Another live process holds the LoRA's lock (it is adding that very file) for longer than we wait. */
@@ -78,32 +102,60 @@ export class LoraStore {
   }
 
   /**
-   * Copy `source` (whose sha256 the caller computed) into the store, unless it is there, under the LoRA's lock
-   * the caller holds; resolves to the stored path. The copy is hashed on the way and refused if `source` changed.
+   * Copy `source` into the store in one read: hashed on the way, its safetensors header checked from the first
+   * bytes (then `check`, e.g. that it is a LoRA at all), so a refused file stops being read at once and leaves
+   * nothing. The copy waits under a temporary name until `adopt` (under the LoRA's lock) or `discard`.
    */
-  async put(source: string, sha256: string): Promise<string> {
-    const target = this.pathOf(sha256);
-    if (await this.has(sha256)) return target;
+  async stage(source: string, options: { limits?: SafetensorsLimits; check?: (header: SafetensorsHeader) => void } = {}): Promise<StagedFile> {
     await mkdir(this.root, { recursive: true });
-    const { handle } = await openRegularFile(source);
-    const partial = join(this.root, `.${sha256}.${randomBytes(4).toString("hex")}.partial`);
+    const { handle, size } = await openRegularFile(source);
+    const name = `.incoming.${process.pid}.${randomBytes(6).toString("hex")}.partial`;
+    const path = join(this.root, name);
+    staging.add(name);
     try {
       const hash = createHash("sha256");
-      const hashing = new Transform({
+      const header = new StreamingHeaderCheck(size, options.limits ?? DEFAULT_LIMITS);
+      let bytes = 0;
+      const reading = new Transform({
         transform(chunk: Buffer, _encoding, done) {
+          try {
+            if (!header.header) {
+              header.push(chunk);
+              if (header.header) options.check?.(header.header);
+            }
+          } catch (error) {
+            return done(error as Error);
+          }
           hash.update(chunk);
+          bytes += chunk.length;
           done(null, chunk);
         },
       });
-      await pipeline(handle.createReadStream({ autoClose: false }), hashing, createWriteStream(partial));
-      const copied = hash.digest("hex");
-      if (copied !== sha256) throw new Error(`${source} changed while it was being added (sha256 ${copied}, expected ${sha256})`);
-      await rename(partial, target);
+      await pipeline(handle.createReadStream({ autoClose: false, highWaterMark: 1 << 20 }), reading, createWriteStream(path));
+      if (bytes !== size) throw new Error(`${source} changed while it was being added (${bytes} bytes read, ${size} expected)`);
+      const checked = header.finish();
+      return { sha256: hash.digest("hex"), path, header: checked, bytes };
+    } catch (error) {
+      await rm(path, { force: true });
+      throw error;
     } finally {
+      staging.delete(name);
       await handle.close();
-      await rm(partial, { force: true });
     }
+  }
+
+  /** Move a staged copy into place, under the LoRA's lock the caller holds (the copy is dropped if the store has
+   *  the file already); resolves to the stored path. */
+  async adopt(staged: StagedFile): Promise<string> {
+    const target = this.pathOf(staged.sha256);
+    if (await this.has(staged.sha256)) await rm(staged.path, { force: true });
+    else await rename(staged.path, target);
     return target;
+  }
+
+  /** Drop a staged copy that will not be added. */
+  async discard(staged: StagedFile): Promise<void> {
+    await rm(staged.path, { force: true });
   }
 
   async remove(sha256: string): Promise<void> {

@@ -4,7 +4,7 @@
 import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { LoraIndex } from "./index.js";
-import type { LoraStore } from "./store.js";
+import { deadStagedCopy, type LoraStore } from "./store.js";
 
 export interface SweepOptions {
   /** The downloads' temporary folder (data/tmp), if any. */
@@ -28,6 +28,7 @@ const FINAL = /^([0-9a-f]{64})\.safetensors$/;
 const PARTIAL = /^\.([0-9a-f]{64})\.[0-9a-f]+\.partial$/;
 const LOCK = /^\.([0-9a-f]{64})\.lock$/;
 const DOWNLOAD = /^download-.+\.part$/;
+const STAGED = /^\.incoming\..+\.partial$/;
 
 export async function sweepPool(pool: { store: LoraStore; index: LoraIndex }, options: SweepOptions = {}): Promise<SweepReport> {
   const report: SweepReport = { orphans: [], partials: 0, staleLocks: 0, downloads: 0 };
@@ -39,6 +40,14 @@ export async function sweepPool(pool: { store: LoraStore; index: LoraIndex }, op
     if (final && !known.has(final)) suspects.add(final);
     const other = (PARTIAL.exec(name) ?? LOCK.exec(name))?.[1];
     if (other) suspects.add(other);
+  }
+  for (const name of names.filter((entry) => STAGED.test(entry))) {
+    const path = join(pool.store.root, name);
+    const info = await stat(path).catch(() => undefined);
+    if (info && deadStagedCopy(name, Date.now() - info.mtimeMs)) {
+      await rm(path, { force: true });
+      report.partials += 1;
+    }
   }
   for (const sha256 of suspects) {
     const lock = await pool.store.tryLock(sha256);
