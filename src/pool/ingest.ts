@@ -6,6 +6,7 @@
 // locks it leaves tell the next sweep (sweep.ts) that the stored copies are orphans, while a live process's copies
 // are never swept.
 import { basename } from "node:path";
+import { oneByOne } from "../gpu/dispatch.js";
 import type { EmbedResult } from "../gpu/protocol.js";
 import { embeddingKind, type LoraIndex, type LoraRecord, type LoraSummary } from "./index.js";
 import { inspectLora } from "./inspect.js";
@@ -146,6 +147,8 @@ async function addBatch(items: IngestItem[], staged: Array<StagedFile | Error>, 
   };
   try {
     await addNew([...pending.values()], deps, finish);
+  } catch (error) {
+    for (const entry of pending.values()) finish(entry, error as Error);
   } finally {
     for (const entry of pending.values()) {
       finish(entry, new Error("the add was interrupted"));
@@ -176,11 +179,11 @@ async function addNew(entries: Pending[], deps: IngestDependencies, finish: (ent
     return !there;
   });
   if (fresh.length === 0) return;
-  for (const entry of fresh) entry.path = await deps.store.adopt(entry.staged);
   let committed: Pending[] = [];
   try {
+    for (const entry of fresh) entry.path = await deps.store.adopt(entry.staged);
     const paths = fresh.map((entry) => entry.path!);
-    const embedded = deps.embedMany ? await deps.embedMany(paths) : await Promise.all(paths.map((path) => deps.embed(path).catch((error: Error) => error)));
+    const embedded = deps.embedMany ? await deps.embedMany(paths) : await oneByOne({ embed: deps.embed }, paths);
     const now = (deps.now?.() ?? new Date()).toISOString();
     const usable: Pending[] = [];
     fresh.forEach((entry, n) => {
