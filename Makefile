@@ -29,7 +29,7 @@ TEXT_ENCODER := build/text-encoder/text-encoder.json
 
 # npm's install and pip's are independent, so they run side by side (their logs interleave); then the host build,
 # beside the text-encoder export where the target needs it (test, demo). From a fresh clone on 2 cores to the
-# demo's first grid: 314 s one step after another, 296 s with the installs side by side.
+# demo's first grid (scripts/time-demo.sh, npm's and pip's caches warm): 314 s one step after another, 241 s so.
 setup:
 	@$(MAKE) --no-print-directory -j2 $(NODE_STAMP) $(VENV_STAMP)
 	@$(MAKE) --no-print-directory -j2 $(HOST_STAMP) $(WITH_SETUP)
