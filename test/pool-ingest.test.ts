@@ -231,7 +231,7 @@ describe("a family with no LoRA encoder yet", () => {
   };
 
   it("indexes a LoRA by its text, says so, and a search with its words finds it; one with no text is stored but not searchable", async () => {
-    const { store, index, deps } = await pool(noEncoder);
+    const { data, store, index, deps } = await pool(noEncoder);
     const hex = await ingestLora(hexagon, { name: "hexagon", source: "civitai" }, { ...deps, embedText });
     expect(hex.status).toBe("added");
     expect(hex.lora.embedding).toBe("text");
@@ -247,6 +247,9 @@ describe("a family with no LoRA encoder yet", () => {
     // A search never returns it, however it is asked.
     expect((await index.search(query!, 5)).map((hit) => hit.lora.id)).toEqual([hex.lora.id]);
     expect((await index.search([0, 0, 0, 0, 0, 0, 0, 1], 5)).map((hit) => hit.lora.id)).not.toContain(bare.lora.id);
+    // Nor after the pool is opened again.
+    const reopened = await LanceLoraIndex.open({ uri: join(data, "lancedb") });
+    expect((await reopened.search([0, 0, 0, 0, 0, 0, 0, 1], 5)).map((hit) => hit.lora.id)).toEqual([hex.lora.id]);
     expect([await index.count({ embedding: "weights" }), await index.count({ embedding: "text" }),
       await index.count({ embedding: "none" })]).toEqual([0, 1, 1]);
   });

@@ -63,6 +63,10 @@ const COLUMNS = ["id", "name", "source", "url", "family", "format", "ranks", "mo
 export class LanceLoraIndex implements LoraIndex {
   private table: lancedb.Table | undefined;
   private indexed = false;
+  /** Whether the table may hold rows with no embedding at all (zeros in `vector`), which every search must then
+   *  filter out. Checked when opened, set by an upsert that adds one, never cleared while open: most pools have
+   *  none, and their searches skip the filter (on 100 000 rows it cost more than the search). */
+  private unsearchable = false;
 
   private constructor(private readonly db: lancedb.Connection, private readonly annThreshold: number) {}
 
@@ -71,6 +75,7 @@ export class LanceLoraIndex implements LoraIndex {
     if ((await index.db.tableNames()).includes(TABLE)) {
       index.table = await index.db.openTable(TABLE);
       if (!(await index.table.schema()).fields.some((field) => field.name === "text_vector")) await index.addTextColumns();
+      index.unsearchable = (await index.table.countRows(BY_EMBEDDING.none)) > 0;
       const indices = await index.table.listIndices();
       index.indexed = indices.some((config) => config.columns.includes("vector"));
       // A pool indexed before a filter column got its scalar index gets it now (a search would scan every row).
@@ -117,6 +122,7 @@ export class LanceLoraIndex implements LoraIndex {
     if (text) throw new Error(`the text embedding of ${text.id.slice(0, 12)} has ${text.text_vector!.length} dimensions, its weight embedding ${dimension}`);
     const table = await this.tableFor(dimension);
     const rows = records.map((record) => toRow(record, dimension));
+    if (records.some((record) => record.vector.length === 0)) this.unsearchable = true;
     await table.mergeInsert("id").whenMatchedUpdateAll().whenNotMatchedInsertAll().execute(rows);
     await this.maybeBuildAnnIndex();
   }
@@ -132,6 +138,7 @@ export class LanceLoraIndex implements LoraIndex {
     if (records.length === 0) return;
     const dimension = records[0]!.vector.length;
     const table = await this.tableFor(dimension);
+    if (records.some((record) => record.vector.length === 0)) this.unsearchable = true;
     await table.add(records.map((record) => toRow(record, dimension)));
     await this.maybeBuildAnnIndex();
   }
@@ -197,7 +204,7 @@ export class LanceLoraIndex implements LoraIndex {
     // PQ distances are approximate: re-rank 10k candidates by their exact vectors, so the order and the
     // similarities returned are true cosines. (Text embeddings have no ANN index: an exact scan.)
     if (this.indexed && column === "vector") query = query.refineFactor(10);
-    const where = [whereClause({ state: "active", ...filters }), column === "text_vector" ? "has_text = true" : SEARCHABLE]
+    const where = [whereClause({ state: "active", ...filters }), column === "text_vector" ? "has_text = true" : this.unsearchable ? SEARCHABLE : ""]
       .filter(Boolean).join(" AND ");
     if (where) query = query.where(where);
     const rows = await query.toArray();
