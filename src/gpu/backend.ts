@@ -1,5 +1,6 @@
 // What the host needs of a GPU worker, apart from how it is reached: a local process the supervisor spawned, a
 // remote URL, or a test's fake all look like this.
+import { WorkerUnavailableError } from "./errors.js";
 import type { EmbedResult, GenerateRequest, JobEndEvent, JudgeResult, WorkerEvent, WorkerHealth } from "./protocol.js";
 
 export interface GenerateOptions {
@@ -28,4 +29,16 @@ export interface WorkerBackend {
   reloadGates(path: string): Promise<string>;
   /** Embed with the LoRA encoder in folder `path` from now on; resolves to its version. */
   reloadEncoder(path: string): Promise<string>;
+}
+
+/** embedMany on a backend that embeds one file a call: a file's refusal is its own; a worker gone is the batch's. */
+export async function oneByOne(worker: Pick<WorkerBackend, "embed">, paths: string[], signal?: AbortSignal): Promise<Array<EmbedResult | Error>> {
+  const results: Array<EmbedResult | Error> = [];
+  for (const path of paths) {
+    results.push(await worker.embed(path, signal).catch((error: Error) => {
+      if (error instanceof WorkerUnavailableError) throw error;
+      return error;
+    }));
+  }
+  return results;
 }

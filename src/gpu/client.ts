@@ -1,7 +1,6 @@
 // The HTTP client of one worker (src/gpu/worker/autolora_worker/service.py): bearer-token auth, NDJSON progress
 // streaming, cancellation and timeouts, every failure mapped to a typed WorkerError.
-import type { GenerateOptions, WorkerBackend } from "./backend.js";
-import { oneByOne } from "./dispatch.js";
+import { oneByOne, type GenerateOptions, type WorkerBackend } from "./backend.js";
 import {
   JobCancelledError, WorkerJobError, WorkerRequestError, WorkerTimeoutError, WorkerUnavailableError,
 } from "./errors.js";

@@ -1,7 +1,7 @@
 // Runs each job on a ready worker, the least busy one, and makes sure no accepted job is silently lost: a job
 // whose worker goes away mid-run is retried once (elsewhere, or on the same worker after its restart), and
 // otherwise fails with a message that says so.
-import type { GenerateOptions, WorkerBackend } from "./backend.js";
+import { oneByOne, type GenerateOptions, type WorkerBackend } from "./backend.js";
 import { WorkerUnavailableError } from "./errors.js";
 import type { EmbedResult, GenerateRequest, JobEndEvent, JudgeResult } from "./protocol.js";
 
@@ -123,14 +123,3 @@ export class WorkerDispatcher {
   }
 }
 
-/** embedMany on a backend that embeds one file a call: a file's refusal is its own; a worker gone is the batch's. */
-export async function oneByOne(worker: Pick<WorkerBackend, "embed">, paths: string[], signal?: AbortSignal): Promise<Array<EmbedResult | Error>> {
-  const results: Array<EmbedResult | Error> = [];
-  for (const path of paths) {
-    results.push(await worker.embed(path, signal).catch((error: Error) => {
-      if (error instanceof WorkerUnavailableError) throw error;
-      return error;
-    }));
-  }
-  return results;
-}

@@ -6,7 +6,7 @@
 // locks it leaves tell the next sweep (sweep.ts) that the stored copies are orphans, while a live process's copies
 // are never swept.
 import { basename } from "node:path";
-import { oneByOne } from "../gpu/dispatch.js";
+import { oneByOne } from "../gpu/backend.js";
 import type { EmbedResult } from "../gpu/protocol.js";
 import { embeddingKind, type LoraIndex, type LoraRecord, type LoraSummary } from "./index.js";
 import { inspectLora } from "./inspect.js";
