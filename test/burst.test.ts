@@ -7,7 +7,8 @@ import { maxPositionGap, runBurst } from "../src/bench/burst.js";
 describe("a burst of 200 /imagine from 20 users", () => {
   for (const via of ["discord", "slack"] as const) {
     it(`through ${via}: all acknowledged in time, none lost, users served in turn`, async () => {
-      const report = await runBurst({ via, requests: 200, users: 20 });
+      // No warm-up: the 3-second window must hold for a host whose first commands are the burst.
+      const report = await runBurst({ via, requests: 200, users: 20, warmup: 0 });
       expect(report.acked_within_3s).toBe(200);
       expect(report.p99_ack_ms).toBeLessThan(3000);
       expect(report.lost).toBe(0);

@@ -1,6 +1,6 @@
 // `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N]`: the host's own costs, measured here.
-// `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack] [--load]`: a burst of /imagine through
-// the chat adapters against their local fakes (src/bench/burst.ts).
+// `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack] [--load] [--warmup 20]`: a burst of
+// /imagine through the chat adapters against their local fakes, after --warmup /help commands (src/bench/burst.ts).
 // `npm run bench -- retrieval [--json]`: which LoRAs retrieval picks on the bundle's pool (src/bench/retrieval-bench.ts).
 // `npm run bench -- quality [--json] [--prompts N] [--out DIR]`: Table 1 through /imagine, images judged by the
 // proving ground's evaluator (src/bench/quality-bench.ts).
@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     options: {
       json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" },
       requests: { type: "string" }, users: { type: "string" }, via: { type: "string" },
-      prompts: { type: "string" }, out: { type: "string" }, load: { type: "boolean" },
+      prompts: { type: "string" }, out: { type: "string" }, load: { type: "boolean" }, warmup: { type: "string" },
     },
   });
   if (positionals[0] === "burst") return burst(values);
@@ -229,9 +229,11 @@ async function benchFluxIngest(config: Config, folder: string, encoder: TextEnco
 
 /** Both adapters (or the one --via names), on a quiet machine and, with --load, again beside a CPU-bound process;
  *  the top-level figures are the worst of all runs. */
-async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string; load?: boolean }): Promise<void> {
+async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string; load?: boolean; warmup?: string }): Promise<void> {
   const requests = Number(values.requests ?? 200);
   const users = Number(values.users ?? 20);
+  const warmup = Number(values.warmup ?? 20);
+  if (!(Number.isInteger(warmup) && warmup >= 0)) throw new Error("--warmup must be a whole number of /help commands (0 for none)");
   if (!(Number.isInteger(requests) && requests > 0 && Number.isInteger(users) && users > 0 && users <= requests)) {
     throw new Error("--requests and --users must be whole numbers with 0 < users ≤ requests");
   }
@@ -239,11 +241,11 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
   if (vias.some((via) => via !== "discord" && via !== "slack")) throw new Error("--via must be discord or slack");
   const reports: BurstReport[] = [];
   for (const load of values.load ? [false, true] : [false]) {
-    for (const via of vias as Array<"discord" | "slack">) reports.push(await runBurst({ via, requests, users, load }));
+    for (const via of vias as Array<"discord" | "slack">) reports.push(await runBurst({ via, requests, users, load, warmup }));
   }
   const worst = (of: (report: BurstReport) => number) => Math.max(...reports.map(of));
   const summary = {
-    requests, users,
+    requests, users, warmup,
     acked_within_3s: Math.min(...reports.map((report) => report.acked_within_3s)),
     p99_ack_ms: worst((report) => report.p99_ack_ms),
     lost: worst((report) => report.lost),

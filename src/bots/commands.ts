@@ -270,6 +270,34 @@ function rangeOf(spec: OptionSpec): string {
 
 /** Check and convert option values against their specs (whichever adapter they came from). */
 export function validateOptions(specs: OptionSpec[], given: Record<string, OptionValue>, label: string): Record<string, OptionValue> {
+  const schema = schemaOf(specs);
+  const unknown = Object.keys(given).filter((key) => !(key in schema.shape));
+  if (unknown.length > 0) throw new CommandInputError(`${label} has no option ${unknown[0]}; it takes ${specs.map((spec) => spec.name).join(", ") || "none"}`);
+  const parsed = schema.safeParse(given);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const missing = issue.path.length > 0 && given[String(issue.path[0])] === undefined;
+    throw new CommandInputError(missing ? `${label} needs ${String(issue.path[0])}` : issue.message);
+  }
+  return parsed.data as Record<string, OptionValue>;
+}
+
+/**
+ * One schema per option list, built on its first use: zod compiles a schema when it first parses, which costs
+ * about a millisecond, and in a burst of commands that time came before every acknowledgement still to send.
+ */
+const schemas = new WeakMap<OptionSpec[], z.ZodObject<Record<string, z.ZodType>>>();
+
+function schemaOf(specs: OptionSpec[]): z.ZodObject<Record<string, z.ZodType>> {
+  let schema = schemas.get(specs);
+  if (!schema) {
+    schema = buildSchema(specs);
+    schemas.set(specs, schema);
+  }
+  return schema;
+}
+
+function buildSchema(specs: OptionSpec[]): z.ZodObject<Record<string, z.ZodType>> {
   const shape: Record<string, z.ZodType> = {};
   for (const spec of specs) {
     let schema: z.ZodType;
@@ -302,13 +330,5 @@ export function validateOptions(specs: OptionSpec[], given: Record<string, Optio
     }
     shape[spec.name] = spec.required ? schema : schema.optional();
   }
-  const unknown = Object.keys(given).filter((key) => !(key in shape));
-  if (unknown.length > 0) throw new CommandInputError(`${label} has no option ${unknown[0]}; it takes ${specs.map((spec) => spec.name).join(", ") || "none"}`);
-  const parsed = z.strictObject(shape).safeParse(given);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const missing = issue.path.length > 0 && given[String(issue.path[0])] === undefined;
-    throw new CommandInputError(missing ? `${label} needs ${String(issue.path[0])}` : issue.message);
-  }
-  return parsed.data as Record<string, OptionValue>;
+  return z.strictObject(shape);
 }

@@ -2,7 +2,7 @@
 // `clientOptions: { slackApiUrl: fake.apiUrl }`), and Slack's side of the wire: signed HTTP requests into a Bolt
 // receiver, response_urls, file upload URLs and a Socket Mode WebSocket, with everything the app sends recorded.
 import { createHmac, randomUUID } from "node:crypto";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -207,18 +207,28 @@ class LocalFakeSlack implements FakeSlack {
     const timestamp = override.timestamp ?? Math.floor(Date.now() / 1000);
     const signature = override.signature ?? slackSignature(override.secret ?? this.options.signingSecret, timestamp, body);
     const at = performance.now();
-    const response = await fetch(url, {
-      method: "POST",
-      headers: {
-        "content-type": contentType,
-        "user-agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
-        "x-slack-request-timestamp": String(timestamp),
-        "x-slack-signature": signature,
-      },
-      body,
+    // node:http rather than fetch: in a burst this client shares the app's event loop, and fetch's streams cost
+    // the app about half a millisecond a request that Slack's own servers would spend, not the app.
+    const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const outgoing = httpRequest(url, {
+        method: "POST",
+        headers: {
+          "content-type": contentType,
+          "content-length": Buffer.byteLength(body),
+          "user-agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+          "x-slack-request-timestamp": String(timestamp),
+          "x-slack-signature": signature,
+        },
+      }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on("data", (chunk: Buffer) => chunks.push(chunk));
+        response.on("end", () => resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") }));
+        response.on("error", reject);
+      });
+      outgoing.on("error", reject);
+      outgoing.end(body);
     });
-    const text = await response.text();
-    return { status: response.status, body: text, ms: performance.now() - at, at };
+    return { status, body: text, ms: performance.now() - at, at };
   }
 
   async slashCommand(url: string, input: SlashCommandInput, override?: SigningOverride) {

@@ -5,6 +5,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Agent } from "undici";
 import {
   ActionRowBuilder, ApplicationCommandOptionType, ButtonBuilder, ButtonStyle, Client, Events, GatewayIntentBits, MessageFlags,
   Partials, type ApplicationCommandDataResolvable, type AutocompleteInteraction, type ButtonInteraction,
@@ -15,6 +16,9 @@ import type { ChatCommand, OptionSpec, OptionValue, Requester } from "../command
 import type { ChatCore, CommandInput, Conversation, MessageHandle } from "../core.js";
 import { imageUnder, parseButtonId, type BotMessage } from "../messages.js";
 import type { ChatAdapter, ChatAdapterFactory } from "../../plugins.js";
+
+/** Connections to Discord's REST API; requests beyond them wait for one (Discord's global limit is 50 a second). */
+const REST_CONNECTIONS = 32;
 
 export interface DiscordAdapterOptions {
   token: string;
@@ -48,15 +52,20 @@ export class DiscordAdapter implements ChatAdapter {
   readonly client: Client;
   private readonly log: (line: string) => void;
   private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly restAgent = new Agent({ connections: REST_CONNECTIONS });
 
   constructor(private readonly options: DiscordAdapterOptions) {
     this.log = options.log ?? (() => undefined);
     this.client = new Client({
-      intents: [GatewayIntentBits.Guilds, GatewayIntentBits.GuildMessages, GatewayIntentBits.GuildMessageReactions,
-        GatewayIntentBits.DirectMessages, GatewayIntentBits.DirectMessageReactions],
+      // Reactions only: the bot reads no messages, and with GuildMessages it would be sent (and would parse and
+      // cache) every message of every channel it can see, its own included, on the loop that acknowledges commands.
+      intents: [GatewayIntentBits.Guilds, GatewayIntentBits.GuildMessageReactions, GatewayIntentBits.DirectMessageReactions],
       // Reactions on messages sent before this process started arrive only as partials.
       partials: [Partials.Message, Partials.Channel, Partials.Reaction, Partials.User],
-      ...(options.apiUrl ? { rest: { api: options.apiUrl } } : {}),
+      // A few kept-alive connections rather than one per request: a burst of commands made ~200 callbacks at once,
+      // each opening its own connection (a TLS handshake against Discord) on the loop that sends the next
+      // acknowledgement. Discord takes 50 requests a second from a bot in all, so more connections never help.
+      rest: { ...(options.apiUrl ? { api: options.apiUrl } : {}), agent: this.restAgent },
     });
     this.client.on(Events.InteractionCreate, (interaction) => this.track(this.interaction(interaction)));
     this.client.on(Events.MessageReactionAdd, (reaction, user) => this.track(this.reaction(reaction, user, false)));
@@ -77,6 +86,7 @@ export class DiscordAdapter implements ChatAdapter {
   async stop(): Promise<void> {
     await Promise.allSettled([...this.inFlight]);
     await this.client.destroy();
+    await this.restAgent.close();
   }
 
   /** The slash-command definitions Discord gets for the core's commands. */

@@ -53,9 +53,11 @@ export class SlackAdapter implements ChatAdapter {
       ...(options.apiUrl ? { slackApiUrl: options.apiUrl } : {}),
       ...(options.retries !== undefined ? { retryConfig: { retries: options.retries } } : {}),
     };
+    // convoStore off: we keep no conversation state in Bolt, and its default store cost every request a lookup
+    // (a rejected promise with a stack trace when nothing is stored) before the handler could acknowledge.
     if (options.mode === "socket") {
       if (!options.appToken) throw new Error("Slack Socket Mode needs SLACK_APP_TOKEN (an xapp- token with connections:write)");
-      this.app = new App({ token: options.botToken, appToken: options.appToken, socketMode: true, clientOptions, logLevel: LogLevel.ERROR });
+      this.app = new App({ token: options.botToken, appToken: options.appToken, socketMode: true, clientOptions, logLevel: LogLevel.ERROR, convoStore: false });
     } else {
       if (!options.signingSecret) throw new Error("the Slack HTTP receiver needs SLACK_SIGNING_SECRET (Basic Information → Signing Secret)");
       const receiver = new HTTPReceiver({
@@ -63,7 +65,7 @@ export class SlackAdapter implements ChatAdapter {
         // Ack first, work after: the HTTP answer leaves as soon as a handler calls ack().
         processBeforeResponse: false,
       });
-      this.app = new App({ token: options.botToken, receiver, clientOptions, logLevel: LogLevel.ERROR });
+      this.app = new App({ token: options.botToken, receiver, clientOptions, logLevel: LogLevel.ERROR, convoStore: false });
     }
     this.app.command(/^\/[a-z][a-z0-9-]*$/, (args) => this.command(args));
     this.app.action<BlockAction<ButtonAction>>(/^autolora:/, async ({ ack, body, action, respond, client }) => {
