@@ -275,6 +275,34 @@ def test_the_compiled_gate_computes_what_the_eager_gate_does_for_one_to_five_lor
     torch.testing.assert_close(outputs[True], outputs[False], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_the_low_rank_gate_computes_what_the_reference_gate_does_on_the_stacked_outputs():
+    # Statistics from the rank-r activations, outputs made a token chunk at a time (600 tokens: three chunks on the
+    # CPU), eager and compiled, against gate_math on the (k, tokens, D) stack; ranks mixed, one token all zero; and
+    # a layer small enough to take the stacked path.
+    from autolora_worker.fusion.gates import CPU_TOKEN_CHUNK, SMALL_STACK, branch_stats, gate_math
+
+    generator = torch.Generator().manual_seed(12)
+    for width, tokens in ((512, 2 * CPU_TOKEN_CHUNK + 88), (16, 9)):
+        gate = Gate(width, generator)
+        with torch.no_grad():
+            for k in range(1, 6):
+                assert (k * tokens * width > SMALL_STACK) == (width == 512)
+                ranks = [1 + (3 * i) % 8 for i in range(k)]
+                hidden = [torch.randn(tokens, rank, generator=generator) for rank in ranks]
+                hidden[0][5] = 0  # a token the LoRA does not move: LayerNorm of a constant row
+                ups = [torch.randn(width, rank, generator=generator) * 0.3 + 0.05 for rank in ranks]
+                base = torch.randn(tokens, width, generator=generator)
+                reference = gate_math(base, torch.stack([h @ up.T for h, up in zip(hidden, ups)]), gate.w_x, gate.w_l,
+                                      gate.w_c, gate.b, gate.w_o, gate.ln_x.weight, gate.ln_x.bias, gate.ln_l.weight,
+                                      gate.ln_l.bias, gate.ln_x.eps)
+                stats = [branch_stats(up) for up in ups]
+                for compiled in (False, True):
+                    gate.compiled = compiled
+                    torch.testing.assert_close(gate.low_rank(base, hidden, ups, stats), reference, atol=1e-5,
+                                               rtol=1e-5, msg=f"{width} wide, k = {k}, compiled = {compiled}")
+
+
 def test_a_gate_that_cannot_be_compiled_runs_eagerly_and_says_so_once(monkeypatch, capsys):
     from autolora_worker.fusion import gates as gates_module
 
@@ -283,10 +311,18 @@ def test_a_gate_that_cannot_be_compiled_runs_eagerly_and_says_so_once(monkeypatc
 
     monkeypatch.setattr(gates_module.torch, "compile", unavailable)
     monkeypatch.setattr(gates_module, "COMPILED_GATE", gates_module._CompiledGate())
+    monkeypatch.setattr(gates_module, "COMPILED_POINTWISE", gates_module._CompiledGate(gates_module.gate_pointwise))
     gate = Gate(16, torch.Generator().manual_seed(0))
     base, loras = torch.randn(3, 16), torch.randn(2, 3, 16)
+    wide = Gate(1024, torch.Generator().manual_seed(0))  # past SMALL_STACK, so the elementwise part is compiled
+    hidden, ups = [torch.randn(300, 2), torch.randn(300, 4)], [torch.randn(1024, 2), torch.randn(1024, 4)]
+    wide_base = torch.randn(300, 1024)
+    stats = [gates_module.branch_stats(up) for up in ups]
     with torch.no_grad():
-        eager = gate(base, loras)
+        eager, eager_low_rank = gate(base, loras), wide.low_rank(wide_base, hidden, ups, stats)
         gate.compiled = True
         assert torch.equal(gate(base, loras), eager) and torch.equal(gate(base, loras), eager)
-    assert capsys.readouterr().err.count("compiling the gate failed (no C++ compiler found); using the eager gate") == 1
+        wide.compiled = True
+        assert torch.equal(wide.low_rank(wide_base, hidden, ups, stats), eager_low_rank)
+    # Once per compiled function that failed: the whole gate, and its elementwise part.
+    assert capsys.readouterr().err.count("compiling the gate failed (no C++ compiler found); using the eager gate") == 2

@@ -34,13 +34,49 @@ def gate_math(base_out: torch.Tensor, lora_outs: torch.Tensor, w_x: torch.Tensor
     return base_out + w_o * (gates * lora_outs).sum(dim=0)
 
 
-class _CompiledGate:
-    """`gate_math` compiled once by torch.compile (inductor: a fused C++ loop on the CPU, a Triton kernel on CUDA),
-    with dynamic shapes, so one compilation serves every layer width, token count and k. Compiling happens on the
-    first call; if it fails (no compiler, an unsupported backend), one line says so and the eager gate is used from
-    then on, never a crash."""
+def gate_pointwise(base_out: torch.Tensor, lora_outs: list[torch.Tensor], means: list[torch.Tensor],
+                   rstds: list[torch.Tensor], w_x: torch.Tensor, w_l: torch.Tensor, w_c: torch.Tensor, b: torch.Tensor,
+                   w_o: torch.Tensor, ln_x_weight: torch.Tensor, ln_x_bias: torch.Tensor, ln_l_weight: torch.Tensor,
+                   ln_l_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """`gate_math` on base_out (N, D) and k LoRA outputs (N, D) whose LayerNorm statistics are already known
+    (means, rstds: k × (N, 1)): everything after the statistics is elementwise, one pass over each output."""
+    x_hat = F.layer_norm(base_out, base_out.shape[-1:], ln_x_weight, ln_x_bias, eps)
+    shared = x_hat * w_x + b
+    mixing = x_hat * w_c + w_l
+    total = None
+    for out, mean, rstd in zip(lora_outs, means, rstds):
+        l_hat = (out - mean) * rstd * ln_l_weight + ln_l_bias
+        gated = torch.sigmoid(torch.addcmul(shared, l_hat, mixing)) * out
+        total = gated if total is None else total + gated
+    return base_out + w_o * total
 
-    def __init__(self):
+
+def branch_stats(up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What LayerNorm needs to know of a LoRA's output l = up @ h without computing it: over the D features, the
+    mean of l is h · ū and its variance hᵀ C h, with ū the mean row of `up` (r,) and C the covariance of its rows
+    (r, r). Both in fp32, from the (out, r) factor once per request."""
+    up = up.float()
+    mean_row = up.mean(dim=0)
+    centred = up - mean_row
+    return mean_row, centred.T @ centred / up.shape[0]
+
+
+# On the CPU the gate runs over this many tokens at a time, so the k LoRA outputs it reads are still in cache
+# from the matmul that wrote them (at 4096 tokens × 3072 wide they are 150 MB, read back from memory otherwise).
+CPU_TOKEN_CHUNK = 256
+# Below this many values in the (k, tokens, D) stack (1 MB in fp32) the stacked reference gate is faster, compiled
+# or not: at the proving ground's sizes a layer's gate costs ~0.3 ms of per-operation overhead, not memory traffic.
+SMALL_STACK = 1 << 18
+
+
+class _CompiledGate:
+    """A gate function (`gate_math` by default) compiled once by torch.compile (inductor: a fused C++ loop on the
+    CPU, a Triton kernel on CUDA), with dynamic shapes, so one compilation serves every layer width and token count
+    (and one per k where it takes lists). Compiling happens on the first call; if it fails (no compiler, an
+    unsupported backend), one line says so and the eager function is used from then on, never a crash."""
+
+    def __init__(self, function=gate_math):
+        self._function = function
         self._compiled = None
         self.failed: str | None = None
 
@@ -48,16 +84,17 @@ class _CompiledGate:
         if self.failed is None:
             try:
                 if self._compiled is None:
-                    self._compiled = torch.compile(gate_math, dynamic=True)
+                    self._compiled = torch.compile(self._function, dynamic=True)
                 return self._compiled(*args)
             except Exception as error:  # inductor raises many types; the eager gate computes the same
                 self.failed = " ".join(str(error).split())[:200] or type(error).__name__
                 print(f"[gates] compiling the gate failed ({self.failed}); using the eager gate", file=sys.stderr,
                       flush=True)
-        return gate_math(*args)
+        return self._function(*args)
 
 
 COMPILED_GATE = _CompiledGate()
+COMPILED_POINTWISE = _CompiledGate(gate_pointwise)
 
 
 class Gate(nn.Module):
@@ -82,11 +119,45 @@ class Gate(nn.Module):
 
     def forward(self, base_out: torch.Tensor, lora_outs: torch.Tensor) -> torch.Tensor:
         # base_out (..., D); lora_outs (k, ..., D) -> fused (..., D)
-        args = (base_out, lora_outs, self.w_x, self.w_l, self.w_c, self.b, self.w_o, self.ln_x.weight, self.ln_x.bias,
-                self.ln_l.weight, self.ln_l.bias, self.ln_x.eps)
         if self.compiled and not torch.is_grad_enabled():
-            return COMPILED_GATE(*args)
-        return gate_math(*args)
+            return COMPILED_GATE(base_out, lora_outs, *self._vectors(), self.ln_x.eps)
+        return gate_math(base_out, lora_outs, self.w_x, self.w_l, self.w_c, self.b, self.w_o, self.ln_x.weight,
+                         self.ln_x.bias, self.ln_l.weight, self.ln_l.bias, self.ln_x.eps)
+
+    def _vectors(self) -> tuple[torch.Tensor, ...]:
+        """The gate's nine vectors for inference, as plain tensors: torch.compile specialises on a parameter's shape
+        (one compilation per layer width, past its limit of 8 silently eager), on a tensor's it need not."""
+        return tuple(p.detach() for p in (self.w_x, self.w_l, self.w_c, self.b, self.w_o, self.ln_x.weight,
+                                          self.ln_x.bias, self.ln_l.weight, self.ln_l.bias))
+
+    def low_rank(self, base_out: torch.Tensor, hidden: list[torch.Tensor], ups: list[torch.Tensor],
+                 stats: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The same as `forward(base_out, stack([h @ up.T for h, up in zip(hidden, ups)]))`, for inference, from
+        each LoRA's rank-r activations hidden (N, rᵢ) and up factor (D, rᵢ) with its `branch_stats`: LayerNorm's
+        statistics of each output come from the r-dim activations, and on the CPU the outputs are made and gated
+        CPU_TOKEN_CHUNK tokens at a time, so none of the (k, N, D) stack is ever written to memory. base_out (N, D)."""
+        tokens, width = base_out.shape
+        if len(ups) * tokens * width <= SMALL_STACK:  # per-operation costs dominate: the reference's few ops win
+            return gate_math(base_out, torch.stack([F.linear(h, up) for h, up in zip(hidden, ups)]), *self._vectors(),
+                             self.ln_x.eps)
+        eps = self.ln_l.eps
+        means, rstds = [], []
+        for h, (mean_row, cov) in zip(hidden, stats):
+            h = h.float()
+            means.append((h @ mean_row).unsqueeze(-1))
+            variance = ((h @ cov) * h).sum(dim=-1).clamp_min(0)
+            rstds.append(torch.rsqrt(variance + eps).unsqueeze(-1))
+        params = (*self._vectors(), self.ln_x.eps)
+        pointwise = COMPILED_POINTWISE if self.compiled else gate_pointwise
+        chunk = CPU_TOKEN_CHUNK if base_out.device.type == "cpu" else max(tokens, 1)
+        if tokens <= chunk:
+            return pointwise(base_out, [F.linear(h, up) for h, up in zip(hidden, ups)], means, rstds, *params)
+        fused = torch.empty_like(base_out)
+        for start in range(0, tokens, chunk):
+            rows = slice(start, start + chunk)
+            fused[rows] = pointwise(base_out[rows], [F.linear(h[rows], up) for h, up in zip(hidden, ups)],
+                                    [mean[rows] for mean in means], [rstd[rows] for rstd in rstds], *params)
+        return fused
 
 
 @dataclass(frozen=True)

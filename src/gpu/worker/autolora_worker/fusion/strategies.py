@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from peft.utils.merge_utils import dare_linear
 
-from .gates import GateBank, global_lora
+from .gates import GateBank, branch_stats, global_lora
 from .layer import Branch, FusedLinear, LayerPlan, StepState
 
 
@@ -199,13 +199,23 @@ class GatedPlan(LayerPlan):
     def __init__(self, branches: list[Branch], gate):
         self.branches = branches
         self.gate = gate
-        self.down = torch.cat([b.down for b in branches], dim=0)  # (R, in)
+        self.down = torch.cat([b.down for b in branches], dim=0)  # (R, in): all down-projections in one matmul
         self.splits = [b.rank for b in branches]
+        self.stats = None  # each branch's LayerNorm statistics factors (gates.branch_stats), at the first inference
 
     def forward(self, base, x):
-        hidden = F.linear(x, self.down).split(self.splits, dim=-1)  # k × (..., rᵢ)
-        lora_outs = torch.stack([F.linear(h, b.up) for h, b in zip(hidden, self.branches)])  # (k, ..., out)
-        return self.gate(base(x), lora_outs)
+        hidden = F.linear(x, self.down)  # (..., R)
+        base_out = base(x)
+        if torch.is_grad_enabled():  # training: the reference gate, differentiable end to end
+            pieces = hidden.split(self.splits, dim=-1)  # k × (..., rᵢ)
+            lora_outs = torch.stack([F.linear(h, b.up) for h, b in zip(pieces, self.branches)])  # (k, ..., out)
+            return self.gate(base_out, lora_outs)
+        if self.stats is None:
+            self.stats = [branch_stats(b.up) for b in self.branches]
+        width = base_out.shape[-1]
+        pieces = list(hidden.reshape(-1, hidden.shape[-1]).split(self.splits, dim=-1))
+        fused = self.gate.low_rank(base_out.reshape(-1, width), pieces, [b.up for b in self.branches], self.stats)
+        return fused.reshape(base_out.shape)
 
 
 class Gated(FusionStrategy):
