@@ -21,6 +21,7 @@ import { PluginRegistry } from "./plugins.js";
 import { ingestLora, ingestLoras, type IngestItem, type IngestMetadata, type IngestOptions, type IngestResult } from "./pool/ingest.js";
 import { ingestFromUrl } from "./pool/ingest-url.js";
 import { lancedbUri, openPool, seedFromBundle, type Pool } from "./pool/open.js";
+import { PoolServer } from "./pool/pool-server.js";
 import { backfillLoraText } from "./pool/text-backfill.js";
 import { crawlSources, poolJobs, stateFile } from "./scheduler/jobs.js";
 import { Scheduler } from "./scheduler/scheduler.js";
@@ -37,6 +38,8 @@ export interface Host extends Omit<HostParts, "secrets" | "log" | "textEncoder" 
   core: ChatCore;
   /** Crawling, index upkeep and the models' life on their schedules; `startServing` starts it. */
   scheduler: Scheduler;
+  /** LoRA files by hash for workers on other machines (workers.pool_server), when enabled. */
+  poolServer?: PoolServer;
   /** Add a local LoRA file to the pool (stored, embedded by a worker, indexed). */
   ingest(path: string, metadata: IngestMetadata): Promise<IngestResult>;
   /** Add many local files in batches (one worker call and one index commit each); each file its result or error. */
@@ -80,6 +83,11 @@ export async function createHost(parts: HostParts): Promise<Host> {
       startRetrain: lifecycle.retrainNow && (() => void scheduler.trigger("retrain")),
     }), ...lifecycle.jobs],
   });
+  const served = config.workers.pool_server;
+  const poolServer = served.enabled ? new PoolServer({
+    store: pool.store, token: parts.secrets.require("workerToken", "the pool server (workers.pool_server)"), host: served.host, port: served.port, log,
+  }) : undefined;
+  await poolServer?.start();
   const context: CommandContext = {
     commands, pipeline, retriever, index: pool.index, store: pool.store, generations, dataDir,
     k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, ...selectionSettings(config.retrieval), chat: chatSettings(config),
@@ -91,9 +99,11 @@ export async function createHost(parts: HostParts): Promise<Host> {
   };
   return {
     config, pool, workers, generations, plugins, dataDir, queue, pipeline, context, core: new ChatCore(context, log), scheduler, ingest, ingestMany,
+    ...(poolServer ? { poolServer } : {}),
     stop: async () => {
       await scheduler.stop();
       await queue.idle().catch(() => undefined);
+      await poolServer?.stop();
       await workers.stop();
       await parts.textEncoder.close();
     },

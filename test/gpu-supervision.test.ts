@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdtemp } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -18,6 +18,7 @@ import type { EmbedResult, GenerateRequest } from "../src/gpu/protocol.js";
 import { combineWorkerSources, RemoteWorkers } from "../src/gpu/remote.js";
 import { ingestLora } from "../src/pool/ingest.js";
 import { LanceLoraIndex } from "../src/pool/lancedb-index.js";
+import { PoolServer } from "../src/pool/pool-server.js";
 import { LoraStore } from "../src/pool/store.js";
 import { pythonWorkerCommand, WorkerSupervisor, type SupervisorOptions } from "../src/gpu/supervisor.js";
 import { describeRequiring, pythonWorker } from "./helpers/requirements.js";
@@ -242,6 +243,38 @@ describeRequiring(pythonWorker)("the real Python worker", () => {
     expect(verdict.labels).toHaveLength(1);
     expect(Object.keys(verdict.labels[0]!).sort()).toEqual(["colour", "shape", "style"]);
     await expect(dispatcher.judge([Buffer.from("not a picture")])).rejects.toThrow(/field 'images.0': not a base64 PNG/);
+  }, 120_000);
+
+  it("fetches the LoRAs a job names by hash from the host's pool server, once, into a cache checked by hash", async () => {
+    const data = await mkdtemp(join(tmpdir(), "autolora-pool-fetch-"));
+    const store = new LoraStore(join(data, "pool"));
+    await mkdir(store.root, { recursive: true });
+    const bytes = readFileSync(join(root, "bundle", "pool", "style-striped-01.safetensors"));
+    const sha256 = createHash("sha256").update(bytes).digest("hex");
+    await writeFile(store.pathOf(sha256), bytes);
+    const pool = new PoolServer({ store, token: "shared-secret", host: "127.0.0.1", port: 0 });
+    const poolUrl = await pool.start();
+    const cache = join(data, "worker-cache");
+    const child = spawn(python, ["-m", "autolora_worker", "serve", "--port", "0", "--device", "cpu", "--pool-url", poolUrl, "--lora-cache", cache],
+      { cwd: join(root, "src", "gpu", "worker"), env: { ...process.env, AUTOLORA_WORKER_TOKEN: "shared-secret", OMP_NUM_THREADS: "1" } });
+    try {
+      const [line] = await once(createInterface({ input: child.stdout }), "line") as [string];
+      const worker = createWorkerClient({ url: `http://127.0.0.1:${JSON.parse(line).port}`, token: "shared-secret", id: "remote-1" });
+      // No path: the worker is on "another machine" and has only the hash.
+      const end = await worker.generate(job({ seeds: [3], steps: 2, loras: [{ sha256, name: "striped" }], fusion: "direct" }));
+      expect(end.loras).toEqual([expect.objectContaining({ sha256, name: "striped" })]);
+      expect(existsSync(join(cache, `${sha256}.safetensors`))).toBe(true);
+      // Fetched once: with the pool's copy gone, the next job still has it.
+      await rm(store.pathOf(sha256));
+      const again = await worker.generate(job({ seeds: [3], steps: 2, loras: [{ sha256, name: "striped" }], fusion: "direct" }));
+      expect(again.images[0]!.png_base64).toBe(end.images[0]!.png_base64);
+      // A LoRA no pool has fails that job only, saying why.
+      await expect(worker.generate(job({ seeds: [3], steps: 2, loras: [{ sha256: "ab".repeat(32) }] })))
+        .rejects.toThrow(/could not be fetched: .* does not have it/);
+    } finally {
+      child.kill();
+      await pool.stop();
+    }
   }, 120_000);
 
   it("exits when its host is killed with SIGKILL", async () => {

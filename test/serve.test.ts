@@ -1,5 +1,6 @@
 // What `make demo` runs, end to end on one machine: the real worker on the committed bundle, the bundle's pool
 // ingested into an empty data folder, the web chat answering /imagine with an image made with retrieved LoRAs.
+import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -16,7 +17,11 @@ describeRequiring(pythonWorker)("autolora serve", () => {
   it("serves /imagine over the web chat with LoRAs retrieved from the bundle's pool", async () => {
     data = await mkdtemp(join(tmpdir(), "autolora-serve-"));
     const log: string[] = [];
-    const serving = await startServing({ AUTOLORA_DATA_DIR: data, AUTOLORA_WEB__PORT: "0", PATH: process.env.PATH }, (line) => log.push(line));
+    const serving = await startServing({
+      AUTOLORA_DATA_DIR: data, AUTOLORA_WEB__PORT: "0", PATH: process.env.PATH,
+      // Remote workers' LoRA files by hash, beside the chat.
+      AUTOLORA_WORKERS__POOL_SERVER__ENABLED: "true", AUTOLORA_WORKERS__POOL_SERVER__PORT: "0", AUTOLORA_WORKER_TOKEN: "remote-workers-token",
+    }, (line) => log.push(line));
     try {
       const bundled = (JSON.parse(readFileSync("bundle/pool/pool.json", "utf8")) as { loras: unknown[] }).loras.length;
       expect(bundled).toBeGreaterThanOrEqual(100);
@@ -51,6 +56,13 @@ describeRequiring(pythonWorker)("autolora serve", () => {
       // Covering retrieval: the prompt names an object and a style, so one LoRA of each (top-k gave three hexagons).
       expect(loras.map((lora) => lora.name)).toEqual([expect.stringMatching(/^shape-hexagon-/), expect.stringMatching(/^style-striped-/)]);
       expect(loras.every((lora) => lora.similarity > 0.2)).toBe(true);
+      // A remote worker gets a pool LoRA's bytes by its hash, with the token only.
+      const [lora] = await serving.host.pool.index.list({}, 1);
+      const poolUrl = serving.host.poolServer!.url!;
+      const served = await fetch(`${poolUrl}/pool/${lora!.id}`, { headers: { authorization: "Bearer remote-workers-token" } });
+      expect(createHash("sha256").update(Buffer.from(await served.arrayBuffer())).digest("hex")).toBe(lora!.id);
+      expect((await fetch(`${poolUrl}/pool/${lora!.id}`)).status).toBe(401);
+      expect(log.join("\n")).not.toContain("remote-workers-token");
       const image = await fetch(`${url}${answer!.image!}`);
       expect(image.headers.get("content-type")).toBe("image/webp");
       expect((await image.arrayBuffer()).byteLength).toBeGreaterThan(500);

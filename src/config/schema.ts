@@ -52,6 +52,11 @@ export const configSchema = z.strictObject({
     python: z.string(),
     startup_timeout_s: z.number().positive(),
     job_timeout_s: z.number().positive(),
+    pool_server: z.strictObject({
+      enabled: z.boolean(),
+      host: z.string().min(1),
+      port: z.int().min(0).max(65535),
+    }),
   }),
   retrieval: z.strictObject({
     k: z.int().min(0).max(MAX_LORAS_PER_JOB, `at most ${MAX_LORAS_PER_JOB}, the LoRAs a worker fuses in one job`),

@@ -137,10 +137,14 @@ export const generateRequestSchema = z.strictObject({
   height: z.int().min(MIN_SIZE).max(MAX_SIZE).optional(),
   width: z.int().min(MIN_SIZE).max(MAX_SIZE).optional(),
   loras: z.array(z.strictObject({
-    path: z.string().min(1),
+    /** A file the worker can read (a local worker, or a shared disk). */
+    path: z.string().min(1).optional(),
+    /** The file's sha256: a worker with pools (`serve --pool-url`) fetches it from the host by this. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
     scale: z.number().min(-4).max(4).optional(),
     name: z.string().max(200).optional(),
-  })).max(MAX_LORAS_PER_JOB).optional(),
+  }).refine((lora) => lora.path !== undefined || lora.sha256 !== undefined, "name each LoRA by path, sha256, or both"))
+    .max(MAX_LORAS_PER_JOB).optional(),
   fusion: z.enum(FUSIONS).optional(),
   global_lora: z.boolean().optional(),
   preview_every: z.int().min(0).max(MAX_STEPS).optional(),

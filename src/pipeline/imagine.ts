@@ -118,7 +118,7 @@ export class ImaginePipeline {
     const end = await this.deps.dispatcher.generate({
       job_id: id, prompt, seeds, ...(settings.steps > 0 ? { steps: settings.steps } : {}),
       ...(options.width ? { width: options.width } : {}), ...(options.height ? { height: options.height } : {}),
-      loras: hits.map((hit) => ({ path: this.deps.store.pathOf(hit.lora.id), name: hit.lora.name })),
+      loras: hits.map((hit) => ({ path: this.deps.store.pathOf(hit.lora.id), sha256: hit.lora.id, name: hit.lora.name })),
       fusion: hits.length > 0 ? fusion : "none", preview_every: 4,
     }, {
       signal,

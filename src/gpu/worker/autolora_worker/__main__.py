@@ -114,6 +114,16 @@ def _serve(args) -> int:
     if args.evaluator is not None and args.family != "proving-ground":
         print(f"error: --evaluator judges proving-ground images; this worker runs {args.family}", file=sys.stderr)
         return 2
+    fetcher = None
+    if args.pool_url:
+        from .lora_fetch import LoraFetcher
+
+        bad = [url for url in args.pool_url if not url.startswith(("http://", "https://"))]
+        if bad:
+            print(f"error: --pool-url takes the host's http(s) base URL, e.g. http://host:8788, got {bad[0]}",
+                  file=sys.stderr)
+            return 2
+        fetcher = LoraFetcher(args.pool_url, token, args.lora_cache, args.lora_cache_mb << 20)
     model_path, gates, note = serve_paths(args.family, args.model_path, args.gates)
     if note:
         print(note, file=sys.stderr)
@@ -124,7 +134,8 @@ def _serve(args) -> int:
                         evaluator_path=serve_evaluator(args.family, args.model_path, args.evaluator),
                         max_lora_bytes=args.max_lora_mb << 20,
                         compile_gates=args.compile_gates == "on" or (args.compile_gates == "auto" and
-                                                                     backbone.device.type == "cuda"))
+                                                                     backbone.device.type == "cuda"),
+                        fetcher=fetcher)
     except (WorkerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -273,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image evaluator folder for /judge, proving ground only (default: the bundle's evaluator/ "
                             "when serving the bundle's model)")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
+    serve.add_argument("--pool-url", action="append", default=[],
+                       help="a host's LoRA pool (its workers.pool_server), e.g. http://host:8788: LoRAs that jobs name "
+                            "by sha256 are fetched from it with the worker token; repeat for several hosts (tried in "
+                            "order). Without it, LoRAs are read from the paths jobs give (a shared disk)")
+    serve.add_argument("--lora-cache", default=str(Path.home() / ".cache" / "autolora" / "loras"),
+                       help="folder for LoRA files fetched from --pool-url (default ~/.cache/autolora/loras)")
+    serve.add_argument("--lora-cache-mb", type=_positive(int), default=20480,
+                       help="the most the fetched LoRA files take on disk; least recently used go first (default "
+                            "20480)")
     serve.add_argument("--compile-gates", choices=["auto", "on", "off"], default="auto",
                        help="run the gates as one compiled pass (torch.compile; eager if compiling fails): auto = on "
                             "CUDA only, where the first gated job compiles once per process")

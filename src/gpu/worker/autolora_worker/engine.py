@@ -27,8 +27,9 @@ from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
 from .lora.canonical import CanonicalLora
 from .lora.files import DEFAULT_MAX_LORA_BYTES
 from .lora.formats import inspect_lora_file, read_lora_file
+from .lora_fetch import LoraFetcher, LoraFetchError
 from .models import Backbone
-from .protocol import MAX_SIZE, GenerateRequest
+from .protocol import MAX_SIZE, GenerateRequest, LoraRef
 from .sampling import SampleRequest, sample
 
 Emit = Callable[[dict], None]
@@ -77,8 +78,11 @@ def _decode_png(data: str, field: str, size: int) -> np.ndarray:
 class Engine:
     def __init__(self, backbone: Backbone, gates_path: str | Path | None = None, cache_bytes: int = 2 << 30,
                  encoder_path: str | Path | None = None, max_lora_bytes: int = DEFAULT_MAX_LORA_BYTES,
-                 evaluator_path: str | Path | None = None, compile_gates: bool = False):
+                 evaluator_path: str | Path | None = None, compile_gates: bool = False,
+                 fetcher: LoraFetcher | None = None):
         self.backbone = backbone
+        # Where LoRAs named by hash come from on a worker that cannot read the host's pool (serve --pool-url).
+        self.fetcher = fetcher
         # Gates as one fused pass (torch.compile; the eager gate is the fallback): compiled on the first gated job.
         self.compile_gates = compile_gates
         # The proving ground's image judge (/judge), loaded on first use; None on a worker that has none.
@@ -109,6 +113,24 @@ class Engine:
         if lora.family is not None and lora.family != self.backbone.spec.name:
             raise IncompatibleLoraError(f"{Path(path).name} is a LoRA for {lora.family}, "
                                         f"this worker runs {self.backbone.spec.name}")
+        return lora
+
+    def _lora(self, ref: LoraRef) -> CanonicalLora:
+        """A job's LoRA on the device: fetched by hash where this worker has pools, else read from its path."""
+        if ref.sha256 is not None and self.fetcher is not None:
+            self.fetcher.hold(ref.sha256)  # not evicted by another job's fetch before it is read
+            try:
+                lora = self.cache.get(self.fetcher.path_for(ref.sha256))
+            finally:
+                self.fetcher.release(ref.sha256)
+        elif ref.path is not None:
+            lora = self.cache.get(ref.path)
+        else:
+            raise LoraFetchError(f"LoRA {ref.sha256[:12]} is named by hash only and this worker has no pool to "
+                                 "fetch it from (serve --pool-url)")
+        if ref.sha256 is not None and lora.sha256 != ref.sha256:
+            raise InvalidRequestError(f"{Path(ref.path or '').name or 'the LoRA file'} has sha256 {lora.sha256[:12]}, "
+                                      f"not {ref.sha256[:12]} as the job says")
         return lora
 
     def health(self) -> dict:
@@ -241,7 +263,7 @@ class Engine:
         steps = request.steps or spec.default_steps
         emit({"type": "job-start", "job_id": request.job_id, "seeds": request.seeds, "steps": steps})
         try:
-            loras = [self.cache.get(ref.path) for ref in request.loras]
+            loras = [self._lora(ref) for ref in request.loras]
             fusion, fusion_note = request.fusion, None
             if fusion == "gated" and not self.gates_trained:
                 fusion = "direct"

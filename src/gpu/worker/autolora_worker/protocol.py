@@ -40,9 +40,18 @@ class Strict(BaseModel):
 
 
 class LoraRef(Strict):
-    path: str = Field(min_length=1, description="LoRA .safetensors file readable by the worker")
+    path: str | None = Field(None, min_length=1, description="LoRA .safetensors file readable by the worker")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="the file's sha256: a worker with pools (serve --pool-url) fetches it "
+                                           "by this; the file read must have it")
     scale: float = Field(1.0, ge=-4.0, le=4.0, description="strength multiplier on top of the file's alpha/rank")
     name: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _named(self):
+        if self.path is None and self.sha256 is None:
+            raise ValueError("name each LoRA by 'path' (a file the worker can read), 'sha256', or both")
+        return self
 
 
 class GenerateRequest(Strict):
