@@ -9,6 +9,7 @@ import { ChatCore } from "./bots/core.js";
 import { poolStatus } from "./bots/pool-status.js";
 import type { Config } from "./config/schema.js";
 import type { Secrets } from "./config/secrets.js";
+import { RedisQueue, redisUrlWithPassword } from "./gpu/redis-queue.js";
 import { startWorkers, type Workers } from "./gpu/workers.js";
 import { modelLifecycle, openModels, type Models } from "./models/lifecycle.js";
 import { GenerationStore } from "./pipeline/generations.js";
@@ -60,13 +61,19 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const ingestMany = (items: IngestItem[], options?: IngestOptions) => ingestLoras(items, ingestDeps, options);
   const retriever = new Retriever(parts.textEncoder, pool.index, new CachedVotes(() => generations.ratingsByLora()));
   const state = stateFile(config);
+  // queue.backend redis: jobs pass on to Redis at once, where users take turns across hosts and workers pull them;
+  // the host's own queue keeps the per-user and global caps.
+  const redis = config.queue.backend === "redis" ? await RedisQueue.open({
+    url: redisUrlWithPassword(config.queue.redis_url, parts.secrets.get("redisPassword")), prefix: config.queue.redis_prefix, log,
+  }) : undefined;
   const queue = new FairQueue({
-    concurrency: Math.max(1, config.workers.local.length + config.workers.remote.length),
+    concurrency: redis ? config.queue.global : Math.max(1, config.workers.local.length + config.workers.remote.length),
     perUser: config.queue.per_user, global: config.queue.global,
   });
+  const generator = redis ? { generate: redis.generate.bind(redis) } : workers.dispatcher;
   const family = (await workers.source.ready()[0]?.health())?.family;
   const pipeline = new ImaginePipeline({
-    retriever, queue, dispatcher: workers.dispatcher, store: pool.store, generations, dataDir,
+    retriever, queue, dispatcher: generator, store: pool.store, generations, dataDir,
     postProcessors: plugins.postProcessors.map((processor) => processor.run),
     settings: {
       k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, fusion: config.generation.fusion,
@@ -87,7 +94,10 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const poolServer = served.enabled ? new PoolServer({
     store: pool.store, token: parts.secrets.require("workerToken", "the pool server (workers.pool_server)"), host: served.host, port: served.port, log,
   }) : undefined;
-  await poolServer?.start();
+  await poolServer?.start().catch(async (error: unknown) => {
+    await redis?.close();
+    throw error;
+  });
   const context: CommandContext = {
     commands, pipeline, retriever, index: pool.index, store: pool.store, generations, dataDir,
     k: config.retrieval.k, minSimilarity: config.retrieval.min_similarity, ...selectionSettings(config.retrieval), chat: chatSettings(config),
@@ -103,6 +113,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
     stop: async () => {
       await scheduler.stop();
       await queue.idle().catch(() => undefined);
+      await redis?.close();
       await poolServer?.stop();
       await workers.stop();
       await parts.textEncoder.close();

@@ -43,7 +43,8 @@ describe("pool server", () => {
   });
 
   it("gives nothing without the right token, and never logs the token given", async () => {
-    for (const headers of [{}, { authorization: "Bearer guess" }, { authorization: "worker-secret" }, { authorization: "Bearer worker-secret2" }]) {
+    const wrong: Array<Record<string, string>> = [{}, { authorization: "Bearer guess" }, { authorization: "worker-secret" }, { authorization: "Bearer worker-secret2" }];
+    for (const headers of wrong) {
       const response = await fetch(`${url}/pool/${sha256}`, { headers });
       expect(response.status).toBe(401);
       expect(response.headers.get("www-authenticate")).toBe("Bearer");
@@ -58,7 +59,7 @@ describe("pool server", () => {
   it("answers 404 for LoRAs it does not have and anything that is not a sha256, 405 for writes", async () => {
     const missing = await fetch(`${url}/pool/${"ab".repeat(32)}`, { headers: auth });
     expect(missing.status).toBe(404);
-    expect((await missing.json()).error).toContain("no LoRA");
+    expect((await missing.json() as { error: string }).error).toContain("no LoRA");
     for (const path of ["/pool/ABC", `/pool/${sha256.toUpperCase()}`, `/pool/../${sha256}`, "/pool/", "/", `/pool/${sha256}/x`]) {
       expect((await fetch(`${url}${path}`, { headers: auth })).status).toBe(404);
     }

@@ -81,6 +81,10 @@ export const configSchema = z.strictObject({
   queue: z.strictObject({
     per_user: z.int().min(1),
     global: z.int().min(1),
+    backend: z.enum(["memory", "redis"]),
+    redis_url: z.string().regex(/^rediss?:\/\/[^\s:@]*(:\d+)?(\/\d+)?$/,
+      "expected redis://host:port or rediss://host:port (TLS), without a password: that comes from AUTOLORA_REDIS_PASSWORD"),
+    redis_prefix: z.string().regex(/^[\w.-]+$/, "expected letters, digits, _ . or -"),
   }),
   web: z.strictObject({
     enabled: z.boolean(),

@@ -9,6 +9,7 @@ export const SECRET_VARIABLES = {
   civitaiApiKey: "CIVITAI_API_KEY",
   huggingfaceToken: "HF_TOKEN",
   workerToken: "AUTOLORA_WORKER_TOKEN",
+  redisPassword: "AUTOLORA_REDIS_PASSWORD",
 } as const;
 
 export type SecretName = keyof typeof SECRET_VARIABLES;

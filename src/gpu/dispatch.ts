@@ -22,6 +22,10 @@ export interface DispatchOptions {
 export interface DispatchGenerateOptions extends GenerateOptions {
   /** Told when this job starts again after its worker went away, e.g. to tell the person waiting for it. */
   onRetry?: (failedWorker: string, error: WorkerUnavailableError) => void;
+  /** Who asked (a dispatcher that queues jobs itself lets users take turns). */
+  user?: string;
+  /** A dispatcher that queues jobs itself (`queues`) tells the place in line here: 1 = next, 0 = running. */
+  onPosition?: (position: number) => void;
 }
 
 export class WorkerDispatcher {

@@ -121,7 +121,9 @@ export class ImaginePipeline {
       loras: hits.map((hit) => ({ path: this.deps.store.pathOf(hit.lora.id), sha256: hit.lora.id, name: hit.lora.name })),
       fusion: hits.length > 0 ? fusion : "none", preview_every: 4,
     }, {
-      signal,
+      signal, user: options.user,
+      // Where the dispatcher keeps its own line (Redis), the job waits there after its LoRAs are chosen.
+      onPosition: (position) => options.onUpdate?.(position === 0 ? { type: "retrieved", loras: hits } : { type: "queued", position }),
       onRetry: (_worker, error) => options.onUpdate?.({
         type: "retry", message: `the GPU worker stopped mid-job (${error.message}); starting again from the first step`,
       }),

@@ -49,3 +49,8 @@ export function itRequiring(...requirements: Requirement[]): (name: string, body
     (named.skip ? it.skip : it)(named.name, body, timeout);
   };
 }
+
+export const redisServer: Requirement = {
+  met: ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].some(existsSync),
+  unmet: "needs redis-server (Debian: apt-get install redis-server; .ci/run installs it)",
+};

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 
 def _quiet_libraries() -> None:
@@ -104,10 +105,12 @@ def _serve(args) -> int:
     from .models import load_backbone
 
     token = args.token or os.environ.get("AUTOLORA_WORKER_TOKEN", "")
-    if not token:
-        print("error: no token: pass --token or set AUTOLORA_WORKER_TOKEN (the worker never runs open)",
-              file=sys.stderr)
+    # Over HTTP the token is what lets a host in; on the queue, Redis's password is, and the token only fetches LoRAs.
+    if not token and (not args.queue or args.pool_url):
+        print("error: no token: pass --token or set AUTOLORA_WORKER_TOKEN (the worker never runs open; on a queue, "
+              "--pool-url needs it)", file=sys.stderr)
         return 2
+    queue = queue_url(args.queue, os.environ.get("AUTOLORA_REDIS_PASSWORD", "")) if args.queue else None
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
@@ -139,10 +142,24 @@ def _serve(args) -> int:
     except (WorkerError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if queue:
+        from .queue_worker import serve_queue
+
+        return serve_queue(engine, queue, args.queue_prefix)
     from .service import serve
 
     serve(engine, args.host, args.port, token, args.request_timeout_s)
     return 0
+
+
+def queue_url(url: str, password: str) -> str:
+    """--queue's URL with AUTOLORA_REDIS_PASSWORD put in when the URL has none (argv is visible to other users)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise SystemExit(f"error: --queue takes a redis:// or rediss:// URL, got {url!r}")
+    if not password or "@" in rest:
+        return url
+    return f"{scheme}://:{quote(password, safe='')}@{rest}"
 
 
 def _bench(args) -> int:
@@ -284,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image evaluator folder for /judge, proving ground only (default: the bundle's evaluator/ "
                             "when serving the bundle's model)")
     serve.add_argument("--cache-mb", type=int, default=2048, help="LoRA cache size on the device")
+    serve.add_argument("--queue", default=None, metavar="REDIS_URL",
+                       help="pull jobs from the hosts' queue on Redis (queue.backend: redis) instead of serving HTTP, "
+                            "e.g. redis://host:6379 or rediss:// for TLS; the password comes from "
+                            "AUTOLORA_REDIS_PASSWORD. Give --pool-url too unless the pool's paths are on a shared disk")
+    serve.add_argument("--queue-prefix", default="autolora", help="the queue's Redis key prefix (queue.redis_prefix)")
     serve.add_argument("--pool-url", action="append", default=[],
                        help="a host's LoRA pool (its workers.pool_server), e.g. http://host:8788: LoRAs that jobs name "
                             "by sha256 are fetched from it with the worker token; repeat for several hosts (tried in "

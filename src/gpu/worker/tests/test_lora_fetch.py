@@ -138,3 +138,16 @@ def test_pools_are_tried_in_order_and_refusals_say_why(pool, tmp_path):
             fetcher.path_for("../etc/passwd")
     finally:
         other.close()
+
+
+def test_the_queue_password_comes_from_the_environment_and_never_shows():
+    from autolora_worker.__main__ import queue_url
+    from autolora_worker.queue_worker import redact
+
+    assert queue_url("redis://10.0.0.5:6379", "p@ss/word") == "redis://:p%40ss%2Fword@10.0.0.5:6379"
+    assert queue_url("rediss://10.0.0.5:6380/2", "") == "rediss://10.0.0.5:6380/2"
+    assert queue_url("redis://:given@10.0.0.5:6379", "other") == "redis://:given@10.0.0.5:6379"
+    with pytest.raises(SystemExit, match="redis:// or rediss://"):
+        queue_url("http://10.0.0.5:6379", "x")
+    assert redact("redis://:secret@10.0.0.5:6379") == "redis://***@10.0.0.5:6379"
+    assert "secret" not in redact("rediss://user:secret@host:6380/0")

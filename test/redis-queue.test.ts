@@ -1,0 +1,210 @@
+// queue.backend: redis with real parts: a redis-server with a password, two Python workers pulling jobs (each with
+// its own LoRA cache, fetching LoRAs by hash from a host's pool server), and two hosts' queues sharing them.
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomUUID } from "node:crypto";
+import { once } from "node:events";
+import { mkdir, mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import type { WebChat } from "../src/bots/web/server.js";
+import { startServing } from "../src/cli/serve.js";
+import { JobCancelledError } from "../src/gpu/errors.js";
+import type { GenerateRequest, JobEndEvent } from "../src/gpu/protocol.js";
+import { RedisQueue } from "../src/gpu/redis-queue.js";
+import { PoolServer } from "../src/pool/pool-server.js";
+import { LoraStore } from "../src/pool/store.js";
+import { startRedis, type TestRedis } from "./helpers/redis.js";
+import { EventStream, webRequest } from "./helpers/web-client.js";
+import { describeRequiring, pythonWorker, redisServer } from "./helpers/requirements.js";
+
+const root = join(import.meta.dirname, "..");
+const python = join(root, ".venv", "bin", "python");
+const TOKEN = "worker-token";
+
+interface QueueWorkerProcess { child: ChildProcess; name: string; lines: string[]; exited: Promise<number | null> }
+
+describeRequiring(pythonWorker, redisServer)("the Redis job queue", () => {
+  let redis: TestRedis;
+  let pool: PoolServer;
+  let data: string;
+  let sha256: string;
+  const prefix = `test-${randomUUID().slice(0, 8)}`;
+  const workers: QueueWorkerProcess[] = [];
+  const hosts: RedisQueue[] = [];
+
+  async function startWorker(password = redis.password): Promise<QueueWorkerProcess> {
+    const cache = await mkdtemp(join(data, "worker-"));
+    const child = spawn(python, ["-m", "autolora_worker", "serve", "--device", "cpu", "--queue", `redis://127.0.0.1:${redis.port}`,
+      "--queue-prefix", prefix, "--pool-url", pool.url!, "--lora-cache", cache], {
+      cwd: join(root, "src", "gpu", "worker"),
+      env: { ...process.env, AUTOLORA_REDIS_PASSWORD: password, AUTOLORA_WORKER_TOKEN: TOKEN, OMP_NUM_THREADS: "1", PYTHONUNBUFFERED: "1" },
+    });
+    const lines: string[] = [];
+    createInterface({ input: child.stderr! }).on("line", (line) => lines.push(line));
+    const exited = once(child, "exit").then(([code]) => code as number | null);
+    const first = await Promise.race([
+      once(createInterface({ input: child.stdout! }), "line").then(([line]) => JSON.parse(line as string) as { name: string }),
+      exited.then(() => undefined),
+    ]);
+    const worker = { child, name: first?.name ?? "", lines, exited };
+    workers.push(worker);
+    return worker;
+  }
+
+  const job = (extra: Partial<GenerateRequest> = {}): GenerateRequest => ({
+    job_id: randomUUID(), prompt: "a red hexagon with stripes", seeds: [1], steps: 3, fusion: "direct",
+    loras: [{ sha256, name: "striped" }], ...extra,
+  });
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    data = await mkdtemp(join(tmpdir(), "autolora-redis-queue-"));
+    const store = new LoraStore(join(data, "pool"));
+    await mkdir(store.root, { recursive: true });
+    // The pool the workers fetch from holds the bundle's LoRAs, as the hosts' pools below do.
+    for (const name of (await readdir(join(root, "bundle", "pool"))).filter((file) => file.endsWith(".safetensors"))) {
+      const bytes = await readFile(join(root, "bundle", "pool", name));
+      const hash = createHash("sha256").update(bytes).digest("hex");
+      await writeFile(store.pathOf(hash), bytes);
+      if (name === "style-striped-01.safetensors") sha256 = hash;
+    }
+    pool = new PoolServer({ store, token: TOKEN, host: "127.0.0.1", port: 0 });
+    await pool.start();
+    hosts.push(await RedisQueue.open({ url: redis.url, prefix }), await RedisQueue.open({ url: redis.url, prefix }));
+    await Promise.all([startWorker(), startWorker()]);
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const worker of workers) worker.child.kill("SIGKILL");
+    await Promise.all(hosts.map((host) => host.close()));
+    await pool?.stop();
+    await redis?.stop();
+  });
+
+  it("serves both hosts' jobs on both workers, and lists the workers", async () => {
+    const listed = await hosts[0]!.workers();
+    expect(listed.map((worker) => worker.name).sort()).toEqual(workers.map((worker) => worker.name).sort());
+    expect(listed[0]).toMatchObject({ status: "ok", family: "proving-ground" });
+    const progress: number[] = [];
+    const ends = await Promise.all(Array.from({ length: 8 }, (_, n) => hosts[n % 2]!.generate(job({ seeds: [n] }), {
+      user: `user-${n % 3}`, onEvent: (event) => { if (event.type === "job-progress") progress.push(event.step); },
+    })));
+    expect(ends.map((end) => end.images.length)).toEqual(Array(8).fill(1));
+    expect(ends[0]!.loras).toEqual([expect.objectContaining({ sha256 })]);
+    expect(progress.filter((step) => step === 3)).toHaveLength(8);
+    for (const worker of workers) expect(worker.lines.some((line) => line.includes("runs job")), worker.name).toBe(true);
+  }, 120_000);
+
+  it("tells each waiting job its place, users taking turns across hosts", async () => {
+    const started: string[] = [];
+    const positions = new Map<string, number[]>();
+    const submit = (host: RedisQueue, user: string, label: string) => host.generate(job({ steps: 4 }), {
+      user, onPosition: (position) => {
+        positions.set(label, [...(positions.get(label) ?? []), position]);
+        if (position === 0) started.push(label);
+      },
+    });
+    // Two long jobs keep both workers busy, then user a queues three jobs on one host and user b one on the other.
+    const busy = [submit(hosts[0]!, "x", "busy-1"), submit(hosts[1]!, "y", "busy-2")];
+    await until(() => started.length === 2);
+    const a = [submit(hosts[0]!, "a", "a1"), submit(hosts[0]!, "a", "a2"), submit(hosts[0]!, "a", "a3")];
+    await until(() => (positions.get("a3") ?? []).length > 0);
+    const b = submit(hosts[1]!, "b", "b1");
+    await Promise.all([...busy, ...a, b]);
+    // b's first job goes before a's second: turns, not arrival order.
+    expect(started.indexOf("b1")).toBeLessThan(started.indexOf("a2"));
+    expect(positions.get("a3")![0]).toBe(3);
+    expect(positions.get("b1")!.at(-1)).toBe(0);
+  }, 120_000);
+
+  it("cancels a waiting job and a running one", async () => {
+    let running = false;
+    const controller = new AbortController();
+    const long = hosts[0]!.generate(job({ steps: 200 }), {
+      user: "c", signal: controller.signal, onEvent: (event) => { running ||= event.type === "job-progress"; },
+    });
+    await until(() => running);
+    controller.abort();
+    await expect(long).rejects.toBeInstanceOf(JobCancelledError);
+    // Both workers busy, then one more waits: cancelled before any worker takes it.
+    let busy = 0;
+    const blockers = [hosts[0]!.generate(job({ steps: 40 }), { user: "d", onPosition: (position) => { if (position === 0) busy += 1; } }),
+      hosts[1]!.generate(job({ steps: 40 }), { user: "e", onPosition: (position) => { if (position === 0) busy += 1; } })];
+    await until(() => busy === 2);
+    const waiting = new AbortController();
+    let place = -1;
+    const queued = hosts[1]!.generate(job(), { user: "f", signal: waiting.signal, onPosition: (position) => { place = position; } });
+    await until(() => place > 0);
+    waiting.abort();
+    await expect(queued).rejects.toThrow(/cancelled while it waited/);
+    await Promise.all(blockers);
+  }, 120_000);
+
+  it("answers /imagine on two hosts' chats through the shared queue", async () => {
+    const serve = async (name: string) => startServing({
+      PATH: process.env.PATH, AUTOLORA_DATA_DIR: await mkdtemp(join(data, `${name}-`)), AUTOLORA_WEB__PORT: "0",
+      AUTOLORA_QUEUE__BACKEND: "redis", AUTOLORA_QUEUE__REDIS_URL: `redis://127.0.0.1:${redis.port}`, AUTOLORA_QUEUE__REDIS_PREFIX: prefix,
+      AUTOLORA_REDIS_PASSWORD: redis.password,
+    }, () => undefined);
+    const servings = await Promise.all([serve("host-a"), serve("host-b")]);
+    try {
+      const answers = await Promise.all(servings.map(async (serving, n) => {
+        const url = (serving.chats.running().find((adapter) => adapter.name === "web") as WebChat).url!;
+        const page = await webRequest(url);
+        const events = await EventStream.open(url, { cookie: page.cookie });
+        const posted = await webRequest(`${url}/api/command`, {
+          method: "POST", headers: { cookie: page.cookie!, origin: url }, body: { text: `/imagine a ${n ? "blue" : "red"} hexagon with stripes` },
+        });
+        expect(posted.status).toBe(202);
+        const answer = await events.waitFor((message) => message.author === "bot" && (!!message.buttons || !!message.error), 90_000);
+        events.close();
+        return { answer, texts: events.history.get(answer.id) ?? [] };
+      }));
+      for (const { answer, texts } of answers) {
+        expect(answer.error, answer.text).toBeUndefined();
+        expect(answer.image).toMatch(/^\/images\//);
+        // Drawn by a queue worker, its steps shown as they came (edits are spaced out, so not every one).
+        expect(texts.some((text) => /step \d+ of 20/.test(text))).toBe(true);
+        expect(answer.text).toMatch(/LoRAs: .* · fusion gated/);
+      }
+    } finally {
+      await Promise.all(servings.map((serving) => serving.stop()));
+    }
+  }, 240_000);
+
+  it("finishes a job on the other worker when its worker is killed mid-job, losing nothing", async () => {
+    const [first, second] = workers;
+    let retried = "";
+    const progressed = new Set<string>();
+    const ends: Promise<JobEndEvent>[] = [];
+    for (let n = 0; n < 2; n++) {
+      const request = job({ steps: 30, seeds: [n] });
+      ends.push(hosts[n]!.generate(request, {
+        user: `k${n}`, onEvent: () => progressed.add(request.job_id), onRetry: (_worker, error) => { retried = error.message; },
+      }));
+    }
+    await until(() => progressed.size === 2);
+    first!.child.kill("SIGKILL"); // mid-job: both workers have one
+    const done = await Promise.all(ends);
+    expect(done.map((end) => end.images.length)).toEqual([1, 1]);
+    expect(retried).toMatch(/stopped renewing/);
+    expect(second!.lines.filter((line) => line.includes("runs job")).length).toBeGreaterThanOrEqual(2);
+  }, 180_000);
+
+  it("gives a worker with the wrong password nothing: it stops at once, saying why", async () => {
+    const wrong = await startWorker("guess");
+    expect(await wrong.exited).toBe(2);
+    expect(wrong.lines.join("\n")).toMatch(/Redis refused this worker's credentials/);
+    expect(wrong.lines.join("\n")).not.toContain("guess");
+  }, 60_000);
+});
+
+async function until(check: () => boolean, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
