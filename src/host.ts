@@ -61,8 +61,8 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const ingestMany = (items: IngestItem[], options?: IngestOptions) => ingestLoras(items, ingestDeps, options);
   const retriever = new Retriever(parts.textEncoder, pool.index, new CachedVotes(() => generations.ratingsByLora()));
   const state = stateFile(config);
-  // queue.backend redis: jobs pass on to Redis at once, where users take turns across hosts and workers pull them;
-  // the host's own queue keeps the per-user and global caps.
+  // queue.backend redis: jobs pass on to Redis, where users take turns across hosts and workers pull them; the
+  // host's own queue keeps the per-user and global caps.
   const redis = config.queue.backend === "redis" ? await RedisQueue.open({
     url: redisUrlWithPassword(config.queue.redis_url, parts.secrets.get("redisPassword")), prefix: config.queue.redis_prefix, log,
   }) : undefined;
@@ -71,6 +71,11 @@ export async function createHost(parts: HostParts): Promise<Host> {
     perUser: config.queue.per_user, global: config.queue.global,
   });
   const generator = redis ? { generate: redis.generate.bind(redis) } : workers.dispatcher;
+  // With Redis, this host's turn-taking still decides which of its jobs goes next: it lets one job more into Redis
+  // than there are queue workers (one waiting for each to take when it finishes), rechecked every few seconds.
+  const followWorkers = async () => queue.setConcurrency((await redis!.workers().catch(() => [])).length + 1);
+  if (redis) await followWorkers();
+  const following = redis ? setInterval(() => void followWorkers(), 5_000).unref() : undefined;
   const family = (await workers.source.ready()[0]?.health())?.family;
   const pipeline = new ImaginePipeline({
     retriever, queue, dispatcher: generator, store: pool.store, generations, dataDir,
@@ -112,6 +117,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
     ...(poolServer ? { poolServer } : {}),
     stop: async () => {
       await scheduler.stop();
+      clearInterval(following);
       await queue.idle().catch(() => undefined);
       await redis?.close();
       await poolServer?.stop();

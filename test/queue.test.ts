@@ -44,6 +44,20 @@ describe("fair job queue", () => {
     expect(await Promise.all(flood.map((job) => job.result))).toHaveLength(5);
   });
 
+  it("runs more jobs at once as workers come, in the same turns, and fewer as they go", async () => {
+    const { queue, started, add, finish } = harness();
+    for (const [user, name] of [["a", "a1"], ["a", "a2"], ["b", "b1"], ["c", "c1"], ["a", "a3"]]) add(user!, name!);
+    expect(started).toEqual(["a1"]);
+    queue.setConcurrency(3); // two more workers answered
+    expect(started).toEqual(["a1", "b1", "c1"]);
+    queue.setConcurrency(0); // none now: at least one job still runs at a time
+    await finish("a1");
+    await finish("b1");
+    expect(started).toEqual(["a1", "b1", "c1"]); // c1 still runs: nothing new starts
+    await finish("c1");
+    expect(started).toEqual(["a1", "b1", "c1", "a2"]);
+  });
+
   it("runs interactive jobs before ingest before training, whatever their arrival", async () => {
     const { started, add, finish } = harness();
     add("scheduler", "t1", "training");

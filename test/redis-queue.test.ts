@@ -15,7 +15,7 @@ import type { GenerateRequest, JobEndEvent } from "../src/gpu/protocol.js";
 import { RedisQueue } from "../src/gpu/redis-queue.js";
 import { PoolServer } from "../src/pool/pool-server.js";
 import { LoraStore } from "../src/pool/store.js";
-import { startRedis, type TestRedis } from "./helpers/redis.js";
+import { startRedis, type TestRedis } from "../src/testing/redis.js";
 import { EventStream, webRequest } from "./helpers/web-client.js";
 import { describeRequiring, pythonWorker, redisServer } from "./helpers/requirements.js";
 

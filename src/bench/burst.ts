@@ -3,18 +3,25 @@
 // queue and pipeline. Measures how fast each request was acknowledged, whether every one got its grid, and how
 // fairly the queue took turns.
 import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { join } from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
+import { createInterface } from "node:readline";
 import { DiscordAdapter } from "../bots/discord/adapter.js";
 import { SlackAdapter } from "../bots/slack/adapter.js";
 import { fakeHost } from "../testing/fake-host.js";
 import { startFakeDiscord } from "../testing/fake-discord.js";
 import { DEFAULT_CHANNEL, startFakeSlack } from "../testing/fake-slack.js";
+import { startRedis, type TestRedis } from "../testing/redis.js";
+
+const ROOT = join(import.meta.dirname, "..", "..");
 
 export interface BurstOptions {
   via: "discord" | "slack";
   requests: number;
   users: number;
-  /** The fake worker's time per sampling step. Default 2 ms. */
+  /** The fake worker's time per sampling step (20 steps a job). Default 2 ms; 25 ms with Redis, so that workers, not
+   *  the host, bound the throughput that the queue's scaling is measured by. */
   stepMs?: number;
   /** How long to wait for every grid. Default 180 s. */
   timeoutMs?: number;
@@ -25,6 +32,10 @@ export interface BurstOptions {
    * answered some (its code compiled by V8's JIT). Default 20; 0 measures a host whose first commands are the burst.
    */
   warmup?: number;
+  /** queue.backend: memory (default), or redis: a redis-server of the bench's own, with `workers` queue workers. */
+  queue?: "memory" | "redis";
+  /** Queue workers pulling from Redis (the protocol fake, test/fixtures/fake-queue-worker.mjs). Default 2. */
+  workers?: number;
 }
 
 export interface BurstReport {
@@ -49,15 +60,30 @@ export interface BurstReport {
     max_position_gap: number;
   };
   seconds: number;
+  /** Grids finished per second, from the first request to the last grid. */
+  jobs_per_s: number;
+  queue: "memory" | "redis";
+  /** Queue workers (redis only). */
+  workers?: number;
+  /** The fake worker's time per step. */
+  step_ms: number;
 }
 
 const ACK_WINDOW_MS = 3000;
 
 export async function runBurst(options: BurstOptions): Promise<BurstReport> {
   const perUser = Math.ceil(options.requests / options.users);
+  const stepMs = options.stepMs ?? (options.queue === "redis" ? 25 : 2);
+  const redis = options.queue === "redis" ? await startRedis() : undefined;
+  const prefix = `burst-${process.pid}`;
+  const queueWorkers = redis ? await Promise.all(Array.from({ length: options.workers ?? 2 }, () => startFakeQueueWorker(redis, prefix, stepMs))) : [];
   const host = await fakeHost({
-    stepMs: options.stepMs ?? 2, queue: { perUser, global: options.requests },
+    stepMs, queue: { perUser, global: options.requests, ...(redis ? { redis: { port: redis.port, password: redis.password, prefix } } : {}) },
     chat: { perMinute: 0, perDay: 0, progressIntervalMs: 1000 },
+  }).catch(async (error: unknown) => {
+    for (const worker of queueWorkers) worker.kill();
+    await redis?.stop();
+    throw error;
   });
   // Watch the queue through the pipeline: when each user's job was queued and when it started.
   const jobs: Array<{ user: string; queuedAt: number; startedAt?: number }> = [];
@@ -68,7 +94,8 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     return imagine(prompt, {
       ...imagineOptions,
       onUpdate: (update) => {
-        if (update.type === "started") job.startedAt = performance.now();
+        // When a worker took it: the host's own start (memory), or the first step a queue worker reports (redis).
+        if (update.type === (redis ? "progress" : "started")) job.startedAt ??= performance.now();
         imagineOptions.onUpdate?.(update);
       },
     });
@@ -86,6 +113,7 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
   const userOf = (index: number) => Math.floor(index / perUser); // user-major: each user fires all theirs at once
   let acks: number[] = [];
   let finished = 0;
+  let lastGridAt = 0;
   try {
     const deadline = Date.now() + (options.timeoutMs ?? 180_000);
     if (options.via === "discord") {
@@ -112,6 +140,7 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
         }));
         finished = await settled(() => [...fake.messages.values()].filter((message) => JSON.stringify(message.components).includes("autolora:upscale")).length,
           options.requests, deadline);
+        lastGridAt = performance.now();
       } finally {
         await adapter.stop();
         await fake.close();
@@ -135,6 +164,7 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
         acks = answers.map((answer) => answer?.status === 200 ? answer.ms : Infinity);
         finished = await settled(() => [...fake.messages.values()].filter((message) => JSON.stringify(message.blocks).includes("autolora:upscale")).length,
           options.requests, deadline);
+        lastGridAt = performance.now();
       } finally {
         await adapter.stop();
         await fake.close();
@@ -145,6 +175,8 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     loopDelay.disable();
     load?.kill();
     await host.stop();
+    for (const worker of queueWorkers) worker.kill();
+    await redis?.stop();
   }
   const sorted = [...acks].sort((a, b) => a - b);
   const acked = acks.filter((ms) => ms <= ACK_WINDOW_MS).length;
@@ -156,7 +188,20 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     load: Boolean(options.load), warmup,
     fairness: { max_position_gap: maxPositionGap(jobs) },
     seconds: round((performance.now() - started) / 1000),
+    jobs_per_s: round(finished / Math.max(1e-3, (lastGridAt - started) / 1000)),
+    queue: options.queue ?? "memory", ...(redis ? { workers: queueWorkers.length } : {}), step_ms: stepMs,
   };
+}
+
+/** One protocol-fake queue worker, ready to take jobs; it exits when the bench does (its stdin is our pipe). */
+async function startFakeQueueWorker(redis: TestRedis, prefix: string, stepMs: number) {
+  const child = spawn(process.execPath, [join(ROOT, "test", "fixtures", "fake-queue-worker.mjs")], {
+    stdio: ["pipe", "pipe", "inherit"],
+    env: { ...process.env, FAKE_QUEUE_URL: redis.url, FAKE_QUEUE_PREFIX: prefix, FAKE_STEP_MS: String(stepMs) },
+  });
+  const [line] = await once(createInterface({ input: child.stdout! }), "line") as [string];
+  if (!line.includes("listening")) throw new Error(`the fake queue worker did not start: ${line}`);
+  return child;
 }
 
 /** A process that keeps one core busy until killed (it also dies with the bench: its stdin is our pipe). */

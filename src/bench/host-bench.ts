@@ -97,6 +97,7 @@ async function main(): Promise<void> {
       json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" },
       requests: { type: "string" }, users: { type: "string" }, via: { type: "string" },
       prompts: { type: "string" }, out: { type: "string" }, load: { type: "boolean" }, warmup: { type: "string" },
+      queue: { type: "string" }, workers: { type: "string" },
     },
   });
   if (positionals[0] === "burst") return burst(values);
@@ -232,7 +233,7 @@ async function benchFluxIngest(config: Config, folder: string, encoder: TextEnco
 
 /** Both adapters (or the one --via names), on a quiet machine and, with --load, again beside a CPU-bound process;
  *  the top-level figures are the worst of all runs. */
-async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string; load?: boolean; warmup?: string }): Promise<void> {
+async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string; load?: boolean; warmup?: string; queue?: string; workers?: string }): Promise<void> {
   const requests = Number(values.requests ?? 200);
   const users = Number(values.users ?? 20);
   const warmup = Number(values.warmup ?? 20);
@@ -242,10 +243,16 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
   }
   const vias = values.via ? [values.via] : ["discord", "slack"];
   if (vias.some((via) => via !== "discord" && via !== "slack")) throw new Error("--via must be discord or slack");
+  const queue = values.queue ?? "memory";
+  if (queue !== "memory" && queue !== "redis") throw new Error("--queue must be memory or redis");
+  const workers = Number(values.workers ?? 2);
+  if (!(Number.isInteger(workers) && workers >= 1)) throw new Error("--workers must be a whole number of queue workers, at least 1");
   const reports: BurstReport[] = [];
   for (const load of values.load ? [false, true] : [false]) {
-    for (const via of vias as Array<"discord" | "slack">) reports.push(await runBurst({ via, requests, users, load, warmup }));
+    for (const via of vias as Array<"discord" | "slack">) reports.push(await runBurst({ via, requests, users, load, warmup, queue, workers }));
   }
+  // The queue's scaling: the same burst through the first adapter with one worker, for jobs per second side by side.
+  const single = queue === "redis" ? await runBurst({ via: vias[0] as "discord" | "slack", requests, users, warmup, queue, workers: 1 }) : undefined;
   const worst = (of: (report: BurstReport) => number) => Math.max(...reports.map(of));
   const summary = {
     requests, users, warmup,
@@ -254,6 +261,12 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
     lost: worst((report) => report.lost),
     fairness: { max_position_gap: worst((report) => report.fairness.max_position_gap) },
     event_loop_delay_p99_ms: worst((report) => report.event_loop_delay.p99_ms),
+    queue,
+    ...(single ? { throughput: {
+      workers, jobs_per_s: reports.find((report) => report.adapter === single.adapter && !report.load)!.jobs_per_s,
+      one_worker_jobs_per_s: single.jobs_per_s,
+      ratio: Math.round(reports.find((report) => report.adapter === single.adapter && !report.load)!.jobs_per_s / single.jobs_per_s * 100) / 100,
+    } } : {}),
     adapters: Object.fromEntries(reports.filter((report) => !report.load).map(({ adapter, ...rest }) => [adapter, rest])),
     ...(values.load ? { loaded: Object.fromEntries(reports.filter((report) => report.load).map(({ adapter, ...rest }) => [adapter, rest])) } : {}),
   };

@@ -71,7 +71,7 @@ export class FairQueue {
   private served = 0;
   private readonly lastServed = new Map<string, number>();
 
-  constructor(private readonly options: QueueOptions) {
+  constructor(private options: QueueOptions) {
     if (options.concurrency < 1 || options.perUser < 1 || options.global < options.perUser) {
       throw new Error(`queue limits must satisfy concurrency ≥ 1 and 1 ≤ perUser ≤ global, got ${JSON.stringify(options)}`);
     }
@@ -127,6 +127,15 @@ export class FairQueue {
       entry.controller.abort(new JobCancelledError("the job was cancelled while it ran"));
     }
     return true;
+  }
+
+  /** Run up to `concurrency` jobs at once from now on (e.g. as workers come and go); at least 1. */
+  setConcurrency(concurrency: number): void {
+    const next = Math.max(1, Math.floor(concurrency));
+    if (next === this.options.concurrency) return;
+    this.options = { ...this.options, concurrency: next };
+    this.executor.concurrency = next;
+    this.pump();
   }
 
   stats(): { waiting: number; running: number; averageJobMs: number } {

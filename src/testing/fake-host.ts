@@ -22,7 +22,7 @@ const root = join(import.meta.dirname, "..", "..");
 
 export interface FakeHostOptions {
   chat?: Partial<ChatSettings>;
-  queue?: { perUser: number; global: number };
+  queue?: { perUser: number; global: number; redis?: { port: number; password: string; prefix: string } };
   /** The fake worker's time per step (ms). Default 30. */
   stepMs?: number;
   /** Sampling steps per job; 0 (default) leaves it to the worker (4). */
@@ -43,7 +43,12 @@ function fakeConfig(data: string, options: FakeHostOptions): Config {
     workers: { ...defaults.workers, local: [{ device: "cpu", model: "fake" }], remote: [] },
     retrieval: { ...defaults.retrieval, k: 2, min_similarity: 0.2 },
     generation: { ...defaults.generation, fusion: "gated", seeds_per_prompt: 4, steps: options.steps ?? 0 },
-    queue: { per_user: options.queue?.perUser ?? 3, global: options.queue?.global ?? 20 },
+    queue: {
+      ...defaults.queue, per_user: options.queue?.perUser ?? 3, global: options.queue?.global ?? 20,
+      ...(options.queue?.redis ? {
+        backend: "redis", redis_url: `redis://127.0.0.1:${options.queue.redis.port}`, redis_prefix: options.queue.redis.prefix,
+      } : {}),
+    },
     // The adapter tests' own HTTP servers on 127.0.0.1 serve the LoRAs that /lora add downloads.
     scheduler: { ...defaults.scheduler, sources: [], allow_loopback: true },
     admins: chat.admins ?? FAKE_HOST_ADMINS,
@@ -81,7 +86,7 @@ export async function fakeHost(options: FakeHostOptions = {}) {
   await plugins.use(builtinPlugin);
   const workers = supervisedWorkers(supervisor);
   const host = await createHost({
-    config, secrets: loadConfig({}).secrets, log: () => undefined, plugins, pool: { index, store: new LoraStore(join(data, "pool")) },
+    config, secrets: loadConfig({ AUTOLORA_REDIS_PASSWORD: options.queue?.redis?.password }).secrets, log: () => undefined, plugins, pool: { index, store: new LoraStore(join(data, "pool")) },
     textEncoder, workers, generations: await GenerationStore.open(join(data, "lancedb")), models: {},
   });
   return {
