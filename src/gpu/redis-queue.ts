@@ -137,6 +137,8 @@ export class RedisQueue {
       });
       this.adding = added.catch(() => undefined);
       await added;
+      // Cancelled while its add waited its turn: the cancel found nothing in Redis then.
+      if (options.signal?.aborted) void this.cancel(request.job_id);
       void this.announcePositions().catch(() => undefined);
       return await result;
     } finally {
