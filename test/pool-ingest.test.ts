@@ -124,6 +124,15 @@ describe("LoRA ingest", () => {
     expect(results.map((r) => r.status).sort()).toEqual(["added", "exists"]);
     expect(await index.count()).toBe(1);
   });
+
+  it("adds the same file to two pools of one process at once, each its own add", async () => {
+    // Two hosts in one process (as the Redis queue's tests run them) seed their pools from the bundle together.
+    const [first, second] = await Promise.all([pool(), pool()]);
+    const results = await Promise.all([ingestLoras([{ file: hexagon }, { file: striped }], first!.deps),
+      ingestLoras([{ file: hexagon }, { file: striped }], second!.deps)]);
+    expect(results.flat().map((result) => (result as IngestResult).status)).toEqual(["added", "added", "added", "added"]);
+    expect([await first!.index.count(), await second!.index.count()]).toEqual([2, 2]);
+  });
 });
 
 describe("adding many LoRAs at once", () => {

@@ -167,7 +167,8 @@ describeRequiring(pythonWorker, redisServer)("the Redis job queue", () => {
         expect(answer.image).toMatch(/^\/images\//);
         // Drawn by a queue worker, its steps shown as they came (edits are spaced out, so not every one).
         expect(texts.some((text) => /step \d+ of 20/.test(text))).toBe(true);
-        expect(answer.text).toMatch(/LoRAs: .* · fusion gated/);
+        // Each host's own pool: covering picks a hexagon and a stripes LoRA for either prompt.
+        expect(answer.text).toMatch(/LoRAs: shape-hexagon-\d+ \(\d\.\d\d\), style-striped-\d+ \(\d\.\d\d\) · fusion gated/);
       }
     } finally {
       await Promise.all(servings.map((serving) => serving.stop()));

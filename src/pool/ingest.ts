@@ -5,7 +5,7 @@
 // removed); a file that fails fails alone; the same file twice is one LoRA. If the process dies in between, the
 // locks it leaves tell the next sweep (sweep.ts) that the stored copies are orphans, while a live process's copies
 // are never swept.
-import { basename } from "node:path";
+import { basename, resolve } from "node:path";
 import { oneByOne } from "../gpu/backend.js";
 import type { EmbedResult } from "../gpu/protocol.js";
 import { embeddingKind, type LoraIndex, type LoraRecord, type LoraSummary } from "./index.js";
@@ -94,8 +94,13 @@ export async function ingestLoras(items: IngestItem[], deps: IngestDependencies,
   return outcomes;
 }
 
-/** LoRAs being added by this process now, by sha256: a second add of the same file waits for the first. */
+/** LoRAs being added by this process now, by pool and sha256: a second add of the same file to the same pool waits
+ *  for the first. (One process may hold several pools: the same file going into another is that pool's own add.) */
 const inFlight = new Map<string, Promise<IngestResult>>();
+
+function inFlightKey(deps: IngestDependencies, sha256: string): string {
+  return `${resolve(deps.store.root)}\n${sha256}`;
+}
 
 interface Pending {
   /** Positions in the batch of the files with this content: the first one adds it, the others get "exists". */
@@ -122,7 +127,7 @@ async function addBatch(items: IngestItem[], staged: Array<StagedFile | Error>, 
   staged.forEach((copy, slot) => {
     if (copy instanceof Error) return void (outcomes[slot] = copy);
     const mine = pending.get(copy.sha256);
-    const running = !mine && inFlight.get(copy.sha256);
+    const running = !mine && inFlight.get(inFlightKey(deps, copy.sha256));
     if (mine || running) {
       if (mine) mine.slots.push(slot);
       duplicates.push(copy);
@@ -132,7 +137,7 @@ async function addBatch(items: IngestItem[], staged: Array<StagedFile | Error>, 
     let settle!: Pending["settle"];
     const promise = new Promise<IngestResult>((resolve, reject) => (settle = { resolve, reject }));
     promise.catch(() => undefined);
-    inFlight.set(copy.sha256, promise);
+    inFlight.set(inFlightKey(deps, copy.sha256), promise);
     pending.set(copy.sha256, { slots: [slot], staged: copy, metadata: items[slot]!.metadata ?? {}, file: items[slot]!.file, promise, settle });
   });
   await Promise.all(duplicates.map((copy) => deps.store.discard(copy)));
@@ -143,7 +148,8 @@ async function addBatch(items: IngestItem[], staged: Array<StagedFile | Error>, 
     entry.slots.forEach((slot, n) => (outcomes[slot] = n === 0 || outcome instanceof Error ? outcome : { ...outcome, status: "exists" }));
     if (outcome instanceof Error) entry.settle.reject(outcome);
     else entry.settle.resolve(outcome);
-    if (inFlight.get(entry.staged.sha256) === entry.promise) inFlight.delete(entry.staged.sha256);
+    const key = inFlightKey(deps, entry.staged.sha256);
+    if (inFlight.get(key) === entry.promise) inFlight.delete(key);
   };
   try {
     await addNew([...pending.values()], deps, finish);
