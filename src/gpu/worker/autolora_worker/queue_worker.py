@@ -28,7 +28,6 @@ QUEUE = "autolora-generate"
 LOCK_MS = 10_000
 STALLED_CHECK_MS = 5_000
 HEARTBEAT_S = 5
-# A job's events besides the end that the host is told of (progress with previews); the end is the job's result.
 Log = Callable[[str], None]
 
 
