@@ -15,6 +15,7 @@ import { modelLifecycle, openModels, type Models } from "./models/lifecycle.js";
 import { GenerationStore } from "./pipeline/generations.js";
 import { CachedVotes } from "./pipeline/rating-prior.js";
 import { ImaginePipeline } from "./pipeline/imagine.js";
+import { JobJournal } from "./pipeline/journal.js";
 import { FairQueue } from "./pipeline/queue.js";
 import { Retriever, selectionSettings } from "./pipeline/retrieval.js";
 import { TextEncoder } from "./pipeline/text-encoder.js";
@@ -110,6 +111,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
       tempDir: join(dataDir, "tmp"), maxBytes: config.chat.max_lora_mb * 1e6, allowLoopback: config.scheduler.allow_loopback,
     }, ingest),
     status: () => poolStatus(pool.index, queue, workers, state),
+    journal: new JobJournal(join(dataDir, "jobs"), log),
     retrain: lifecycle.retrainNow,
   };
   return {

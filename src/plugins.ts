@@ -4,7 +4,7 @@
 import { isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { ChatCommand, CommandContext } from "./bots/commands.js";
-import type { ChatCore } from "./bots/core.js";
+import type { ChatCore, MessageHandle } from "./bots/core.js";
 import type { Config } from "./config/schema.js";
 import type { Secrets } from "./config/secrets.js";
 import type { GenerationStore } from "./pipeline/generations.js";
@@ -17,6 +17,9 @@ export interface ChatAdapter {
   /** Connect or listen; may resolve to details for the caller (the web chat's URLs). */
   start(): Promise<unknown>;
   stop(): Promise<void>;
+  /** A message this adapter posted before a restart, from the `address` its handle gave; undefined if the
+   *  address is not one of its own. Without it, jobs accepted here are not taken up again after a restart. */
+  reopen?(address: unknown): MessageHandle | undefined;
 }
 
 export interface ChatAdapterEnvironment {

@@ -6,6 +6,8 @@ import { once } from "node:events";
 import { mkdir, mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer } from "node:net";
+import type { AddressInfo } from "node:net";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { WebChat } from "../src/bots/web/server.js";
@@ -15,6 +17,7 @@ import type { GenerateRequest, JobEndEvent } from "../src/gpu/protocol.js";
 import { RedisQueue } from "../src/gpu/redis-queue.js";
 import { PoolServer } from "../src/pool/pool-server.js";
 import { LoraStore } from "../src/pool/store.js";
+import { DEFAULT_CHANNEL, startFakeSlack } from "../src/testing/fake-slack.js";
 import { startRedis, type TestRedis } from "../src/testing/redis.js";
 import { EventStream, webRequest } from "./helpers/web-client.js";
 import { describeRequiring, pythonWorker, redisServer } from "./helpers/requirements.js";
@@ -22,6 +25,7 @@ import { describeRequiring, pythonWorker, redisServer } from "./helpers/requirem
 const root = join(import.meta.dirname, "..");
 const python = join(root, ".venv", "bin", "python");
 const TOKEN = "worker-token";
+const SLACK_SECRET = "5b1e7c0d9a8f4e3b2c1d0e9f8a7b6c5d";
 
 interface QueueWorkerProcess { child: ChildProcess; name: string; lines: string[]; exited: Promise<number | null> }
 
@@ -175,6 +179,95 @@ describeRequiring(pythonWorker, redisServer)("the Redis job queue", () => {
     }
   }, 240_000);
 
+  it("serves a web-chat host and a Slack host process from the same workers; the Slack host killed mid-burst and started again answers every job it had accepted", async () => {
+    const fake = await startFakeSlack({ signingSecret: SLACK_SECRET, botToken: "xoxb-fake" });
+    const port = await freePort();
+    const slackData = await mkdtemp(join(data, "slack-host-"));
+    const queueEnv = {
+      PATH: process.env.PATH, AUTOLORA_QUEUE__BACKEND: "redis", AUTOLORA_QUEUE__REDIS_URL: `redis://127.0.0.1:${redis.port}`,
+      AUTOLORA_QUEUE__REDIS_PREFIX: prefix, AUTOLORA_REDIS_PASSWORD: redis.password, AUTOLORA_CHAT__PER_MINUTE: "0",
+      AUTOLORA_GENERATION__STEPS: "8", AUTOLORA_GENERATION__SEEDS_PER_PROMPT: "2",
+    };
+    const startSlackHost = async () => {
+      const child = spawn(process.execPath, [join(root, "test", "fixtures", "serve-host.mjs")], {
+        env: {
+          ...queueEnv, AUTOLORA_DATA_DIR: slackData, AUTOLORA_WEB__ENABLED: "false", SLACK_BOT_TOKEN: "xoxb-fake",
+          SLACK_SIGNING_SECRET: SLACK_SECRET, AUTOLORA_SLACK__HOST: "127.0.0.1", AUTOLORA_SLACK__PORT: String(port),
+          AUTOLORA_SLACK__API_URL: fake.apiUrl, OMP_NUM_THREADS: "1",
+        },
+      });
+      const lines: string[] = [];
+      createInterface({ input: child.stderr! }).on("line", (line) => lines.push(line));
+      const exited = once(child, "exit");
+      const ready = await Promise.race([once(createInterface({ input: child.stdout! }), "line").then(([line]) => String(line)), exited.then(() => "")]);
+      expect(ready, lines.join("\n")).toBe("serving on slack; Ctrl-C stops");
+      return { child, lines, exited };
+    };
+    const webHost = await startServing({
+      ...queueEnv, AUTOLORA_DATA_DIR: await mkdtemp(join(data, "web-host-")), AUTOLORA_WEB__PORT: "0",
+    }, () => undefined);
+    let slackHost = await startSlackHost();
+    const runs = () => workers.reduce((sum, worker) => sum + worker.lines.filter((line) => line.includes("runs job")).length, 0);
+    const runsBefore = runs();
+    const journaled = async () => (await readdir(join(slackData, "jobs")).catch(() => [] as string[])).filter((name) => name.endsWith(".json")).length;
+    const grids = () => [...fake.files.values()].filter((file) => file.completed && file.data.length > 0);
+    try {
+      const slackUrl = `http://127.0.0.1:${port}/slack/events`;
+      const takes = Array.from({ length: 8 }, (_, n) => n);
+      for (const n of takes) {
+        const sent = await fake.slashCommand(slackUrl, {
+          command: "/imagine", text: `a red hexagon with stripes, take ${n}`, userId: `UTAKER${n % 4}`, channelId: DEFAULT_CHANNEL.id,
+        });
+        expect(sent.status, sent.body).toBe(200);
+      }
+      // Two from the web chat in the same burst, on the same workers.
+      const webUrl = (webHost.chats.running().find((adapter) => adapter.name === "web") as WebChat).url!;
+      const page = await webRequest(webUrl);
+      const events = await EventStream.open(webUrl, { cookie: page.cookie });
+      for (const colour of ["blue", "green"]) {
+        const posted = await webRequest(`${webUrl}/api/command`, {
+          method: "POST", headers: { cookie: page.cookie!, origin: webUrl }, body: { text: `/imagine a ${colour} hexagon with stripes` },
+        });
+        expect(posted.status).toBe(202);
+      }
+      await eventually(async () => (await journaled()) === 8);
+      // Mid-burst: a job is answered, most are not.
+      await eventually(async () => (await journaled()) < 8, 120_000);
+      slackHost.child.kill("SIGKILL");
+      await slackHost.exited;
+      const unanswered = await journaled();
+      expect(unanswered).toBeGreaterThanOrEqual(3);
+      const pending = await Promise.all((await readdir(join(slackData, "jobs"))).filter((name) => name.endsWith(".json"))
+        .map(async (name) => (JSON.parse(await readFile(join(slackData, "jobs", name), "utf8")) as { prompt: string }).prompt));
+      slackHost = await startSlackHost();
+      await until(() => slackHost.lines.some((line) => line.includes(`taking up ${unanswered} job(s) accepted before the restart`)), 30_000);
+      await until(() => takes.every((n) => grids().some((file) => file.initial_comment?.includes(`take ${n}*`))), 180_000);
+      await eventually(async () => (await journaled()) === 0);
+      const webAnswers = await Promise.all(["blue", "green"].map((colour) => events.waitFor((message) =>
+        message.author === "bot" && message.text.includes(colour) && (!!message.buttons || !!message.error), 120_000)));
+      events.close();
+      for (const answer of webAnswers) expect(answer.error, answer.text).toBeUndefined();
+      const slackTexts = [...fake.messages.values()].map((message) => message.text);
+      expect(slackTexts.filter((text) => text.includes("❌"))).toEqual([]);
+      // Answered before the kill: not again. (One whose grid was out but not yet crossed off is posted again.)
+      for (const n of takes.filter((take) => !pending.some((prompt) => prompt.endsWith(`take ${take}`)))) {
+        expect(grids().filter((file) => file.initial_comment?.includes(`take ${n}*`)), `take ${n}`).toHaveLength(1);
+      }
+      // Each take was drawn once: finished jobs were handed back by Redis, queued ones followed, none drawn again.
+      expect(runs() - runsBefore).toBe(10);
+      expect(slackTexts.some((text) => text.includes("taken up again after the bot restarted"))).toBe(true);
+      // Stopped as a person stops it, the host is gone within seconds.
+      slackHost.child.kill("SIGTERM");
+      const [code] = await Promise.race([slackHost.exited, new Promise<[string]>((resolve) => setTimeout(() => resolve(["still running"]), 30_000))]);
+      expect(code, slackHost.lines.slice(-5).join("\n")).toBe(0);
+    } finally {
+      slackHost.child.kill("SIGKILL");
+      await slackHost.exited;
+      await webHost.stop();
+      await fake.close();
+    }
+  }, 420_000);
+
   it("finishes a job on the other worker when its worker is killed mid-job, losing nothing", async () => {
     const [first, second] = workers;
     let retried = "";
@@ -201,6 +294,22 @@ describeRequiring(pythonWorker, redisServer)("the Redis job queue", () => {
     expect(wrong.lines.join("\n")).not.toContain("guess");
   }, 60_000);
 });
+
+async function eventually(check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
 
 async function until(check: () => boolean, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -4,6 +4,7 @@
 import { z } from "zod";
 import type { GenerationStore } from "../pipeline/generations.js";
 import type { ImaginePipeline } from "../pipeline/imagine.js";
+import type { JobJournal } from "../pipeline/journal.js";
 import type { Retriever, SelectionSettings } from "../pipeline/retrieval.js";
 import type { LoraIndex } from "../pool/index.js";
 import type { IngestMetadata, IngestResult } from "../pool/ingest.js";
@@ -61,6 +62,8 @@ export interface Reply {
   send(message: BotMessage): Promise<void>;
   /** A further message, e.g. an image a button asked for. */
   followUp(message: BotMessage): Promise<void>;
+  /** Where the first message is (its adapter's `reopen` takes it after a restart), once sent and if it can be. */
+  address?(): unknown;
 }
 
 export interface PoolStatus {
@@ -104,6 +107,8 @@ export interface CommandContext extends SelectionSettings {
   addFromUrl: (url: string, metadata: IngestMetadata) => Promise<IngestResult>;
   /** What `/pool status` shows. */
   status: () => Promise<PoolStatus>;
+  /** Accepted /imagine jobs kept on disk until answered, taken up again after a restart. Absent: not kept. */
+  journal?: JobJournal;
   /** Start retraining the gates now; resolves to a line saying what was started. Absent where no trainer runs. */
   retrain?: () => Promise<string>;
   k: number;

@@ -9,7 +9,8 @@ import {
   CommandInputError, optionsOf, parseCommandText, validateOptions,
   type ChatCommand, type CommandContext, type OptionValue, type Reply, type Requester,
 } from "./commands.js";
-import { imagineInChat, infoText } from "./imagine-flow.js";
+import type { JournalEntry } from "../pipeline/journal.js";
+import { imagineInChat, infoText, resultMessage } from "./imagine-flow.js";
 import { parseButtonId, type BotMessage } from "./messages.js";
 import { RateLimiter } from "./limits.js";
 
@@ -17,6 +18,9 @@ import { RateLimiter } from "./limits.js";
 export interface MessageHandle {
   /** The chat's id for it ("<adapter>:<id>"), so reactions on it can be traced back; undefined if it has none. */
   key?: string;
+  /** Where it is, as JSON its adapter's `reopen` takes after a restart; absent where it cannot be reopened
+   *  (a message only one user sees). */
+  address?: unknown;
   edit(message: BotMessage): Promise<void>;
 }
 
@@ -231,8 +235,8 @@ export class ChatCore {
    * A Reply on a conversation: the first send opens a message, later sends edit it; follow-ups open new ones.
    * A private command's messages are all ephemeral.
    */
-  private reply(conversation: Conversation, private_ = false): Reply {
-    let handle: MessageHandle | undefined;
+  private reply(conversation: Conversation, private_ = false, opened?: MessageHandle): Reply {
+    let handle: MessageHandle | undefined = opened;
     const link = async (posted: MessageHandle, message: BotMessage) => {
       if (message.generation && posted.key) await this.context.generations.linkPost(posted.key, message.generation);
     };
@@ -254,7 +258,34 @@ export class ChatCore {
         const message = shown(given);
         await link(await conversation.answer(message), message);
       },
+      address: () => handle?.address,
     };
+  }
+
+  /**
+   * Answer a job accepted before the host restarted, on its acknowledgement reopened by its adapter: post its grid
+   * if it was made meanwhile, or run it again under its id (the queue hands back its result if it kept one).
+   */
+  async resume(entry: JournalEntry, handle: MessageHandle): Promise<void> {
+    const journal = this.context.journal;
+    const conversation: Conversation = { answer: () => Promise.reject(new Error("a job taken up again answers only on its own message")) };
+    const reply = this.reply(conversation, false, handle);
+    const made = await this.context.generations.get(entry.id);
+    try {
+      if (made) {
+        await reply.send(resultMessage(made, made.loras, join(this.context.dataDir, made.images, "grid.webp"), this.context.chat.reactions, entry.title));
+        await journal?.finish(entry.id);
+        return;
+      }
+      await imagineInChat({
+        id: entry.id, prompt: entry.prompt, user: entry.user, seeds: entry.seeds, loras: entry.loras, k: entry.k,
+        fusion: entry.fusion as never, width: entry.width, height: entry.height, title: entry.title, resumed: true,
+      }, this.context, reply, this.context.chat);
+    } catch (error) {
+      if (!(error as { shown?: boolean }).shown) {
+        this.log(`[chat] job ${entry.id} could not be taken up again: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
   }
 
   private async refuse(conversation: Conversation, error: unknown): Promise<void> {

@@ -21,6 +21,9 @@ export interface ImagineRequest {
   signal?: AbortSignal;
   /** Shown above the prompt, e.g. "Variation 2 of …". */
   title?: string;
+  /** A job accepted before a restart, taken up again under its id (it is journaled already). */
+  id?: string;
+  resumed?: boolean;
 }
 
 export interface FlowSettings {
@@ -34,35 +37,61 @@ export interface FlowSettings {
 export async function imagineInChat(request: ImagineRequest, context: CommandContext, reply: Reply,
   settings: FlowSettings): Promise<ImagineResult> {
   let position = 0;
-  let warning = "";
+  let warning = request.resumed ? "\n↻ taken up again after the bot restarted" : "";
+  let chosen = false;
+  const journal = context.journal;
   const edits = new ProgressEdits(reply, settings.progressIntervalMs);
   const heading = `${request.title ? `${request.title}: ` : ""}**${request.prompt}**`;
   const job = context.pipeline.imagine(request.prompt, {
-    user: request.user, k: request.k, fusion: request.fusion, seed: request.seed, seeds: request.seeds,
+    id: request.id, user: request.user, k: request.k, fusion: request.fusion, seed: request.seed, seeds: request.seeds,
     loras: request.loras, width: request.width, height: request.height, signal: request.signal,
     onUpdate: (update) => {
       if (update.type === "queued") position = update.position;
       // After a retry the warning stays under the progress, so the restart from step 1 is not a mystery.
       if (update.type === "retry") warning = `\n⚠️ ${update.message}`;
+      // Taken up again, the job keeps the LoRAs chosen for it, whatever the pool holds by then.
+      if (update.type === "retrieved" && !chosen) {
+        chosen = true;
+        void journal?.update(job.id, { loras: update.loras.map((hit) => hit.lora.id) }).catch(() => undefined);
+      }
       edits.push(progressMessage(heading, update, warning));
     },
   });
   // The queue told us our place synchronously; the acknowledgement carries it.
   try {
-    await edits.first({ text: `${heading}\n${position > 0 ? `⏳ queued: ${ordinal(position)} in line` : "⏳ starting…"}` });
+    await edits.first({ text: `${heading}${warning}\n${position > 0 ? `⏳ queued: ${ordinal(position)} in line` : "⏳ starting…"}` });
   } catch (error) {
     job.cancel(); // nobody would see the result
     job.result.catch(() => undefined);
     throw error;
   }
+  const address = reply.address?.();
+  const kept = journal !== undefined && (request.resumed || address !== undefined);
+  if (journal && address !== undefined && !request.resumed) {
+    await journal.accept({
+      id: job.id, adapter: request.user.slice(0, request.user.indexOf(":")), address, prompt: request.prompt, user: request.user,
+      seeds: job.seeds, ...(request.loras ? { loras: request.loras } : {}), ...(request.k !== undefined ? { k: request.k } : {}),
+      ...(request.fusion ? { fusion: request.fusion } : {}), ...(request.width ? { width: request.width, height: request.height } : {}),
+      ...(request.title ? { title: request.title } : {}), accepted_at: new Date().toISOString(),
+    }).catch((error: unknown) => journal.log(`[jobs] job ${job.id} is not journaled (${error instanceof Error ? error.message : String(error)}); a restart would lose it`));
+  }
+  const forget = () => kept ? journal.finish(job.id).catch(() => undefined) : undefined;
+  let made: ImagineResult | undefined;
   try {
-    const result = await job.result;
-    await edits.final(resultMessage(result.generation, result.loras.map((hit) => ({ name: hit.lora.name, similarity: hit.similarity })),
-      result.files.gridWebp, settings.reactions, request.title));
-    return result;
+    made = await job.result;
+    await edits.final(resultMessage(made.generation, made.loras.map((hit) => ({ name: hit.lora.name, similarity: hit.similarity })),
+      made.files.gridWebp, settings.reactions, request.title));
+    await forget();
+    return made;
   } catch (error) {
+    // Stopped by the host going down, or made but not posted: the journal keeps it for the next start.
+    if (kept && (journal.stopping || made)) {
+      if (error instanceof Error) Object.assign(error, { shown: true });
+      throw error;
+    }
     const code = (error as { code?: string }).code;
     await edits.final({ text: `${heading}\n${code === "job-cancelled" ? "cancelled" : `❌ ${error instanceof Error ? error.message : String(error)}`}`, error: true });
+    await forget();
     // The message says what went wrong; callers need not say it again.
     if (error instanceof Error) Object.assign(error, { shown: true });
     throw error;

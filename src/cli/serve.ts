@@ -8,12 +8,15 @@ import { FUSIONS, MAX_LORAS_PER_JOB, MAX_SEED, type Fusion } from "../gpu/protoc
 import { WorkerJobError } from "../gpu/errors.js";
 import { ImagineInputError } from "../pipeline/imagine.js";
 import { AdapterPortError, ChatAdapters, type ChatAdaptersOptions } from "../bots/adapters.js";
+import { resumeJobs } from "../bots/resume.js";
 import type { CliIo } from "./main.js";
 
 export interface Serving {
   host: Host;
   /** The chat adapters: `running()` those serving now, `status()` each one's state (running, retrying, …). */
   chats: ChatAdapters;
+  /** The jobs accepted before a restart, taken up again: resolves to how many once all are answered. */
+  resumed: Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -34,9 +37,16 @@ export async function startServing(env: Record<string, string | undefined>, log:
     throw error instanceof AdapterPortError ? new Error(`${error.message}. A port the chat adapters need is taken (web ${config.web.port}, ` +
       `slack ${config.slack.port}); set AUTOLORA_WEB__PORT or AUTOLORA_SLACK__PORT to another`) : error;
   }
+  const journal = host.context.journal;
+  const resumed = journal ? resumeJobs(journal, host.core, chats.running(), log).catch((error: unknown) => {
+    log(`[jobs] could not take up the jobs accepted before the restart: ${error instanceof Error ? error.message : String(error)}`);
+    return 0;
+  }) : Promise.resolve(0);
   return {
-    host, chats,
+    host, chats, resumed,
     stop: async () => {
+      // Jobs that end because the host stops stay journaled, to be taken up at the next start.
+      if (journal) journal.stopping = true;
       await chats.stop();
       await host.stop();
     },

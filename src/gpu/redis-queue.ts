@@ -72,6 +72,7 @@ export class RedisQueue {
     private readonly queue: Queue,
     private readonly events: QueueEvents,
     private readonly client: Redis,
+    private readonly connections: Redis[],
   ) {
     events.on("active", ({ jobId }) => this.started(jobId));
     events.on("progress", ({ jobId, data }) => {
@@ -104,15 +105,18 @@ export class RedisQueue {
     } finally {
       probe.disconnect();
     }
+    // BullMQ leaves connections it was given open when it closes: ours are closed by `close`, or the process stays.
+    const clients: Redis[] = [];
     const connection = () => {
       const client = new Redis(options.url, { maxRetriesPerRequest: null });
       client.on("error", (error) => options.log?.(`[queue] Redis: ${error.message}`));
+      clients.push(client);
       return client;
     };
     const queue = new Queue(GENERATE_QUEUE, { connection: connection(), prefix: options.prefix });
     const events = new QueueEvents(GENERATE_QUEUE, { connection: connection(), prefix: options.prefix });
     await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
-    return new RedisQueue(options, queue, events, connection());
+    return new RedisQueue(options, queue, events, connection(), clients);
   }
 
   /** Queue one job and wait for its end; aborting `signal` removes it from line or stops it on its worker. */
@@ -129,6 +133,9 @@ export class RedisQueue {
       // One add at a time, so a user's jobs queued together count each other. (Another host never adds for the
       // same user: user ids are the adapter's.)
       const added = this.adding.then(async () => {
+        // A job taken up again after this host restarted may still be in Redis: wait for it (or take its end)
+        // rather than draw it twice.
+        if (await this.adopt(request.job_id)) return;
         const ahead = await this.waitingOf(user);
         await this.queue.add("generate", { request, user, kind }, {
           jobId: request.job_id, priority: CLASS_BASE[kind] + ahead + 1,
@@ -186,7 +193,18 @@ export class RedisQueue {
       waiter.reject(new WorkerUnavailableError(`the host stopped while job ${jobId} was queued; it stays in the queue`));
     }
     await Promise.allSettled([this.events.close(), this.queue.close()]);
-    this.client.disconnect();
+    for (const connection of this.connections) connection.disconnect();
+  }
+
+  /** Follow a job already in Redis under this id; false if there is none. */
+  private async adopt(jobId: string): Promise<boolean> {
+    const job = await this.queue.getJob(jobId);
+    if (!job) return false;
+    const state = await job.getState();
+    if (state === "completed") this.completed(jobId, job.returnvalue);
+    else if (state === "failed") this.failed(jobId, job.failedReason);
+    else if (state === "active") this.started(jobId);
+    return true;
   }
 
   /** This user's jobs waiting in line, on every host. */

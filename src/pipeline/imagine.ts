@@ -1,7 +1,7 @@
 // /imagine end to end: queue (fair, capped) → retrieve the prompt's LoRAs → generate the seeds on a worker with
 // those LoRAs fused → grid, singles and WebP with metadata on disk → a `generations` record.
 import { randomInt, randomUUID } from "node:crypto";
-import { mkdir, rename, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import {
   MAX_PROMPT_CHARS, MAX_SEED, MAX_SEEDS_PER_JOB, type Fusion, type FusionSetting, type JobProgressEvent,
@@ -47,6 +47,9 @@ export interface ImagineOptions {
   height?: number;
   signal?: AbortSignal;
   onUpdate?: (update: ImagineUpdate) => void;
+  /** The job's id when it is taken up again after a restart (default: a new one): a queue that kept the job
+   *  (Redis) hands back its result or its place rather than running it twice. */
+  id?: string;
 }
 
 export type ImagineUpdate =
@@ -79,7 +82,7 @@ export class ImaginePipeline {
   constructor(private readonly deps: ImagineDependencies) {}
 
   /** Queue one /imagine; throws QueueFullError at once when there is no room. */
-  imagine(prompt: string, options: ImagineOptions): { id: string; result: Promise<ImagineResult>; cancel: () => boolean } {
+  imagine(prompt: string, options: ImagineOptions): { id: string; seeds: number[]; result: Promise<ImagineResult>; cancel: () => boolean } {
     const text = prompt.trim();
     if (!text) throw new ImagineInputError("the prompt is empty; say what to draw, e.g. /imagine a red hexagon with stripes");
     if (text.length > MAX_PROMPT_CHARS) throw new ImagineInputError(`the prompt is ${text.length} characters; the limit is ${MAX_PROMPT_CHARS}`);
@@ -90,14 +93,15 @@ export class ImaginePipeline {
     if (seeds.length < 1 || seeds.length > MAX_SEEDS_PER_JOB || seeds.some((seed) => !Number.isInteger(seed) || seed < 0 || seed > MAX_SEED)) {
       throw new ImagineInputError(`a job draws 1 to ${MAX_SEEDS_PER_JOB} seeds, each a whole number from 0 to ${MAX_SEED}`);
     }
-    const id = randomUUID();
+    if (options.id !== undefined && !/^[\w-]{1,64}$/.test(options.id)) throw new ImagineInputError(`not a job id: ${JSON.stringify(options.id)}`);
+    const id = options.id ?? randomUUID();
     const queuedAt = performance.now();
     const job = this.deps.queue.enqueue({
       user: options.user, signal: options.signal,
       onPosition: (position) => options.onUpdate?.(position === 0 ? { type: "started" } : { type: "queued", position }),
       run: (signal) => this.run(id, text, seeds, options, signal, queuedAt),
     });
-    return { id, result: job.result, cancel: job.cancel };
+    return { id, seeds, result: job.result, cancel: job.cancel };
   }
 
   private async run(id: string, prompt: string, seeds: number[], options: ImagineOptions, signal: AbortSignal,
@@ -152,6 +156,8 @@ export class ImaginePipeline {
     await writeFile(join(partial, "grid.png"), images.grid);
     await writeFile(join(partial, "grid.webp"), images.gridWebp);
     await Promise.all(images.singles.map((png, index) => writeFile(join(partial, `${index + 1}.png`), png)));
+    // A job taken up again after a crash may find its own earlier folder (written, never recorded).
+    await rm(folder, { recursive: true, force: true });
     await rename(partial, folder);
     const composeMs = performance.now() - composeStarted;
     const generation: GenerationRecord = {

@@ -1,9 +1,13 @@
 // The adapter contract: what a person sees on any chat the bot lives on. Each adapter's harness drives its
 // platform the way that platform would (HTTP and SSE for the web chat, a fake Discord gateway and REST API for
 // discord.js, signed requests and a fake Web API for Bolt) and reports the posts as the user would see them.
+import { randomUUID } from "node:crypto";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { expect, it } from "vitest";
+import { resumeJobs } from "../../src/bots/resume.js";
+import type { JournalEntry } from "../../src/pipeline/journal.js";
+import type { ChatAdapter } from "../../src/plugins.js";
 import { diffusersLora } from "../../src/testing/safetensors.js";
 import type { fakeHost } from "../../src/testing/fake-host.js";
 
@@ -59,7 +63,7 @@ const isImage = (bytes: Buffer | undefined) => !!bytes && bytes.length > 20
   && (PNG.every((byte, i) => bytes[i] === byte) || WEBP.every((byte, i) => bytes[i] === byte));
 
 /** The suite every chat adapter passes. `setup` returns the harness and the fake host behind it. */
-export function adapterContract(setup: () => { harness: Harness; host: FakeHost }): void {
+export function adapterContract(setup: () => { harness: Harness; host: FakeHost; adapter: ChatAdapter }): void {
   const count = async () => (await setup().harness.posts()).length;
 
   it("acknowledges /imagine within 3 s with its place in line, then shows the grid with its buttons and LoRAs", async () => {
@@ -81,6 +85,36 @@ export function adapterContract(setup: () => { harness: Harness; host: FakeHost 
     const generation = result.buttons[0]!.id.split(":")[2]!;
     expect((await host.generations.get(generation))?.user).toBe(harness.idOf("alice"));
   }, 30_000);
+
+  it("answers a job accepted before a restart on its own acknowledgement, reopened after it", async () => {
+    const { harness, host, adapter } = setup();
+    const journal = host.context.journal!;
+    const accepted: JournalEntry[] = [];
+    const accept = journal.accept.bind(journal);
+    journal.accept = async (entry) => {
+      accepted.push(entry);
+      await accept(entry);
+    };
+    try {
+      const before = await count();
+      await harness.command("bob", "/imagine five-pointed stars");
+      await waitForPost(harness, isResult, before);
+    } finally {
+      journal.accept = accept;
+    }
+    expect(accepted).toHaveLength(1);
+    await expect.poll(() => journal.entries()).toEqual([]); // answered: crossed off
+    // The host went down before drawing it: the same acknowledgement, under a job id nothing has drawn.
+    const entry = { ...accepted[0]!, id: randomUUID() };
+    await journal.accept(entry);
+    expect(await resumeJobs(journal, host.core, [adapter], () => undefined)).toBe(1);
+    const result = await waitForPost(harness, (post) => isResult(post) && post.buttons.some((button) => button.id.includes(entry.id)));
+    expect(result.text).toContain("five-pointed stars");
+    expect((await host.generations.get(entry.id))?.seeds).toEqual(entry.seeds);
+    expect(await journal.entries()).toEqual([]);
+    const shown = (await harness.posts()).flatMap((post) => [...(post.history ?? []), post.text]).join("\n");
+    expect(shown).toContain("taken up again after the bot restarted");
+  });
 
   it("U2 posts that image at full size; ℹ️ shows prompt, seeds, LoRAs with scores and the words they cover, fusion and versions", async () => {
     const { harness } = setup();

@@ -14,7 +14,7 @@ interface Session {
   stream: EventStream;
 }
 
-export async function webHarness(host: FakeHost): Promise<{ harness: Harness; stop: () => Promise<void> }> {
+export async function webHarness(host: FakeHost): Promise<{ harness: Harness; adapter: WebChat; stop: () => Promise<void> }> {
   const chat = new WebChat({ host: "127.0.0.1", port: 0, core: host.core, dataDir: host.data, adminToken: "contract-admin-token" });
   const { url, adminUrl } = await chat.start();
   const sessions = new Map<User, Session>();
@@ -81,7 +81,7 @@ export async function webHarness(host: FakeHost): Promise<{ harness: Harness; st
   };
   for (const user of ["alice", "bob", "admin"] as const) await open(user);
   return {
-    harness,
+    harness, adapter: chat,
     stop: async () => {
       for (const session of sessions.values()) session.stream.close();
       await chat.stop();

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Agent } from "undici";
+import { z } from "zod";
 import {
   ActionRowBuilder, ApplicationCommandOptionType, ButtonBuilder, ButtonStyle, Client, Events, GatewayIntentBits, MessageFlags,
   Partials, type ApplicationCommandDataResolvable, type AutocompleteInteraction, type ButtonInteraction,
@@ -46,6 +47,7 @@ interface DiscordPayload {
 /** Discord error codes meaning the interaction token can no longer be used. */
 const TOKEN_GONE = new Set([10015, 10062, 50027]);
 const MAX_CONTENT = 2000;
+const discordAddress = z.strictObject({ channel: z.string().regex(/^\d{1,24}$/), message: z.string().regex(/^\d{1,24}$/) });
 
 export class DiscordAdapter implements ChatAdapter {
   readonly name = "discord";
@@ -194,6 +196,7 @@ export class DiscordAdapter implements ChatAdapter {
       let webhook = viaWebhook;
       return {
         key: `discord:${posted.id}`,
+        ...(posted.flags.has(MessageFlags.Ephemeral) ? {} : { address: { channel: posted.channelId, message: posted.id } }),
         edit: async (message) => {
           const payload = await this.payload(message);
           if (webhook) {
@@ -235,6 +238,34 @@ export class DiscordAdapter implements ChatAdapter {
         return handle(sent, Date.now() < expires);
       },
     };
+  }
+
+  /**
+   * A message posted before a restart ({ channel, message }), edited in its channel with the bot token (the
+   * interaction's token is not kept: it would let anyone who reads the data folder answer as the bot); posted anew
+   * if Discord no longer lets it be edited.
+   */
+  reopen(address: unknown): MessageHandle | undefined {
+    const parsed = discordAddress.safeParse(address);
+    if (!parsed.success) return undefined;
+    const { channel: channelId } = parsed.data;
+    let messageId = parsed.data.message;
+    const handle: MessageHandle = {
+      key: `discord:${messageId}`, address: parsed.data,
+      edit: async (message) => {
+        const payload = await this.payload(message);
+        const channel = await this.client.channels.fetch(channelId);
+        if (!channel?.isSendable() || !("messages" in channel)) throw new Error(`cannot post in channel ${channelId}`);
+        try {
+          await channel.messages.edit(messageId, payload);
+        } catch (error) {
+          this.log(`[discord] could not edit message ${messageId}: ${error instanceof Error ? error.message : String(error)}; posting anew`);
+          messageId = (await channel.send(payload)).id;
+          Object.assign(handle, { key: `discord:${messageId}`, address: { channel: channelId, message: messageId } });
+        }
+      },
+    };
+    return handle;
   }
 
   /** A BotMessage as a Discord message: content, at most one file under the upload limit, button rows. */

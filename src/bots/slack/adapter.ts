@@ -6,6 +6,7 @@ import type { AddressInfo } from "node:net";
 import type { Server } from "node:http";
 import { App, HTTPReceiver, LogLevel, type BlockAction, type ButtonAction, type RespondFn, type SlackCommandMiddlewareArgs } from "@slack/bolt";
 import type { WebClient } from "@slack/web-api";
+import { z } from "zod";
 import type { Requester } from "../commands.js";
 import type { ChatCore, Conversation, MessageHandle } from "../core.js";
 import { imageUnder, type BotMessage } from "../messages.js";
@@ -38,6 +39,7 @@ const REACTION_NAMES: Record<string, string> = {
   "100": "💯", tada: "🎉", heart_eyes: "😍", x: "❌", white_check_mark: "✅",
 };
 const MAX_TEXT = 3000;
+const slackAddress = z.strictObject({ channel: z.string().regex(/^[\w-]{1,64}$/), ts: z.string().regex(/^\d{1,12}\.\d{1,8}$/) });
 const BUTTONS_TEXT = "↑ upscale (U), vary (V), reroll 🔄, how it was made ℹ️; rate it with the buttons or a reaction here";
 
 export class SlackAdapter implements ChatAdapter {
@@ -138,12 +140,6 @@ export class SlackAdapter implements ChatAdapter {
    * comment) followed by the buttons, replacing the progress message.
    */
   private conversation(client: WebClient, channel: string, respond: RespondFn): Conversation {
-    /** Post a message; one with an image is the uploaded file (caption as its comment) with its buttons after it. */
-    const show = async (message: BotMessage): Promise<string | undefined> => {
-      if (!message.image?.path) return this.post(client, channel, message);
-      await this.upload(client, channel, message);
-      return message.buttons?.length ? this.post(client, channel, { ...message, text: `${message.text.split("\n")[0]}\n${BUTTONS_TEXT}` }) : undefined;
-    };
     return {
       answer: async (message) => {
         if (message.ephemeral) {
@@ -151,20 +147,46 @@ export class SlackAdapter implements ChatAdapter {
           await say(message);
           return { edit: async (next) => void await say(next) };
         }
-        let ts = await show(message);
-        const handle: MessageHandle = {
-          key: ts && `slack:${channel}:${ts}`,
-          edit: async (next) => {
-            if (ts && !next.image?.path) return void await client.chat.update({ channel, ts, text: mrkdwn(next.text), ...this.blocks(next) });
-            // The finished image replaces the progress message: a file cannot be added to a message after the fact.
-            if (ts) await client.chat.delete({ channel, ts }).catch((error: unknown) => this.log(`[slack] could not delete message ${ts}: ${String(error)}`));
-            ts = await show(next);
-            handle.key = ts && `slack:${channel}:${ts}`;
-          },
-        };
-        return handle;
+        return this.handle(client, channel, await this.show(client, channel, message));
       },
     };
+  }
+
+  /** Edits of a bot message in a channel; the finished image replaces it (a file cannot be added to a message). */
+  private handle(client: WebClient, channel: string, posted: string | undefined): MessageHandle {
+    let ts = posted;
+    const at = () => ts ? { key: `slack:${channel}:${ts}`, address: { channel, ts } } : { key: undefined, address: undefined };
+    const handle: MessageHandle = {
+      ...at(),
+      edit: async (next) => {
+        if (ts && !next.image?.path) {
+          try {
+            return void await client.chat.update({ channel, ts, text: mrkdwn(next.text), ...this.blocks(next) });
+          } catch (error) {
+            // Someone deleted it (or a restart left it replaced): the answer goes on in a new message.
+            if ((error as { data?: { error?: string } }).data?.error !== "message_not_found") throw error;
+            ts = undefined;
+          }
+        }
+        if (ts) await client.chat.delete({ channel, ts }).catch((error: unknown) => this.log(`[slack] could not delete message ${ts}: ${String(error)}`));
+        ts = await this.show(client, channel, next);
+        Object.assign(handle, at());
+      },
+    };
+    return handle;
+  }
+
+  /** A bot message posted before a restart ({ channel, ts }), edited with the bot token. */
+  reopen(address: unknown): MessageHandle | undefined {
+    const parsed = slackAddress.safeParse(address);
+    return parsed.success ? this.handle(this.app.client, parsed.data.channel, parsed.data.ts) : undefined;
+  }
+
+  /** Post a message; one with an image is the uploaded file (caption as its comment) with its buttons after it. */
+  private async show(client: WebClient, channel: string, message: BotMessage): Promise<string | undefined> {
+    if (!message.image?.path) return this.post(client, channel, message);
+    await this.upload(client, channel, message);
+    return message.buttons?.length ? this.post(client, channel, { ...message, text: `${message.text.split("\n")[0]}\n${BUTTONS_TEXT}` }) : undefined;
   }
 
   private async post(client: WebClient, channel: string, message: BotMessage): Promise<string> {

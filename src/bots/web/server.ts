@@ -62,6 +62,7 @@ interface ChatMessage {
 const commandBody = z.strictObject({ text: z.string().trim().min(1) });
 const pressBody = z.strictObject({ message: z.string().min(1).max(100), button: z.string().min(1).max(100) });
 const reactBody = z.strictObject({ message: z.string().min(1).max(100), emoji: z.string().min(1).max(64), removed: z.boolean().optional() });
+const webAddress = z.strictObject({ message: z.string().regex(/^[0-9a-f]{12}$/) });
 const cancelBody = z.strictObject({ message: z.string().min(1).max(100) });
 const IMAGE_PATH = /^\/images\/([0-9a-f-]{36})\/(grid\.png|grid\.webp|\d\.png)$/;
 const MAX_MESSAGES = 200;
@@ -319,8 +320,7 @@ export class WebChat implements ChatAdapter {
         written.push(posted);
         this.running.set(posted.id, controller);
         this.push(Object.assign(posted, this.render(message)));
-        const handle: MessageHandle = { key: `web:${posted.id}`, edit: async (next) => this.push(Object.assign(posted, this.render(next))) };
-        return handle;
+        return this.handle(posted);
       },
       removeSource: async () => {
         if (options.source) this.push(Object.assign(options.source, { deleted: true, text: "(deleted)", image: undefined, buttons: undefined }));
@@ -335,6 +335,23 @@ export class WebChat implements ChatAdapter {
           if (message.running) this.push(Object.assign(message, { running: false }));
         }
       });
+  }
+
+  /** Edits of one posted message; a public one can be reopened after a restart by its id. */
+  private handle(posted: ChatMessage): MessageHandle {
+    return {
+      key: `web:${posted.id}`, ...(posted.audience === undefined ? { address: { message: posted.id } } : {}),
+      edit: async (next) => this.push(Object.assign(posted, this.render(next))),
+    };
+  }
+
+  /** A public message of a job accepted before a restart: the room starts empty, so it is posted again under its id. */
+  reopen(address: unknown): MessageHandle | undefined {
+    const parsed = webAddress.safeParse(address);
+    if (!parsed.success) return undefined;
+    const id = parsed.data.message;
+    const posted = this.messages.find((message) => message.id === id) ?? { id, author: "bot" as const, text: "" };
+    return this.handle(posted);
   }
 
   /** A BotMessage as the page shows it: images as URLs the server serves, previews inline. */
