@@ -110,7 +110,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
     addFromUrl: (url, metadata) => ingestFromUrl(url, metadata, {
       tempDir: join(dataDir, "tmp"), maxBytes: config.chat.max_lora_mb * 1e6, allowLoopback: config.scheduler.allow_loopback,
     }, ingest),
-    status: () => poolStatus(pool.index, queue, workers, state),
+    status: () => poolStatus(pool.index, queue, workers, state, redis),
     journal: new JobJournal(join(dataDir, "jobs"), log),
     retrain: lifecycle.retrainNow,
   };

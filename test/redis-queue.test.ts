@@ -154,6 +154,13 @@ describeRequiring(pythonWorker, redisServer)("the Redis job queue", () => {
     }, () => undefined);
     const servings = await Promise.all([serve("host-a"), serve("host-b")]);
     try {
+      // /pool status lists the workers pulling from Redis and the queue over every host.
+      const shown: string[] = [];
+      await servings[0]!.host.context.commands.get("pool")!.run({
+        command: "pool", subcommand: "status", options: {}, requester: { id: "web:admin", name: "admin", admin: true },
+      }, servings[0]!.host.context, { send: async (message) => void shown.push(message.text), followUp: async () => undefined });
+      for (const worker of workers) expect(shown[0]).toContain(`• queue:${worker.name}: pulling from Redis · proving-ground`);
+      expect(shown[0]).toMatch(/\*\*Queue\*\*: 0 waiting, 0 running here · Redis, all hosts: 0 waiting, 0 running/);
       const answers = await Promise.all(servings.map(async (serving, n) => {
         const url = (serving.chats.running().find((adapter) => adapter.name === "web") as WebChat).url!;
         const page = await webRequest(url);

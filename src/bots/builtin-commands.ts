@@ -147,7 +147,8 @@ const pool: ChatCommand = {
       text: [
         `**Pool**: ${status.loras} LoRAs (${status.blocked} blocked) · last crawl ${status.lastCrawl ?? "never"}`,
         ...(status.searchable && status.searchable.weights < status.loras ? [searchableLine(status.searchable)] : []),
-        `**Queue**: ${status.queue.waiting} waiting, ${status.queue.running} running`,
+        `**Queue**: ${status.queue.waiting} waiting, ${status.queue.running} running` + (status.queue.shared
+          ? ` here · Redis, all hosts: ${status.queue.shared.waiting} waiting, ${status.queue.shared.running} running` : ""),
         `**Workers**:\n${workers}`,
       ].join("\n"),
     });

@@ -73,7 +73,8 @@ export interface PoolStatus {
    *  yet), or not at all (neither). */
   searchable?: { weights: number; textOnly: number; none: number };
   lastCrawl: string | null;
-  queue: { waiting: number; running: number };
+  /** This host's queue; `shared`: the Redis queue's, over every host (queue.backend redis). */
+  queue: { waiting: number; running: number; shared?: { waiting: number; running: number } };
   workers: Array<{ id: string; state: string; model?: string; modelVersion?: string; gateVersion?: string | null; encoderVersion?: string | null }>;
 }
 

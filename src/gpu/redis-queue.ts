@@ -187,6 +187,12 @@ export class RedisQueue {
     });
   }
 
+  /** Jobs waiting and running in Redis, from every host. */
+  async counts(): Promise<{ waiting: number; running: number }> {
+    const counts = await this.queue.getJobCounts("prioritized", "waiting", "active");
+    return { waiting: (counts.prioritized ?? 0) + (counts.waiting ?? 0), running: counts.active ?? 0 };
+  }
+
   async close(): Promise<void> {
     clearInterval(this.timer);
     for (const [jobId, waiter] of this.waiters) {
