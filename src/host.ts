@@ -54,12 +54,6 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const dataDir = resolve(config.data_dir);
   const commands = new CommandRegistry();
   for (const command of plugins.commands) commands.add(command);
-  const ingestDeps = {
-    ...pool, embed: (file: string) => workers.dispatcher.embed(file),
-    embedMany: (files: string[]) => workers.dispatcher.embedMany(files), embedText: parts.textEncoder,
-  };
-  const ingest = (path: string, metadata: IngestMetadata) => ingestLora(path, metadata, ingestDeps);
-  const ingestMany = (items: IngestItem[], options?: IngestOptions) => ingestLoras(items, ingestDeps, options);
   const retriever = new Retriever(parts.textEncoder, pool.index, new CachedVotes(() => generations.ratingsByLora()));
   const state = stateFile(config);
   // queue.backend redis: jobs pass on to Redis, where users take turns across hosts and workers pull them; the
@@ -67,6 +61,14 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const redis = config.queue.backend === "redis" ? await RedisQueue.open({
     url: redisUrlWithPassword(config.queue.redis_url, parts.secrets.get("redisPassword")), prefix: config.queue.redis_prefix, log,
   }) : undefined;
+  // A Redis host with no workers of its own has its new LoRAs embedded by the queue workers (at the ingest priority).
+  const embedder = redis && config.workers.local.length + config.workers.remote.length === 0 ? redis : workers.dispatcher;
+  const ingestDeps = {
+    ...pool, embed: (file: string) => embedder.embed(file),
+    embedMany: (files: string[]) => embedder.embedMany(files), embedText: parts.textEncoder,
+  };
+  const ingest = (path: string, metadata: IngestMetadata) => ingestLora(path, metadata, ingestDeps);
+  const ingestMany = (items: IngestItem[], options?: IngestOptions) => ingestLoras(items, ingestDeps, options);
   const queue = new FairQueue({
     concurrency: redis ? config.queue.global : Math.max(1, config.workers.local.length + config.workers.remote.length),
     perUser: config.queue.per_user, global: config.queue.global,
@@ -77,7 +79,7 @@ export async function createHost(parts: HostParts): Promise<Host> {
   const followWorkers = async () => queue.setConcurrency((await redis!.workers().catch(() => [])).length + 1);
   if (redis) await followWorkers();
   const following = redis ? setInterval(() => void followWorkers(), 5_000).unref() : undefined;
-  const family = (await workers.source.ready()[0]?.health())?.family;
+  const family = (await workers.source.ready()[0]?.health())?.family ?? (await redis?.workers().catch(() => []))?.[0]?.family;
   const pipeline = new ImaginePipeline({
     retriever, queue, dispatcher: generator, store: pool.store, generations, dataDir,
     postProcessors: plugins.postProcessors.map((processor) => processor.run),

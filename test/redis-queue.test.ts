@@ -151,8 +151,13 @@ describeRequiring(pythonWorker, redisServer)("the Redis job queue", () => {
       PATH: process.env.PATH, AUTOLORA_DATA_DIR: await mkdtemp(join(data, `${name}-`)), AUTOLORA_WEB__PORT: "0",
       AUTOLORA_QUEUE__BACKEND: "redis", AUTOLORA_QUEUE__REDIS_URL: `redis://127.0.0.1:${redis.port}`, AUTOLORA_QUEUE__REDIS_PREFIX: prefix,
       AUTOLORA_REDIS_PASSWORD: redis.password,
-    }, () => undefined);
+      // No workers of its own: the bundle it seeds its pool from is embedded by the queue workers.
+      AUTOLORA_WORKERS__LOCAL: "[]",
+    }, (line) => logs.push(`${name} ${line}`));
+    const logs: string[] = [];
     const servings = await Promise.all([serve("host-a"), serve("host-b")]);
+    for (const name of ["host-a", "host-b"]) expect(logs).toContain(`${name} [pool] 120/120 added`);
+    expect(workers.some((worker) => worker.lines.some((line) => /embeds \d+ LoRA file\(s\)/.test(line)))).toBe(true);
     try {
       // /pool status lists the workers pulling from Redis and the queue over every host.
       const shown: string[] = [];

@@ -36,6 +36,8 @@ export interface BurstOptions {
   queue?: "memory" | "redis";
   /** Queue workers pulling from Redis (the protocol fake, test/fixtures/fake-queue-worker.mjs). Default 2. */
   workers?: number;
+  /** Redis with two or more workers: kill one (SIGKILL) once a quarter of the grids are out, mid-job. */
+  killWorker?: boolean;
 }
 
 export interface BurstReport {
@@ -46,6 +48,10 @@ export interface BurstReport {
   p99_ack_ms: number;
   /** Requests that were never acknowledged or never got their grid. */
   lost: number;
+  /** Users all of whose requests got their grid. */
+  users_answered: number;
+  /** When a queue worker was killed (BurstOptions.killWorker), seconds after the burst began. */
+  killed_worker_at_s?: number;
   /** The host's event-loop delay while the burst ran (perf_hooks.monitorEventLoopDelay, 10 ms resolution). */
   event_loop_delay: { p99_ms: number; max_ms: number };
   /** Whether a CPU-bound process ran beside the host. */
@@ -75,6 +81,7 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
   const perUser = Math.ceil(options.requests / options.users);
   const stepMs = options.stepMs ?? (options.queue === "redis" ? 25 : 2);
   const redis = options.queue === "redis" ? await startRedis() : undefined;
+  if (options.killWorker && !(redis && (options.workers ?? 2) >= 2)) throw new Error("--kill-worker needs --queue redis and at least 2 --workers");
   const prefix = `burst-${process.pid}`;
   const queueWorkers = redis ? await Promise.all(Array.from({ length: options.workers ?? 2 }, () => startFakeQueueWorker(redis, prefix, stepMs))) : [];
   const host = await fakeHost({
@@ -111,6 +118,21 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     started = performance.now();
   };
   const userOf = (index: number) => Math.floor(index / perUser); // user-major: each user fires all theirs at once
+  // Which requests got their grid, by the prompt its message shows ("request 12").
+  const done = new Set<number>();
+  const answered = (texts: string[]) => {
+    for (const text of texts) {
+      const index = /request (\d+)\b/.exec(text)?.[1];
+      if (index !== undefined) done.add(Number(index));
+    }
+    return done.size;
+  };
+  let killedAt: number | undefined;
+  const killing = (count: number) => {
+    if (!options.killWorker || killedAt !== undefined || count < options.requests / 4) return;
+    killedAt = performance.now();
+    queueWorkers[0]!.kill("SIGKILL");
+  };
   let acks: number[] = [];
   let finished = 0;
   let lastGridAt = 0;
@@ -138,8 +160,8 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
           const callback = await fake.waitForRequest((request) => request.path === path, 60_000).catch(() => undefined);
           return callback ? callback.at - at : Infinity;
         }));
-        finished = await settled(() => [...fake.messages.values()].filter((message) => JSON.stringify(message.components).includes("autolora:upscale")).length,
-          options.requests, deadline);
+        finished = await settled(() => answered([...fake.messages.values()].filter((message) => JSON.stringify(message.components).includes("autolora:upscale"))
+          .map((message) => message.content ?? "")), options.requests, deadline, killing);
         lastGridAt = performance.now();
       } finally {
         await adapter.stop();
@@ -162,8 +184,8 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
           command: "/imagine", text: `a red hexagon, request ${index}`, userId: `U${String(userOf(index)).padStart(8, "0")}`, channelId: DEFAULT_CHANNEL.id,
         }).catch(() => undefined)));
         acks = answers.map((answer) => answer?.status === 200 ? answer.ms : Infinity);
-        finished = await settled(() => [...fake.messages.values()].filter((message) => JSON.stringify(message.blocks).includes("autolora:upscale")).length,
-          options.requests, deadline);
+        finished = await settled(() => answered([...fake.messages.values()].filter((message) => !message.deleted && JSON.stringify(message.blocks).includes("autolora:upscale"))
+          .map((message) => message.text)), options.requests, deadline, killing);
         lastGridAt = performance.now();
       } finally {
         await adapter.stop();
@@ -184,6 +206,9 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
     adapter: options.via, requests: options.requests, users: options.users, acked_within_3s: acked,
     p99_ack_ms: round(sorted[Math.min(sorted.length - 1, Math.ceil(sorted.length * 0.99) - 1)] ?? Infinity),
     lost: options.requests - Math.min(finished, acks.filter(Number.isFinite).length),
+    users_answered: Array.from({ length: options.users }, (_, user) => user)
+      .filter((user) => Array.from({ length: options.requests }, (_, index) => index).every((index) => userOf(index) !== user || done.has(index))).length,
+    ...(killedAt !== undefined ? { killed_worker_at_s: round((killedAt - started) / 1000) } : {}),
     event_loop_delay: { p99_ms: round(loopDelay.percentile(99) / 1e6), max_ms: round(loopDelay.max / 1e6) },
     load: Boolean(options.load), warmup,
     fairness: { max_position_gap: maxPositionGap(jobs) },
@@ -212,10 +237,15 @@ function startCpuLoad() {
   return child;
 }
 
-/** Poll `count` until it reaches `target` or the deadline passes; its last value. */
-async function settled(count: () => number, target: number, deadline: number): Promise<number> {
-  while (count() < target && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
-  return count();
+/** Poll `count` until it reaches `target` or the deadline passes; its last value. `onCount` sees each value. */
+async function settled(count: () => number, target: number, deadline: number, onCount?: (count: number) => void): Promise<number> {
+  let value = count();
+  while (value < target && Date.now() < deadline) {
+    onCount?.(value);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    value = count();
+  }
+  return value;
 }
 
 /** See BurstReport.fairness. */

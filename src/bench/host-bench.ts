@@ -1,5 +1,6 @@
 // `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N]`: the host's own costs, measured here.
-// `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack] [--load] [--warmup 20]`: a burst of
+// `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack] [--load] [--warmup 20]
+// [--queue memory|redis] [--workers 2] [--kill-worker]`: a burst of
 // /imagine through the chat adapters against their local fakes, after --warmup /help commands (src/bench/burst.ts).
 // `npm run bench -- retrieval [--json]`: which LoRAs retrieval picks on the bundle's pool (src/bench/retrieval-bench.ts).
 // `npm run bench -- quality [--json] [--prompts N] [--out DIR]`: Table 1 through /imagine, images judged by the
@@ -97,7 +98,7 @@ async function main(): Promise<void> {
       json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" },
       requests: { type: "string" }, users: { type: "string" }, via: { type: "string" },
       prompts: { type: "string" }, out: { type: "string" }, load: { type: "boolean" }, warmup: { type: "string" },
-      queue: { type: "string" }, workers: { type: "string" },
+      queue: { type: "string" }, workers: { type: "string" }, "kill-worker": { type: "boolean" },
     },
   });
   if (positionals[0] === "burst") return burst(values);
@@ -233,7 +234,8 @@ async function benchFluxIngest(config: Config, folder: string, encoder: TextEnco
 
 /** Both adapters (or the one --via names), on a quiet machine and, with --load, again beside a CPU-bound process;
  *  the top-level figures are the worst of all runs. */
-async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string; load?: boolean; warmup?: string; queue?: string; workers?: string }): Promise<void> {
+async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string; load?: boolean; warmup?: string; queue?: string; workers?: string;
+  "kill-worker"?: boolean }): Promise<void> {
   const requests = Number(values.requests ?? 200);
   const users = Number(values.users ?? 20);
   const warmup = Number(values.warmup ?? 20);
@@ -249,7 +251,9 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
   if (!(Number.isInteger(workers) && workers >= 1)) throw new Error("--workers must be a whole number of queue workers, at least 1");
   const reports: BurstReport[] = [];
   for (const load of values.load ? [false, true] : [false]) {
-    for (const via of vias as Array<"discord" | "slack">) reports.push(await runBurst({ via, requests, users, load, warmup, queue, workers }));
+    for (const via of vias as Array<"discord" | "slack">) {
+      reports.push(await runBurst({ via, requests, users, load, warmup, queue, workers, killWorker: values["kill-worker"] }));
+    }
   }
   // The queue's scaling: the same burst through the first adapter with one worker, for jobs per second side by side.
   const single = queue === "redis" ? await runBurst({ via: vias[0] as "discord" | "slack", requests, users, warmup, queue, workers: 1 }) : undefined;
@@ -259,6 +263,8 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
     acked_within_3s: Math.min(...reports.map((report) => report.acked_within_3s)),
     p99_ack_ms: worst((report) => report.p99_ack_ms),
     lost: worst((report) => report.lost),
+    users_answered: Math.min(...reports.map((report) => report.users_answered)),
+    ...(values["kill-worker"] ? { killed_worker: true } : {}),
     fairness: { max_position_gap: worst((report) => report.fairness.max_position_gap) },
     event_loop_delay_p99_ms: worst((report) => report.event_loop_delay.p99_ms),
     queue,

@@ -4,13 +4,16 @@
 // before ingest before training, and within a class a job's priority counts that user's jobs already waiting, so
 // users take turns across every host. A worker that dies stops renewing its job's lock and the job goes back in
 // line once (BullMQ's stalled-job check, run by every live worker).
+import { randomUUID } from "node:crypto";
+import { basename } from "node:path";
 import { Queue, QueueEvents } from "bullmq";
 import { Redis } from "ioredis";
 import type { JobClass } from "../pipeline/queue.js";
 import type { DispatchGenerateOptions } from "./dispatch.js";
-import { JobCancelledError, WorkerJobError, WorkerUnavailableError } from "./errors.js";
+import { JobCancelledError, WorkerJobError, WorkerRequestError, WorkerUnavailableError } from "./errors.js";
 import {
-  jobEndEventSchema, jobProgressEventSchema, workerHealthSchema, type GenerateRequest, type JobEndEvent, type WorkerHealth,
+  embedManyResultSchema, jobEndEventSchema, jobProgressEventSchema, MAX_EMBED_PATHS, workerHealthSchema,
+  type EmbedResult, type GenerateRequest, type JobEndEvent, type WorkerHealth,
 } from "./protocol.js";
 
 /** The queue's name and the keys beside it; the Python side (queue_worker.py) uses the same. */
@@ -37,7 +40,8 @@ export interface QueueGenerateOptions extends DispatchGenerateOptions {
 
 interface Waiter {
   options: QueueGenerateOptions;
-  resolve: (end: JobEndEvent) => void;
+  /** The job's result as the worker returned it; each kind of job checks its own. */
+  resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   active: boolean;
   position?: number;
@@ -121,13 +125,50 @@ export class RedisQueue {
 
   /** Queue one job and wait for its end; aborting `signal` removes it from line or stops it on its worker. */
   async generate(request: GenerateRequest, options: QueueGenerateOptions = {}): Promise<JobEndEvent> {
-    if (options.signal?.aborted) throw new JobCancelledError(`job ${request.job_id} was cancelled before it was queued`);
-    const kind = options.kind ?? "interactive";
-    const user = options.user ?? "";
-    const result = new Promise<JobEndEvent>((resolve, reject) => {
-      this.waiters.set(request.job_id, { options, resolve, reject, active: false });
+    const value = await this.submit("generate", request.job_id, { request, user: options.user ?? "", kind: options.kind ?? "interactive" }, options);
+    const end = jobEndEventSchema.safeParse(value);
+    if (!end.success) throw new WorkerJobError("worker-protocol", `job ${request.job_id} ended with a result that is not a job-end event`);
+    return end.data;
+  }
+
+  /**
+   * An ingest's LoRA files embedded by the queue workers, in jobs of MAX_EMBED_PATHS at the ingest priority: each
+   * file named by its hash (its name in the pool's store: workers with --pool-url fetch it from the host) and by
+   * its path (for a worker on the host's disk). Each file's answer or its own error, in order.
+   */
+  async embedMany(paths: string[], signal?: AbortSignal): Promise<Array<EmbedResult | Error>> {
+    const results: Array<EmbedResult | Error> = [];
+    for (let start = 0; start < paths.length; start += MAX_EMBED_PATHS) {
+      const chunk = paths.slice(start, start + MAX_EMBED_PATHS);
+      const loras = chunk.map((path) => {
+        const sha256 = /^([0-9a-f]{64})\.safetensors$/.exec(basename(path))?.[1];
+        return { path, ...(sha256 ? { sha256 } : {}) };
+      });
+      const jobId = randomUUID();
+      const value = await this.submit("embed", jobId, { request: { loras }, user: "", kind: "ingest" }, { signal, kind: "ingest" });
+      const parsed = embedManyResultSchema.safeParse(value);
+      if (!parsed.success || parsed.data.results.length !== chunk.length) {
+        throw new WorkerJobError("worker-protocol", `embedding job ${jobId} ended with a result that is not one answer per file`);
+      }
+      parsed.data.results.forEach((result, n) => results.push("error" in result
+        ? new WorkerRequestError(result.error.code, `a queue worker refused ${chunk[n]}: ${result.error.message}`, 422) : result));
+    }
+    return results;
+  }
+
+  async embed(path: string, signal?: AbortSignal): Promise<EmbedResult> {
+    const [result] = await this.embedMany([path], signal);
+    if (result instanceof Error) throw result;
+    return result!;
+  }
+
+  private async submit(name: "generate" | "embed", jobId: string, data: { request: unknown; user: string; kind: JobClass },
+    options: QueueGenerateOptions): Promise<unknown> {
+    if (options.signal?.aborted) throw new JobCancelledError(`job ${jobId} was cancelled before it was queued`);
+    const result = new Promise<unknown>((resolve, reject) => {
+      this.waiters.set(jobId, { options, resolve, reject, active: false });
     });
-    const onAbort = () => void this.cancel(request.job_id);
+    const onAbort = () => void this.cancel(jobId);
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
       // One add at a time, so a user's jobs queued together count each other. (Another host never adds for the
@@ -135,22 +176,22 @@ export class RedisQueue {
       const added = this.adding.then(async () => {
         // A job taken up again after this host restarted may still be in Redis: wait for it (or take its end)
         // rather than draw it twice.
-        if (await this.adopt(request.job_id)) return;
-        const ahead = await this.waitingOf(user);
-        await this.queue.add("generate", { request, user, kind }, {
-          jobId: request.job_id, priority: CLASS_BASE[kind] + ahead + 1,
+        if (await this.adopt(jobId)) return;
+        const ahead = await this.waitingOf(data.user);
+        await this.queue.add(name, data, {
+          jobId, priority: CLASS_BASE[data.kind] + ahead + 1,
           removeOnComplete: { age: 24 * 3600 }, removeOnFail: { age: 7 * 24 * 3600 },
         });
       });
       this.adding = added.catch(() => undefined);
       await added;
       // Cancelled while its add waited its turn: the cancel found nothing in Redis then.
-      if (options.signal?.aborted) void this.cancel(request.job_id);
+      if (options.signal?.aborted) void this.cancel(jobId);
       void this.announcePositions().catch(() => undefined);
       return await result;
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
-      this.waiters.delete(request.job_id);
+      this.waiters.delete(jobId);
     }
   }
 
@@ -230,10 +271,7 @@ export class RedisQueue {
   private completed(jobId: string, returnvalue: unknown): void {
     const waiter = this.waiters.get(jobId);
     if (!waiter) return;
-    const value = typeof returnvalue === "string" ? safeJson(returnvalue) : returnvalue;
-    const end = jobEndEventSchema.safeParse(value);
-    if (end.success) waiter.resolve(end.data);
-    else waiter.reject(new WorkerJobError("worker-protocol", `job ${jobId} ended with a result that is not a job-end event`));
+    waiter.resolve(typeof returnvalue === "string" ? safeJson(returnvalue) : returnvalue);
   }
 
   private failed(jobId: string, reason: string): void {

@@ -59,7 +59,9 @@ export async function startWorkers(config: Config, secrets: Secrets, log: (line:
     throw error;
   }
   const source = combineWorkerSources(supervisor, remote);
-  if (source.ready().length === 0) {
+  // A Redis host may have none of its own: the queue workers draw and embed for it.
+  const own = config.workers.local.length + config.workers.remote.length;
+  if (source.ready().length === 0 && (own > 0 || config.queue.backend !== "redis")) {
     await stop();
     throw new Error("no GPU worker is configured or reachable (workers.local and workers.remote)");
   }

@@ -22,7 +22,7 @@ from PIL import Image
 from .cache import LoraCache
 from .encoder import LoraEncoder, embed_prepared, family_layer_table, load_encoder, prepare_lora
 from .errors import (IncompatibleLoraError, InvalidRequestError, JobCancelledError, ModelLoadError, NoEvaluatorError,
-                     WorkerError)
+                     WorkerError, file_error)
 from .fusion import FusionOptions, FusionSession, GateBank, gate_dims
 from .lora.canonical import CanonicalLora
 from .lora.files import DEFAULT_MAX_LORA_BYTES
@@ -192,6 +192,44 @@ class Engine:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    def embed_refs(self, refs: list[LoraRef]) -> dict:
+        """`embed_many` of files named by hash (fetched from this worker's pools) or by path, as the queue asks:
+        {"results": [answer or {"error": {...}}]} in order; a file that cannot be fetched fails alone."""
+        paths: list[str | None] = []
+        errors: dict[int, dict] = {}
+        held = [ref.sha256 for ref in refs if ref.sha256 is not None and self.fetcher is not None]
+        for sha256 in held:
+            self.fetcher.hold(sha256)
+        try:
+            for number, ref in enumerate(refs):
+                try:
+                    if ref.sha256 is not None and self.fetcher is not None:
+                        paths.append(self.fetcher.path_for(ref.sha256))
+                    elif ref.path is not None:
+                        paths.append(ref.path)
+                    else:
+                        raise LoraFetchError(f"LoRA {ref.sha256[:12]} is named by hash only and this worker has no "
+                                             "pool to fetch it from (serve --pool-url)")
+                except LoraFetchError as error:
+                    paths.append(None)
+                    errors[number] = file_error(ref.sha256 or "", error)
+            readable = [path for path in paths if path is not None]
+            answers = iter(self.embed_many(readable) if readable else [])
+            results = []
+            for number, (ref, path) in enumerate(zip(refs, paths)):
+                if path is None:
+                    results.append({"error": errors[number]})
+                    continue
+                answer = next(answers)
+                if isinstance(answer, dict) and ref.sha256 is not None and answer["sha256"] != ref.sha256:
+                    answer = InvalidRequestError(f"{Path(path).name} has sha256 {answer['sha256'][:12]}, not "
+                                                 f"{ref.sha256[:12]} as the job says")
+                results.append(answer if isinstance(answer, dict) else {"error": file_error(path, answer)})
+            return {"results": results}
+        finally:
+            for sha256 in held:
+                self.fetcher.release(sha256)
 
     def embed_many(self, paths: list[str]) -> list[dict | WorkerError | OSError]:
         """`embed` for many files in one call, in order; a file that cannot be used gets its error in its place and

@@ -37,3 +37,11 @@ class NoEvaluatorError(WorkerError):
     """/judge on a worker that has no image evaluator (only proving-ground workers have one)."""
 
     code = "no-evaluator"
+
+
+def file_error(path: str, error: Exception) -> dict:
+    """Why a LoRA file cannot be used, as an error body's code and message."""
+    if isinstance(error, WorkerError):
+        return {"code": error.code, "message": str(error)}
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return {"code": InvalidLoraFileError.code, "message": f"cannot read {path}: {reason}"}

@@ -88,6 +88,12 @@ class EmbedRequest(Strict):
         return self
 
 
+class EmbedJobRequest(Strict):
+    """An ingest's files through the Redis queue: named by hash (a worker with pools fetches them) and by the
+    host's path (read where the worker shares the host's disk). The answer is {"results": [...]}, in order."""
+    loras: list[LoraRef] = Field(min_length=1, max_length=MAX_EMBED_PATHS)
+
+
 class JudgeRequest(Strict):
     images: list[str] = Field(min_length=1, max_length=MAX_JUDGE_IMAGES, description="base64 PNGs")
 

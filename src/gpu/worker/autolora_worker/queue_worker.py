@@ -1,4 +1,5 @@
-"""`serve --queue redis://…`: a worker that pulls generation jobs from the hosts' BullMQ queue on Redis.
+"""`serve --queue redis://…`: a worker that pulls generation and ingest (embedding) jobs from the hosts' BullMQ
+queue on Redis.
 
 The worker needs no inbound connection: it takes the next job when it is free (the hosts set the order with
 BullMQ priorities), reports each step as the job's progress, and returns the job-end event as the job's result.
@@ -22,7 +23,8 @@ from typing import Callable
 from pydantic import ValidationError
 
 from .engine import Engine
-from .protocol import GenerateRequest
+from .errors import WorkerError
+from .protocol import EmbedJobRequest, GenerateRequest
 
 QUEUE = "autolora-generate"
 LOCK_MS = 10_000
@@ -81,7 +83,10 @@ class QueueWorker:
         self._stopping = asyncio.Event()
 
     async def process(self, job, token: str) -> dict:
-        """One job: the engine's events become the job's progress; its job-end event, the job's result."""
+        """One job: a generation (the engine's events become the job's progress, its job-end event the job's
+        result) or an ingest's embeddings."""
+        if job.name == "embed":
+            return await self._embed(job)
         try:
             request = GenerateRequest.model_validate(job.data.get("request"))
         except ValidationError as error:
@@ -108,6 +113,18 @@ class QueueWorker:
         if event["type"] == "job-error":
             raise RuntimeError(f"{event['code']}: {event['message']}")
         return event
+
+    async def _embed(self, job) -> dict:
+        """An ingest's LoRA files, fetched by hash and embedded in one call: {"results": [...]}, in order."""
+        try:
+            request = EmbedJobRequest.model_validate(job.data.get("request"))
+        except ValidationError as error:
+            raise ValueError(f"invalid-request: {error.errors()[0]['msg']}") from None
+        self.log(f"[queue] {self.name} embeds {len(request.loras)} LoRA file(s) for job {job.id}")
+        try:
+            return await asyncio.to_thread(self.engine.embed_refs, request.loras)
+        except WorkerError as error:
+            raise RuntimeError(f"{error.code}: {error}") from None
 
     async def _listen_for_cancels(self) -> None:
         import redis.asyncio as redis

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .engine import Engine
 from .errors import (IncompatibleLoraError, InvalidLoraFileError, InvalidRequestError, ModelLoadError, NoEvaluatorError,
-                     WorkerError)
+                     WorkerError, file_error)
 from .protocol import CancelRequest, EmbedRequest, GenerateRequest, InspectRequest, JudgeRequest, parse
 
 MAX_BODY_BYTES = 1 << 20
@@ -155,7 +155,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, error.code, str(error))
             return
         self._send_json(HTTPStatus.OK, {"results": [
-            answer if isinstance(answer, dict) else {"error": _file_error(path, answer)}
+            answer if isinstance(answer, dict) else {"error": file_error(path, answer)}
             for path, answer in zip(request.paths, answers)]})
 
     def _inspect(self):
@@ -166,7 +166,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
         try:
             self._send_json(HTTPStatus.OK, answer(path))
         except (InvalidLoraFileError, IncompatibleLoraError, OSError) as error:
-            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, **_file_error(path, error))
+            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, **file_error(path, error))
         except ModelLoadError as error:
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, error.code, str(error))
 
@@ -235,14 +235,6 @@ class WorkerHandler(BaseHTTPRequestHandler):
                 pass
         finally:
             self.server.jobs.end(request.job_id, cancel)
-
-
-def _file_error(path: str, error: Exception) -> dict:
-    """Why a LoRA file cannot be used, as the error body's code and message."""
-    if isinstance(error, WorkerError):
-        return {"code": error.code, "message": str(error)}
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-    return {"code": InvalidLoraFileError.code, "message": f"cannot read {path}: {reason}"}
 
 
 def serve(engine: Engine, host: str, port: int, token: str, request_timeout_s: float) -> None:

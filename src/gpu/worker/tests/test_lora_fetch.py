@@ -151,3 +151,37 @@ def test_the_queue_password_comes_from_the_environment_and_never_shows():
         queue_url("http://10.0.0.5:6379", "x")
     assert redact("redis://:secret@10.0.0.5:6379") == "redis://***@10.0.0.5:6379"
     assert "secret" not in redact("rediss://user:secret@host:6380/0")
+
+
+def test_an_ingest_through_the_queue_embeds_files_fetched_by_hash_each_failing_alone(pool, tmp_path):
+    from pathlib import Path
+
+    from autolora_worker.engine import Engine
+    from autolora_worker.models import random_proving_ground
+    from autolora_worker.protocol import LoraRef
+
+    bundle = Path(__file__).resolve().parents[4] / "bundle" / "pool"
+    hexagon = (bundle / "shape-hexagon-01.safetensors").read_bytes()
+    stripes = (bundle / "style-striped-01.safetensors").read_bytes()
+    sha_hexagon, sha_stripes = (hashlib.sha256(body).hexdigest() for body in (hexagon, stripes))
+    pool.files[sha_hexagon] = hexagon
+    engine = Engine(random_proving_ground(),
+                    fetcher=LoraFetcher([pool.url], TOKEN, tmp_path / "cache", max_bytes=10 * len(hexagon)))
+    answer = engine.embed_refs([
+        LoraRef(sha256=sha_hexagon),
+        LoraRef(sha256="0" * 64),  # in no pool
+        LoraRef(sha256=sha_stripes, path=str(bundle / "style-striped-01.safetensors")),  # not in the pool either
+    ])
+    first, missing, also_missing = answer["results"]
+    assert first["sha256"] == sha_hexagon and first["family"] == "proving-ground" and first["modules"] > 0
+    assert missing["error"]["code"] == "lora-unavailable" and "000000000000" in missing["error"]["message"]
+    # Named by hash, a file is fetched from the pools even where a path is given: the path is the host's.
+    assert also_missing["error"]["code"] == "lora-unavailable"
+    # A worker without pools reads the host's path, and checks it against the hash it was given.
+    local = Engine(random_proving_ground())
+    read, wrong = local.embed_refs([
+        LoraRef(sha256=sha_stripes, path=str(bundle / "style-striped-01.safetensors")),
+        LoraRef(sha256=sha_hexagon, path=str(bundle / "style-striped-01.safetensors")),
+    ])["results"]
+    assert read["sha256"] == sha_stripes
+    assert wrong["error"]["code"] == "invalid-request" and sha_hexagon[:12] in wrong["error"]["message"]
