@@ -198,7 +198,7 @@ describeRequiring(pythonWorker, redisServer)("the Redis job queue", () => {
     const queueEnv = {
       PATH: process.env.PATH, AUTOLORA_QUEUE__BACKEND: "redis", AUTOLORA_QUEUE__REDIS_URL: `redis://127.0.0.1:${redis.port}`,
       AUTOLORA_QUEUE__REDIS_PREFIX: prefix, AUTOLORA_REDIS_PASSWORD: redis.password, AUTOLORA_CHAT__PER_MINUTE: "0",
-      AUTOLORA_GENERATION__STEPS: "8", AUTOLORA_GENERATION__SEEDS_PER_PROMPT: "2",
+      AUTOLORA_GENERATION__STEPS: "8", AUTOLORA_GENERATION__SEEDS_PER_PROMPT: "2", AUTOLORA_WORKERS__LOCAL: "[]",
     };
     const startSlackHost = async () => {
       const child = spawn(process.execPath, [join(root, "test", "fixtures", "serve-host.mjs")], {

@@ -255,8 +255,9 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
       reports.push(await runBurst({ via, requests, users, load, warmup, queue, workers, killWorker: values["kill-worker"] }));
     }
   }
-  // The queue's scaling: the same burst through the first adapter with one worker, for jobs per second side by side.
-  const single = queue === "redis" ? await runBurst({ via: vias[0] as "discord" | "slack", requests, users, warmup, queue, workers: 1 }) : undefined;
+  // The queue's scaling: the same burst through the first adapter with one worker, for jobs per second side by side
+  // (not when a worker was killed: those runs ended with one).
+  const single = queue === "redis" && !values["kill-worker"] ? await runBurst({ via: vias[0] as "discord" | "slack", requests, users, warmup, queue, workers: 1 }) : undefined;
   const worst = (of: (report: BurstReport) => number) => Math.max(...reports.map(of));
   const summary = {
     requests, users, warmup,
