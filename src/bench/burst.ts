@@ -219,7 +219,7 @@ export async function runBurst(options: BurstOptions): Promise<BurstReport> {
 }
 
 /** One protocol-fake queue worker, ready to take jobs; it exits when the bench does (its stdin is our pipe). */
-async function startFakeQueueWorker(redis: TestRedis, prefix: string, stepMs: number) {
+export async function startFakeQueueWorker(redis: TestRedis, prefix: string, stepMs: number) {
   const child = spawn(process.execPath, [join(ROOT, "test", "fixtures", "fake-queue-worker.mjs")], {
     stdio: ["pipe", "pipe", "inherit"],
     env: { ...process.env, FAKE_QUEUE_URL: redis.url, FAKE_QUEUE_PREFIX: prefix, FAKE_STEP_MS: String(stepMs) },
@@ -238,7 +238,7 @@ function startCpuLoad() {
 }
 
 /** Poll `count` until it reaches `target` or the deadline passes; its last value. `onCount` sees each value. */
-async function settled(count: () => number, target: number, deadline: number, onCount?: (count: number) => void): Promise<number> {
+export async function settled(count: () => number, target: number, deadline: number, onCount?: (count: number) => void): Promise<number> {
   let value = count();
   while (value < target && Date.now() < deadline) {
     onCount?.(value);

@@ -1,6 +1,6 @@
 // `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N]`: the host's own costs, measured here.
 // `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack] [--load] [--warmup 20]
-// [--queue memory|redis] [--workers 2] [--kill-worker]`: a burst of
+// [--queue memory|redis] [--workers 2] [--kill-worker | --kill-host]`: a burst of
 // /imagine through the chat adapters against their local fakes, after --warmup /help commands (src/bench/burst.ts).
 // `npm run bench -- retrieval [--json]`: which LoRAs retrieval picks on the bundle's pool (src/bench/retrieval-bench.ts).
 // `npm run bench -- quality [--json] [--prompts N] [--out DIR]`: Table 1 through /imagine, images judged by the
@@ -18,6 +18,7 @@ import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { runBurst, type BurstReport } from "./burst.js";
+import { runRestartBurst } from "./burst-restart.js";
 import { qualityMarkdown, runQualityBench } from "./quality-bench.js";
 import { retrievalMarkdown, runRetrievalBench } from "./retrieval-bench.js";
 import { loadConfig } from "../config/load.js";
@@ -98,7 +99,7 @@ async function main(): Promise<void> {
       json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" },
       requests: { type: "string" }, users: { type: "string" }, via: { type: "string" },
       prompts: { type: "string" }, out: { type: "string" }, load: { type: "boolean" }, warmup: { type: "string" },
-      queue: { type: "string" }, workers: { type: "string" }, "kill-worker": { type: "boolean" },
+      queue: { type: "string" }, workers: { type: "string" }, "kill-worker": { type: "boolean" }, "kill-host": { type: "boolean" },
     },
   });
   if (positionals[0] === "burst") return burst(values);
@@ -235,7 +236,7 @@ async function benchFluxIngest(config: Config, folder: string, encoder: TextEnco
 /** Both adapters (or the one --via names), on a quiet machine and, with --load, again beside a CPU-bound process;
  *  the top-level figures are the worst of all runs. */
 async function burst(values: { json?: boolean; requests?: string; users?: string; via?: string; load?: boolean; warmup?: string; queue?: string; workers?: string;
-  "kill-worker"?: boolean }): Promise<void> {
+  "kill-worker"?: boolean; "kill-host"?: boolean }): Promise<void> {
   const requests = Number(values.requests ?? 200);
   const users = Number(values.users ?? 20);
   const warmup = Number(values.warmup ?? 20);
@@ -249,6 +250,13 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
   if (queue !== "memory" && queue !== "redis") throw new Error("--queue must be memory or redis");
   const workers = Number(values.workers ?? 2);
   if (!(Number.isInteger(workers) && workers >= 1)) throw new Error("--workers must be a whole number of queue workers, at least 1");
+  if (values["kill-host"]) {
+    // A host in a process of its own, killed a quarter of the way in and started again: through Slack, with Redis.
+    if (queue !== "redis" || (values.via && values.via !== "slack")) throw new Error("--kill-host runs with --queue redis, through Slack");
+    const report = await runRestartBurst({ requests, users, workers });
+    if (values.json) return void process.stdout.write(`${JSON.stringify(report)}\n`);
+    return void process.stdout.write(`${Object.entries(report).map(([key, value]) => `${key}: ${String(value)}`).join("\n")}\n`);
+  }
   const reports: BurstReport[] = [];
   for (const load of values.load ? [false, true] : [false]) {
     for (const via of vias as Array<"discord" | "slack">) {
