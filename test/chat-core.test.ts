@@ -1,6 +1,9 @@
 // The command layer's own rules, apart from any chat: typed options parsed and checked with clear answers,
 // per-user limits with a restart-proof daily quota, admins by id or role, oversized images made to fit.
 import { randomBytes } from "node:crypto";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
 import { BUILTIN_COMMANDS } from "../src/bots/builtin-commands.js";
@@ -8,6 +11,8 @@ import { CommandRegistry, optionsOf, parseCommandText, validateOptions, type Com
 import { ChatCore } from "../src/bots/core.js";
 import { RateLimiter } from "../src/bots/limits.js";
 import { buttonId, imageUnder, parseButtonId } from "../src/bots/messages.js";
+import { JobJournal, type JournalEntry } from "../src/pipeline/journal.js";
+import { QueueFullError } from "../src/pipeline/queue.js";
 
 const registry = new CommandRegistry();
 for (const command of BUILTIN_COMMANDS) registry.add(command);
@@ -166,5 +171,31 @@ describe("images for chats with an upload limit", () => {
     expect(fitted.data.length).toBeLessThanOrEqual(60_000);
     expect((await sharp(fitted.data).metadata()).format).toBe("webp");
     expect((await imageUnder({ name: "grid.png", data: noise }, noise.length)).data).toBe(noise);
+  });
+});
+
+describe("a job taken up again after a restart", () => {
+  it("is told on its own message when it cannot be queued again, and is then forgotten", async () => {
+    const journal = new JobJournal(await mkdtemp(join(tmpdir(), "autolora-resume-")));
+    const entry: JournalEntry = {
+      id: "job-full", adapter: "web", address: { message: "0123456789ab" }, prompt: "a red hexagon", user: "web:guest",
+      seeds: [1, 2], accepted_at: "2026-12-03T10:00:00.000Z",
+    };
+    await journal.accept(entry);
+    const core = new ChatCore({
+      commands: registry, journal, dataDir: tmpdir(),
+      chat: { admins: [], reactions: {}, perMinute: 0, perDay: 0, maxPromptChars: 1000, progressIntervalMs: 0 },
+      generations: { get: async () => undefined },
+      pipeline: { imagine: () => { throw new QueueFullError("the queue is full (50 jobs); try again in about 2 minutes", 120_000); } },
+    } as unknown as CommandContext);
+    const shown: string[] = [];
+    await core.resume(entry, { edit: async (message) => void shown.push(message.text) });
+    expect(shown).toEqual(["**a red hexagon**\n❌ this could not be taken up again after the bot restarted: " +
+      "the queue is full (50 jobs); try again in about 2 minutes. Please ask again."]);
+    expect(await journal.entries()).toEqual([]);
+    // Where even that cannot be posted (the chat is down), it waits for the next start.
+    await journal.accept(entry);
+    await core.resume(entry, { edit: async () => { throw new Error("chat unreachable"); } });
+    expect((await journal.entries()).map((kept) => kept.id)).toEqual(["job-full"]);
   });
 });

@@ -282,8 +282,16 @@ export class ChatCore {
         fusion: entry.fusion as never, width: entry.width, height: entry.height, title: entry.title, resumed: true,
       }, this.context, reply, this.context.chat);
     } catch (error) {
-      if (!(error as { shown?: boolean }).shown) {
-        this.log(`[chat] job ${entry.id} could not be taken up again: ${error instanceof Error ? error.message : String(error)}`);
+      if ((error as { shown?: boolean }).shown) return;
+      // Refused before it was queued (the queue is full, the prompt no longer allowed): say so where it was asked.
+      // Where even that cannot be posted, it stays journaled for the next start.
+      const reason = error instanceof Error ? error.message : String(error);
+      this.log(`[chat] job ${entry.id} could not be taken up again: ${reason}`);
+      try {
+        await reply.send({ text: `**${entry.prompt}**\n❌ this could not be taken up again after the bot restarted: ${reason}. Please ask again.`, error: true });
+        await journal?.finish(entry.id);
+      } catch (sendError) {
+        this.log(`[chat] could not tell the user of job ${entry.id} either: ${sendError instanceof Error ? sendError.message : String(sendError)}`);
       }
     }
   }
