@@ -10,6 +10,7 @@ import { AdapterPortError, ChatAdapters } from "../src/bots/adapters.js";
 import type { BotMessage } from "../src/bots/messages.js";
 import type { ChatAdapter, ChatAdapterEnvironment, ChatAdapterFactory } from "../src/plugins.js";
 import { fakeHost } from "../src/testing/fake-host.js";
+import { freePort } from "../src/testing/free-port.js";
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -173,13 +174,6 @@ async function remoteFakeWorker(token: string): Promise<{ url: string; stop: () 
   };
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** Listen on `port` and pipe every connection to `target` (both on 127.0.0.1). */
 async function forwarder(port: number, target: number): Promise<Server> {

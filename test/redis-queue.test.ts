@@ -6,8 +6,6 @@ import { once } from "node:events";
 import { mkdir, mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createServer } from "node:net";
-import type { AddressInfo } from "node:net";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { WebChat } from "../src/bots/web/server.js";
@@ -18,6 +16,7 @@ import { RedisQueue } from "../src/gpu/redis-queue.js";
 import { PoolServer } from "../src/pool/pool-server.js";
 import { LoraStore } from "../src/pool/store.js";
 import { DEFAULT_CHANNEL, startFakeSlack } from "../src/testing/fake-slack.js";
+import { freePort } from "../src/testing/free-port.js";
 import { startRedis, type TestRedis } from "../src/testing/redis.js";
 import { EventStream, webRequest } from "./helpers/web-client.js";
 import { describeRequiring, pythonWorker, redisServer } from "./helpers/requirements.js";
@@ -315,13 +314,6 @@ async function eventually(check: () => Promise<boolean>, timeoutMs = 60_000): Pr
   }
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 async function until(check: () => boolean, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -5,11 +5,11 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { DEFAULT_CHANNEL, startFakeSlack } from "../testing/fake-slack.js";
+import { freePort } from "../testing/free-port.js";
 import { startRedis } from "../testing/redis.js";
 import { settled, startFakeQueueWorker } from "./burst.js";
 
@@ -124,13 +124,6 @@ export async function runRestartBurst(options: RestartBurstOptions): Promise<Res
   }
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 function round(value: number): number {
   return Math.round(value * 10) / 10;

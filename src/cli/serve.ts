@@ -15,8 +15,6 @@ export interface Serving {
   host: Host;
   /** The chat adapters: `running()` those serving now, `status()` each one's state (running, retrying, …). */
   chats: ChatAdapters;
-  /** The jobs accepted before a restart, taken up again: resolves to how many once all are answered. */
-  resumed: Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -38,12 +36,13 @@ export async function startServing(env: Record<string, string | undefined>, log:
       `slack ${config.slack.port}); set AUTOLORA_WEB__PORT or AUTOLORA_SLACK__PORT to another`) : error;
   }
   const journal = host.context.journal;
-  const resumed = journal ? resumeJobs(journal, host.core, chats.running(), log).catch((error: unknown) => {
-    log(`[jobs] could not take up the jobs accepted before the restart: ${error instanceof Error ? error.message : String(error)}`);
-    return 0;
-  }) : Promise.resolve(0);
+  // In the background: the host serves new commands while the jobs accepted before a restart are answered.
+  if (journal) {
+    void resumeJobs(journal, host.core, chats.running(), log).catch((error: unknown) =>
+      log(`[jobs] could not take up the jobs accepted before the restart: ${error instanceof Error ? error.message : String(error)}`));
+  }
   return {
-    host, chats, resumed,
+    host, chats,
     stop: async () => {
       // Jobs that end because the host stops stay journaled, to be taken up at the next start.
       if (journal) journal.stopping = true;

@@ -1,8 +1,8 @@
 // A real redis-server for a test: its own port, a password, nothing kept on disk.
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { createServer } from "node:net";
 import { createInterface } from "node:readline";
+import { freePort } from "./free-port.js";
 
 export interface TestRedis {
   url: string;
@@ -11,13 +11,6 @@ export interface TestRedis {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 export async function startRedis(password = "queue-secret"): Promise<TestRedis> {
   const port = await freePort();
