@@ -1,4 +1,5 @@
-// `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N]`: the host's own costs, measured here.
+// `npm run bench -- [--json] [--sizes 1000,100000,1000000] [--runs N] [--baseline DIST]`: the host's own costs,
+// measured here; --baseline times another build's retrieval (its compiled dist/ folder) side by side with this one's.
 // `npm run bench -- burst [--json] [--requests 200] [--users 20] [--via discord|slack] [--load] [--warmup 20]
 // [--queue memory|redis] [--workers 2] [--kill-worker | --kill-host]`: a burst of
 // /imagine through the chat adapters against their local fakes, after --warmup /help commands (src/bench/burst.ts).
@@ -16,6 +17,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { runBurst, type BurstReport } from "./burst.js";
 import { runRestartBurst } from "./burst-restart.js";
@@ -51,42 +53,87 @@ function randomUnit(dimension: number, next: () => number): number[] {
   return values.map((value) => value / norm);
 }
 
-async function benchRetrieval(encoder: TextEncoder, size: number, runs: number, log: (line: string) => void) {
+/** What the retrieval rows need of a build: this one, or another's `dist/` given by --baseline. */
+interface RetrievalBuild {
+  label: string;
+  openIndex(uri: string): Promise<{ append(rows: LoraRecord[]): Promise<void>; maintain(): Promise<string>;
+    annStats(): Promise<{ segments?: number } | undefined>; hasAnnIndex: boolean }>;
+  retriever(index: unknown): { retrieve(prompt: string, options: { k: number; minSimilarity: number }):
+    Promise<{ timings: { encode_ms: number; search_ms: number } }> };
+  close(): Promise<void>;
+}
+
+function thisBuild(encoder: TextEncoder): RetrievalBuild {
+  return {
+    label: "this", openIndex: (uri) => LanceLoraIndex.open({ uri }),
+    retriever: (index) => new Retriever(encoder, index as LanceLoraIndex), close: async () => undefined,
+  };
+}
+
+/** Another build's index, retriever and text encoder, from its compiled `dist/` folder (`npm run build` there):
+ *  its own code, timed beside this one's on the same rows and prompts. */
+async function otherBuild(dist: string, textEncoderDir: string): Promise<RetrievalBuild> {
+  const load = async (path: string) => {
+    const file = join(resolve(dist), path);
+    try {
+      return await import(pathToFileURL(file).href);
+    } catch (error) {
+      throw new Error(`--baseline ${dist}: cannot load ${file} (${(error as Error).message}); give the dist/ folder of a built checkout`);
+    }
+  };
+  const [{ LanceLoraIndex: Index }, { Retriever: OtherRetriever }, { TextEncoder: OtherEncoder }] =
+    await Promise.all([load("pool/lancedb-index.js"), load("pipeline/retrieval.js"), load("pipeline/text-encoder.js")]);
+  const encoder = await OtherEncoder.load(textEncoderDir);
+  return {
+    label: "baseline", openIndex: (uri) => Index.open({ uri }),
+    retriever: (index) => new OtherRetriever(encoder, index), close: async () => encoder.close?.(),
+  };
+}
+
+/** The retrieval row of a synthetic pool of `size` LoRAs for each build, every build's pool holding the same rows
+ *  and their searches interleaved, so a slow moment of the machine hits all of them alike. */
+async function benchRetrieval(builds: RetrievalBuild[], dimension: number, size: number, runs: number, log: (line: string) => void) {
   const folder = await mkdtemp(join(tmpdir(), "autolora-bench-"));
   try {
-    const index = await LanceLoraIndex.open({ uri: folder });
-    let seed = 12345;
-    const next = () => ((seed = (seed * 48271) % 2147483647) / 2147483647);
-    const batch = 50_000;
-    for (let start = 0; start < size; start += batch) {
-      const rows: LoraRecord[] = [];
-      for (let n = start; n < Math.min(size, start + batch); n++) {
-        rows.push({
-          id: n.toString(16).padStart(64, "0"), name: `synthetic ${n}`, source: "bench", url: "", family: "proving-ground",
-          format: "diffusers", ranks: [4], modules: 10, trigger_words: [], tags: [], captions: [], license: "", nsfw: false,
-          state: "active", file: "", bytes: 1, vector: randomUnit(encoder.dimension, next), encoder_version: "bench",
-          added_at: "2026-01-01T00:00:00Z",
-        });
+    const timed = [];
+    for (const build of builds) {
+      const index = await build.openIndex(join(folder, build.label));
+      let seed = 12345;
+      const next = () => ((seed = (seed * 48271) % 2147483647) / 2147483647);
+      const batch = 50_000;
+      for (let start = 0; start < size; start += batch) {
+        const rows: LoraRecord[] = [];
+        for (let n = start; n < Math.min(size, start + batch); n++) {
+          rows.push({
+            id: n.toString(16).padStart(64, "0"), name: `synthetic ${n}`, source: "bench", url: "", family: "proving-ground",
+            format: "diffusers", ranks: [4], modules: 10, trigger_words: [], tags: [], captions: [], license: "", nsfw: false,
+            state: "active", file: "", bytes: 1, vector: randomUnit(dimension, next), encoder_version: "bench",
+            added_at: "2026-01-01T00:00:00Z",
+          });
+        }
+        await index.append(rows);
+        log(`[bench] retrieval pool ${size}${builds.length > 1 ? ` (${build.label})` : ""}: ${Math.min(size, start + batch)} rows loaded`);
       }
-      await index.append(rows);
-      log(`[bench] retrieval pool ${size}: ${Math.min(size, start + batch)} rows loaded`);
+      // As a pool is after its scheduled upkeep: loading in batches leaves the ANN index in segments on large pools.
+      log(`[bench] retrieval pool ${size}: ${await index.maintain()}`);
+      const retriever = build.retriever(index);
+      for (const prompt of PROMPTS) await retriever.retrieve(prompt, { k: 3, minSimilarity: -1 }); // warm up
+      timed.push({ build, index, retriever, segments: (await index.annStats())?.segments ?? 0,
+        totals: [] as number[], encode: [] as number[], search: [] as number[] });
     }
-    // As a pool is after its scheduled upkeep: loading in batches leaves the ANN index in segments on large pools.
-    log(`[bench] retrieval pool ${size}: ${await index.maintain()}`);
-    const segments = (await index.annStats())?.segments ?? 0;
-    const retriever = new Retriever(encoder, index);
-    for (const prompt of PROMPTS) await retriever.retrieve(prompt, { k: 3, minSimilarity: -1 }); // warm up
-    const totals: number[] = [];
-    const encode: number[] = [];
-    const search: number[] = [];
     for (let run = 0; run < runs; run++) {
-      const { timings } = await retriever.retrieve(`${PROMPTS[run % PROMPTS.length]} ${run}`, { k: 3, minSimilarity: -1 });
-      encode.push(timings.encode_ms);
-      search.push(timings.search_ms);
-      totals.push(timings.encode_ms + timings.search_ms);
+      for (const side of run % 2 === 0 ? timed : [...timed].reverse()) {
+        const { timings } = await side.retriever.retrieve(`${PROMPTS[run % PROMPTS.length]} ${run}`, { k: 3, minSimilarity: -1 });
+        side.encode.push(timings.encode_ms);
+        side.search.push(timings.search_ms);
+        side.totals.push(timings.encode_ms + timings.search_ms);
+      }
     }
-    return { pool: size, ann_index: index.hasAnnIndex, index_segments: segments, p50_ms: percentile(totals, 0.5), p99_ms: percentile(totals, 0.99),
-      encode_p50_ms: percentile(encode, 0.5), search_p50_ms: percentile(search, 0.5), search_p99_ms: percentile(search, 0.99) };
+    return timed.map(({ build, index, segments, totals, encode, search }) => ({
+      ...(builds.length > 1 ? { build: build.label } : {}), pool: size, ann_index: index.hasAnnIndex, index_segments: segments,
+      p50_ms: percentile(totals, 0.5), p99_ms: percentile(totals, 0.99), encode_p50_ms: percentile(encode, 0.5),
+      search_p50_ms: percentile(search, 0.5), search_p99_ms: percentile(search, 0.99),
+    }));
   } finally {
     await rm(folder, { recursive: true, force: true });
   }
@@ -99,7 +146,7 @@ async function main(): Promise<void> {
       json: { type: "boolean" }, sizes: { type: "string" }, runs: { type: "string" },
       requests: { type: "string" }, users: { type: "string" }, via: { type: "string" },
       prompts: { type: "string" }, out: { type: "string" }, load: { type: "boolean" }, warmup: { type: "string" },
-      queue: { type: "string" }, workers: { type: "string" }, "kill-worker": { type: "boolean" }, "kill-host": { type: "boolean" },
+      queue: { type: "string" }, workers: { type: "string" }, baseline: { type: "string" }, "kill-worker": { type: "boolean" }, "kill-host": { type: "boolean" },
     },
   });
   if (positionals[0] === "burst") return burst(values);
@@ -119,9 +166,15 @@ async function main(): Promise<void> {
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const { config, secrets } = loadConfig({ ...process.env, AUTOLORA_SEED_POOL_FROM_BUNDLE: "false" });
   const encoder = await TextEncoder.load(resolve(config.text_encoder_dir));
+  const builds = [thisBuild(encoder)];
+  if (values.baseline) builds.push(await otherBuild(values.baseline, resolve(config.text_encoder_dir)));
 
   const retrieval = [];
-  for (const size of sizes) retrieval.push(await benchRetrieval(encoder, size, runs, log));
+  try {
+    for (const size of sizes) retrieval.push(...await benchRetrieval(builds, encoder.dimension, size, runs, log));
+  } finally {
+    await Promise.all(builds.map((build) => build.close()));
+  }
 
   const poolDir = join(ROOT, "bundle", "pool");
   const files = readdirSync(poolDir).filter((name) => name.endsWith(".safetensors")).map((name) => join(poolDir, name));
@@ -159,9 +212,9 @@ async function main(): Promise<void> {
     if (values.json) {
       process.stdout.write(`${JSON.stringify(report)}\n`);
     } else {
-      process.stdout.write("| pool | ANN index | p50 ms | p99 ms | encode p50 | search p50 | search p99 |\n|---|---|---|---|---|---|---|\n");
+      process.stdout.write("| build | pool | ANN index | p50 ms | p99 ms | encode p50 | search p50 | search p99 |\n|---|---|---|---|---|---|---|---|\n");
       for (const row of retrieval) {
-        process.stdout.write(`| ${row.pool} | ${row.ann_index} | ${row.p50_ms} | ${row.p99_ms} | ${row.encode_p50_ms} | ${row.search_p50_ms} | ${row.search_p99_ms} |\n`);
+        process.stdout.write(`| ${"build" in row ? row.build : "this"} | ${row.pool} | ${row.ann_index} | ${row.p50_ms} | ${row.p99_ms} | ${row.encode_p50_ms} | ${row.search_p50_ms} | ${row.search_p99_ms} |\n`);
       }
       process.stdout.write(`\ningest, FLUX.1-size LoRAs: ${flux.mb_per_s} MB/s (plain read ${flux.raw_read_mb_per_s} MB/s) over ${flux.files} files of ${flux.megabytes} MB\n`);
       process.stdout.write(`ingest, the bundle's LoRAs: ${batched.loras_per_s} LoRAs/s, ${batched.mb_per_s} MB/s (one at a time: ${single.loras_per_s} LoRAs/s)\n`);
