@@ -16,10 +16,13 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .families import get_family
 from .fusion import STRATEGIES, FusionOptions, FusionSession, GateBank, fused_layers, gate_dims, wrap_linears
+from .fusion.gates import CPU_TOKEN_CHUNK, SMALL_STACK
+from .fusion.layer import Branch, LayerPlan
 from .lora.canonical import CanonicalLora, LoraLayer
 from .models import random_flux_transformer, random_proving_ground
 
@@ -45,14 +48,52 @@ def random_loras(model: nn.Module, k: int, rank: int, dtype: torch.dtype, device
 
 
 COMPILED_ROW = "gated-compiled"
+FLOOR_ROW = "gate-floor"
+
+
+class _GateFloorPlan(LayerPlan):
+    """What no implementation of the gate (eq. 6-8) can skip at a layer, and nothing more: every branch's output
+    (the down-projections as one matmul, the up-projections as one batched matmul over ranks padded to the largest)
+    and one in-place sigmoid over those k outputs, in token chunks where the gate itself works in chunks (on the
+    CPU, past SMALL_STACK). No LayerNorm, product or sum; the layer returns the base output. Timed as FLOOR_ROW: what
+    the gate's unavoidable part costs with PyTorch's own kernels, to read the `gated` rows against."""
+
+    def __init__(self, branches: list[Branch]):
+        rank, first = max(b.rank for b in branches), branches[0]
+        self.shape = (len(branches), rank)
+        self.down = first.down.new_zeros(len(branches) * rank, first.down.shape[1])
+        self.ups = first.up.new_zeros(len(branches), rank, first.up.shape[0])
+        for i, branch in enumerate(branches):
+            self.down[i * rank:i * rank + branch.rank] = branch.down
+            self.ups[i, :branch.rank] = branch.up.T
+
+    def forward(self, base, x):
+        flat = x.reshape(-1, x.shape[-1])
+        tokens, stack = flat.shape[0], self.shape[0] * flat.shape[0] * self.ups.shape[-1]
+        chunk = CPU_TOKEN_CHUNK if x.device.type == "cpu" and stack > SMALL_STACK else max(tokens, 1)
+        for start in range(0, tokens, chunk):
+            rows = flat[start:start + chunk]
+            hidden = F.linear(rows, self.down).view(rows.shape[0], *self.shape).transpose(0, 1)  # (k, n, rank)
+            torch.sigmoid_(torch.bmm(hidden, self.ups))  # (k, n, out)
+        return base(x)
+
+
+def floor_session(model: nn.Module, loras: list[CanonicalLora], weights: list[float], gates: GateBank) -> FusionSession:
+    """A gated session (same branches, Global LoRA included) whose layers do only what _GateFloorPlan does."""
+    session = FusionSession(model, loras, weights, FusionOptions(strategy="gated"), gates)
+    session.plans = {name: _GateFloorPlan(plan.branches) for name, plan in session.plans.items()}
+    return session
 
 
 def time_strategies(model: nn.Module, step: Callable[[], object], loras: list[CanonicalLora], gates: GateBank,
                     device: torch.device, repeats: int, warmup: int = 1, compiled: bool = True) -> dict[str, float]:
     """Median milliseconds of `step()` under each strategy, strategies interleaved within each round; with
-    `compiled`, also `gated` with the compiled gate (COMPILED_ROW; it compiles in the untimed warm-up round)."""
+    `compiled`, also `gated` with the compiled gate (COMPILED_ROW; it compiles in the untimed warm-up round); and
+    the gate's floor (FLOOR_ROW) when `gated` is among them."""
     weights = [1.0] * len(loras)
     sessions = {name: FusionSession(model, loras, weights, FusionOptions(strategy=name), gates) for name in STRATEGIES}
+    if "gated" in sessions:
+        sessions[FLOOR_ROW] = floor_session(model, loras, weights, gates)
     if compiled:
         sessions[COMPILED_ROW] = FusionSession(model, loras, weights, FusionOptions(strategy="gated"),
                                                copy.deepcopy(gates).set_compiled(True))

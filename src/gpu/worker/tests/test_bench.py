@@ -13,7 +13,7 @@ from PIL import Image
 
 from autolora_worker.__main__ import main
 from autolora_worker.bench import full_flux_rows
-from autolora_worker.bench import COMPILED_ROW
+from autolora_worker.bench import COMPILED_ROW, FLOOR_ROW
 from autolora_worker.fusion import STRATEGIES
 
 
@@ -28,7 +28,7 @@ def test_bench_fusion_json_has_every_row():
     rows = report["rows"]
     models = ["proving-ground", "flux-linear-3072x3072", "flux-linear-3072x12288"]
     assert {(r["model"], r["strategy"], r["k"]) for r in rows} == {
-        (m, s, k) for m in models for s in (*STRATEGIES, COMPILED_ROW) for k in (1, 2, 3)}
+        (m, s, k) for m in models for s in (*STRATEGIES, COMPILED_ROW, FLOOR_ROW) for k in (1, 2, 3)}
     for row in rows:
         assert set(row) == {"model", "strategy", "k", "ms", "ratio_vs_none"}
         assert row["ms"] > 0
@@ -41,7 +41,7 @@ def test_full_flux_path_runs_on_a_shrunken_config():
                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
                 axes_dims_rope=(4, 6, 6))
     rows = full_flux_rows(torch.device("cpu"), rank=4, repeats=1, config=tiny, size=64, text_tokens=8)
-    assert len(rows) == (len(STRATEGIES) + 1) * 3 and {r["model"] for r in rows} == {"flux-full"}
+    assert len(rows) == (len(STRATEGIES) + 2) * 3 and {r["model"] for r in rows} == {"flux-full"}
     assert torch.get_default_dtype() == torch.float32  # the bf16 build must not leak into the process
 
 
