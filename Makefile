@@ -91,7 +91,8 @@ bench-world: setup
 # The frozen text encoder as ONNX plus its tokenizer, for the host's retrieval (not committed: about 90 MB).
 text-encoder: $(TEXT_ENCODER)
 
-# text-encoder.json is written last, so its presence means a complete, checked export (about 20 s).
+# text-encoder.json is written last, so its presence means a complete, checked export (about 20 s; a few seconds
+# when ~/.cache/autolora holds an intact export of the same sources, see AUTOLORA_CACHE_DIR in the README).
 $(TEXT_ENCODER): $(VENV_STAMP) $(WORKER)/autolora_worker/world/onnx_export.py
 	$(PYTHON) -m autolora_worker export-text-encoder --out $(dir $@)
 

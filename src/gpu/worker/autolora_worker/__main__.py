@@ -53,7 +53,7 @@ def _full_size_flux_loras(args) -> int:
 def _export_text_encoder(args) -> int:
     from .world.onnx_export import export_text_encoder_command
 
-    return export_text_encoder_command(args.out)
+    return export_text_encoder_command(args.out, use_cache=not args.no_cache)
 
 
 def serve_paths(family: str, model_path: str | None, gates: str | None,
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-text-encoder", help="write the text encoder as ONNX + tokenizer for the host")
     export.add_argument("--out", default="build/text-encoder", help="output folder")
+    export.add_argument("--no-cache", action="store_true",
+                        help="export even if an intact export for the same sources is cached (see AUTOLORA_CACHE_DIR)")
     export.set_defaults(run=_export_text_encoder)
 
     serve = commands.add_parser("serve", help="serve generation over HTTP (bearer token required)")

