@@ -345,4 +345,10 @@ async function burst(values: { json?: boolean; requests?: string; users?: string
   }
 }
 
-await main();
+try {
+  await main();
+} catch (error) {
+  // A bad option or a missing build is one line, not a stack trace; exit now, as threads (the text encoder's) may still run.
+  process.stderr.write(`error: ${(error as Error).message}\n`);
+  process.exit(2);
+}
