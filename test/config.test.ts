@@ -48,7 +48,7 @@ describe("configuration", () => {
     const file = await overrideFile("web:\n  port: 9001\nretrieval:\n  k: 2\n");
     const { config } = loadConfig({
       AUTOLORA_CONFIG: file, AUTOLORA_RETRIEVAL__K: "1", AUTOLORA_ADMINS: '["web:alice", "discord:42"]',
-      AUTOLORA_DATA_DIR: "123", AUTOLORA_BUNDLE: "/elsewhere", PATH: "/bin",
+      AUTOLORA_DATA_DIR: "123", AUTOLORA_BUNDLE: "/elsewhere", AUTOLORA_CACHE_DIR: "", PATH: "/bin",
     });
     expect(config.web.port).toBe(9001);
     expect(config.web.host).toBe("127.0.0.1");

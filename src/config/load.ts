@@ -9,8 +9,9 @@ import { SECRET_VARIABLES, Secrets } from "./secrets.js";
 
 export const DEFAULT_CONFIG_FILE = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "config", "default.yaml");
 const PREFIX = "AUTOLORA_";
-// AUTOLORA_ variables that are not settings: the override file itself, and ones the worker reads.
-const NOT_SETTINGS = new Set(["AUTOLORA_CONFIG", "AUTOLORA_BUNDLE", ...Object.values(SECRET_VARIABLES)]);
+// AUTOLORA_ variables that are not settings: the override file itself, and ones the worker reads (the bundle, and
+// where the text-encoder export is cached).
+const NOT_SETTINGS = new Set(["AUTOLORA_CONFIG", "AUTOLORA_BUNDLE", "AUTOLORA_CACHE_DIR", ...Object.values(SECRET_VARIABLES)]);
 
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
