@@ -95,25 +95,26 @@ async function otherBuild(dist: string, textEncoderDir: string): Promise<Retriev
 async function benchRetrieval(builds: RetrievalBuild[], dimension: number, size: number, runs: number, log: (line: string) => void) {
   const folder = await mkdtemp(join(tmpdir(), "autolora-bench-"));
   try {
-    const timed = [];
-    for (const build of builds) {
-      const index = await build.openIndex(join(folder, build.label));
-      let seed = 12345;
-      const next = () => ((seed = (seed * 48271) % 2147483647) / 2147483647);
-      const batch = 50_000;
-      for (let start = 0; start < size; start += batch) {
-        const rows: LoraRecord[] = [];
-        for (let n = start; n < Math.min(size, start + batch); n++) {
-          rows.push({
-            id: n.toString(16).padStart(64, "0"), name: `synthetic ${n}`, source: "bench", url: "", family: "proving-ground",
-            format: "diffusers", ranks: [4], modules: 10, trigger_words: [], tags: [], captions: [], license: "", nsfw: false,
-            state: "active", file: "", bytes: 1, vector: randomUnit(dimension, next), encoder_version: "bench",
-            added_at: "2026-01-01T00:00:00Z",
-          });
-        }
-        await index.append(rows);
-        log(`[bench] retrieval pool ${size}${builds.length > 1 ? ` (${build.label})` : ""}: ${Math.min(size, start + batch)} rows loaded`);
+    const indices = await Promise.all(builds.map((build) => build.openIndex(join(folder, build.label))));
+    let seed = 12345;
+    const next = () => ((seed = (seed * 48271) % 2147483647) / 2147483647);
+    const batch = 50_000;
+    for (let start = 0; start < size; start += batch) {
+      const rows: LoraRecord[] = [];
+      for (let n = start; n < Math.min(size, start + batch); n++) {
+        rows.push({
+          id: n.toString(16).padStart(64, "0"), name: `synthetic ${n}`, source: "bench", url: "", family: "proving-ground",
+          format: "diffusers", ranks: [4], modules: 10, trigger_words: [], tags: [], captions: [], license: "", nsfw: false,
+          state: "active", file: "", bytes: 1, vector: randomUnit(dimension, next), encoder_version: "bench",
+          added_at: "2026-01-01T00:00:00Z",
+        });
       }
+      for (const index of indices) await index.append(rows); // one after the other: each build loads as it would alone
+      log(`[bench] retrieval pool ${size}: ${Math.min(size, start + batch)} rows loaded`);
+    }
+    const timed = [];
+    for (const [n, build] of builds.entries()) {
+      const index = indices[n]!;
       // As a pool is after its scheduled upkeep: loading in batches leaves the ANN index in segments on large pools.
       log(`[bench] retrieval pool ${size}: ${await index.maintain()}`);
       const retriever = build.retriever(index);

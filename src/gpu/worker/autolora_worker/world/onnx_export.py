@@ -138,16 +138,21 @@ def export_key(max_length: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _export_files(folder: Path) -> tuple[dict[str, Any], list[str]] | None:
-    """The config and the files of a complete, intact export in `folder` (config last), or None."""
+def _export_files(config: dict[str, Any]) -> list[str]:
+    """The files an export's text-encoder.json names (text-encoder.json itself not among them)."""
+    return [config["onnx"], *config["tokenizer_files"]]
+
+
+def _intact_export(folder: Path) -> dict[str, Any] | None:
+    """The text-encoder.json of a complete, intact export in `folder` (every file there, the ONNX file matching its
+    hash), or None."""
     try:
         config = json.loads((folder / CONFIG_NAME).read_text())
-        files = [config["onnx"], *config["tokenizer_files"]]
         if hashlib.sha256((folder / config["onnx"]).read_bytes()).hexdigest() != config["sha256"]:
             return None
-        if not all((folder / name).is_file() for name in files):
+        if not all((folder / name).is_file() for name in _export_files(config)):
             return None
-        return config, files
+        return config
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -161,16 +166,14 @@ def _copy_export(source: Path, files: list[str], out: Path) -> None:
         os.replace(partial, out / name)
 
 
-def _store_in_cache(out: Path, cached: Path) -> str | None:
-    """Keep a finished export under `cached` (written beside it, then renamed into place). Returns why not, or None."""
-    found = _export_files(out)
-    if found is None:
-        return "the export just written does not check out"
+def _store_in_cache(out: Path, config: dict[str, Any], cached: Path) -> str | None:
+    """Keep the export just written to `out` (its text-encoder.json `config`, checked against PyTorch and hashed as
+    it was written) under `cached`: written beside it, then renamed into place. Returns why not, or None."""
     partial = cached.parent / f".{cached.name}.{os.getpid()}.partial"
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
-        _copy_export(out, found[1], partial)
+        _copy_export(out, _export_files(config), partial)
         shutil.rmtree(cached, ignore_errors=True)
         os.replace(partial, cached)
     except OSError as error:
@@ -185,11 +188,11 @@ def export_text_encoder_command(out: str, use_cache: bool = True) -> int:
     cache = export_cache_dir() if use_cache else None
     cached = cache / export_key(get_family("proving-ground").extra["text_max_tokens"]) if cache else None
     if cached is not None and cached.is_dir():
-        found = _export_files(cached)
+        found = _intact_export(cached)
         if found is not None:
             try:
-                _copy_export(cached, found[1], Path(out))
-                print(json.dumps({"out": str(out), **found[0], "cached_from": str(cached)}))
+                _copy_export(cached, _export_files(found), Path(out))
+                print(json.dumps({"out": str(out), **found, "cached_from": str(cached)}))
                 return 0
             except OSError as error:
                 print(f"[export] cannot copy the cached export ({error}); exporting again", file=sys.stderr)
@@ -201,7 +204,7 @@ def export_text_encoder_command(out: str, use_cache: bool = True) -> int:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     if cached is not None:
-        why = _store_in_cache(Path(out), cached)
+        why = _store_in_cache(Path(out), config, cached)
         if why:
             print(f"[export] not kept in the cache {cached.parent} ({why}); the export in {out} is complete",
                   file=sys.stderr)
